@@ -1,0 +1,249 @@
+#include "newton_schulz/ops.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+
+#include "common/checks.h"
+#include "common/cpu_features.h"
+#include "newton_schulz/cpu.h"
+
+namespace weightkit::newton_schulz {
+
+NsParams check_params(const char* op, int64_t steps, c10::ArrayRef<double> coeffs, double eps, double norm_scale,
+                      std::optional<at::ScalarType> compute_dtype) {
+  WK_CHECK(op, steps >= 1, "steps must be >= 1, got ", steps);
+  WK_CHECK(op, coeffs.size() == 3 || static_cast<int64_t>(coeffs.size()) == 3 * steps,
+           "coeffs must hold 3 values (used every step) or 3 * steps = ", 3 * steps, " values, got ",
+           coeffs.size());
+  for (double c : coeffs) WK_CHECK(op, std::isfinite(c), "coeffs must be finite, got ", coeffs);
+  WK_CHECK(op, std::isfinite(eps) && eps >= 0.0, "eps must be finite and >= 0, got ", eps);
+  WK_CHECK(op, std::isfinite(norm_scale) && norm_scale > 0.0, "norm_scale must be finite and > 0, got ", norm_scale);
+  if (compute_dtype) {
+    WK_CHECK(op, is_supported_float(*compute_dtype), "compute_dtype must be float32, bfloat16 or float16, got ",
+             *compute_dtype);
+  }
+  NsParams p;
+  p.steps = steps;
+  p.coeffs.reserve(static_cast<size_t>(3 * steps));
+  for (int64_t s = 0; s < steps; ++s)
+    for (int64_t j = 0; j < 3; ++j) p.coeffs.push_back(coeffs.size() == 3 ? coeffs[j] : coeffs[3 * s + j]);
+  p.eps = eps;
+  p.norm_scale = norm_scale;
+  p.compute_dtype = compute_dtype;
+  return p;
+}
+
+namespace {
+
+// Gram-form iteration pays off once the matrix is at least twice as wide as tall; below that the
+// plain iteration is as cheap. WEIGHTKIT_NS_GRAM=always|never overrides (used by the tests).
+bool use_gram_form(int64_t m, int64_t n, int64_t steps) {
+  const char* force = std::getenv("WEIGHTKIT_NS_GRAM");
+  if (force && std::strcmp(force, "always") == 0) return true;
+  if (force && std::strcmp(force, "never") == 0) return false;
+  return steps >= 2 && n >= 2 * m;
+}
+
+// Plain form: A = X X^T; B = b A + c A A; X = a X + B X.  4 m^2 n + 2 m^3 flops a step.
+at::Tensor iterate_plain(at::Tensor X, const NsParams& p, at::ScalarType compute, const NsDevice& dev) {
+  for (int64_t s = 0; s < p.steps; ++s) {
+    const double a = p.coeffs[3 * s], b = p.coeffs[3 * s + 1], c = p.coeffs[3 * s + 2];
+    at::Tensor A = at::bmm(X, X.mT());
+    dev.round(A, compute);
+    at::Tensor B = at::baddbmm(A, A, A, /*beta=*/b, /*alpha=*/c);
+    dev.round(B, compute);
+    X = at::baddbmm(X, B, X, /*beta=*/a, /*alpha=*/1.0);
+    dev.round(X, compute);
+  }
+  return X;
+}
+
+// Gram form (for wide X, m << n): every iterate is X_k = Q_k X_0 with Q_k a polynomial in
+// R_0 = X_0 X_0^T, so the steps run on m x m matrices only: Z = a I + b R + c R^2, Q <- Z Q,
+// R <- Z R Z; one m x m x n product at the start and one at the end. In half precision the
+// m x m recursion drifts from the true Gram matrix, so it restarts (X_0 <- Q X_0) halfway,
+// which keeps the error at the level of the plain iteration for one extra pair of products.
+at::Tensor iterate_gram(at::Tensor X, const NsParams& p, at::ScalarType compute, const NsDevice& dev) {
+  const int64_t restart_at = compute == at::kFloat ? -1 : (p.steps + 1) / 2;
+  at::Tensor R = at::bmm(X, X.mT());
+  dev.round(R, compute);
+  at::Tensor Q;
+  for (int64_t s = 0; s < p.steps; ++s) {
+    const double a = p.coeffs[3 * s], b = p.coeffs[3 * s + 1], c = p.coeffs[3 * s + 2];
+    at::Tensor Z = at::baddbmm(R, R, R, /*beta=*/b, /*alpha=*/c);
+    Z.diagonal(0, -2, -1).add_(a);
+    dev.round(Z, compute);
+    if (Q.defined()) {
+      Q = at::bmm(Z, Q);
+      dev.round(Q, compute);
+    } else {
+      Q = Z;
+    }
+    if (s + 1 == p.steps) break;
+    if (s + 1 == restart_at) {
+      X = at::bmm(Q, X);
+      dev.round(X, compute);
+      R = at::bmm(X, X.mT());
+      Q = at::Tensor();
+    } else {
+      R = at::bmm(Z, at::bmm(R, Z));
+    }
+    dev.round(R, compute);
+  }
+  X = at::bmm(Q, X);
+  dev.round(X, compute);
+  return X;
+}
+
+}  // namespace
+
+at::Tensor iterate(at::Tensor X, const NsParams& p, at::ScalarType compute, const NsDevice& dev) {
+  if (use_gram_form(X.size(1), X.size(2), p.steps)) return iterate_gram(std::move(X), p, compute, dev);
+  return iterate_plain(std::move(X), p, compute, dev);
+}
+
+std::vector<at::Tensor> run_grouped(const char* op, at::TensorList Gs, const NsParams& p, const NsDevice& dev) {
+  std::vector<at::Tensor> out(Gs.size());
+  if (Gs.empty()) return out;
+  // Group key: oriented (m <= n) shape, input dtype. Same-shape matrices become one batch.
+  using Key = std::tuple<int64_t, int64_t, int>;
+  std::map<Key, std::vector<size_t>> groups;
+  for (size_t i = 0; i < Gs.size(); ++i) {
+    const at::Tensor& G = Gs[i];
+    const std::string name = "Gs[" + std::to_string(i) + "]";
+    check_dims(op, G, name.c_str(), 2, 3);
+    check_float_dtype(op, G, name.c_str());
+    check_same_device(op, G, name.c_str(), Gs[0], "Gs[0]");
+    if (G.numel() == 0) {
+      out[i] = at::empty_like(G, at::MemoryFormat::Contiguous);
+      continue;
+    }
+    const int64_t r = G.size(-2), c = G.size(-1);
+    groups[Key{std::min(r, c), std::max(r, c), static_cast<int>(G.scalar_type())}].push_back(i);
+  }
+  for (const auto& [key, members] : groups) {
+    const at::ScalarType in_dtype = Gs[members[0]].scalar_type();
+    const at::ScalarType compute = p.compute_dtype.value_or(in_dtype);
+    std::vector<at::Tensor> mats;
+    mats.reserve(members.size());
+    for (size_t i : members) {
+      const at::Tensor& G = Gs[i];
+      mats.push_back(G.size(-2) > G.size(-1) ? G.mT() : G);
+    }
+    at::Tensor X = iterate(dev.stack_normalized(mats, compute, p), p, compute, dev);
+    if (X.scalar_type() != in_dtype) X = X.to(in_dtype);
+    int64_t offset = 0;
+    for (size_t i : members) {
+      const at::Tensor& G = Gs[i];
+      const int64_t count = G.dim() == 3 ? G.size(0) : 1;
+      at::Tensor Y = X.narrow(0, offset, count);
+      offset += count;
+      if (G.dim() == 2) Y = Y.squeeze(0);
+      if (G.size(-2) > G.size(-1)) Y = Y.mT();
+      // Outputs of a custom op must not alias one another: a group of several matrices pays one
+      // copy per matrix (which also gives the caller a contiguous result).
+      out[i] = members.size() == 1 ? Y.contiguous() : Y.clone(at::MemoryFormat::Contiguous);
+    }
+  }
+  return out;
+}
+
+void check_auon_input(const at::Tensor& G, double eps) {
+  check_dims("auon", G, "G", 2, 3);
+  check_float_dtype("auon", G, "G");
+  WK_CHECK("auon", std::isfinite(eps) && eps >= 0.0, "eps must be finite and >= 0, got ", eps);
+}
+
+namespace {
+
+using newton_schulz_cpu::Rounding;
+
+Rounding rounding_for(at::ScalarType compute) {
+  if (compute == at::kBFloat16) return Rounding::BFloat16;
+  if (compute == at::kHalf) return Rounding::Half;
+  return Rounding::None;
+}
+
+// Native bf16 products only where the CPU has bf16 units; elsewhere fp32 products on values
+// rounded to the compute dtype give the same arithmetic, much faster.
+at::ScalarType cpu_working_dtype(at::ScalarType compute) {
+  return compute == at::kBFloat16 && cpu_has_fast_bf16() ? at::kBFloat16 : at::kFloat;
+}
+
+NsDevice cpu_device(const char* op) {
+  const CpuIsa isa = selected_cpu_isa(op);
+  NsDevice dev;
+  dev.stack_normalized = [isa](const std::vector<at::Tensor>& mats, at::ScalarType compute, const NsParams& p) {
+    std::vector<at::Tensor> parts;
+    parts.reserve(mats.size());
+    for (const auto& M : mats) parts.push_back(M.dim() == 2 ? M.unsqueeze(0) : M);
+    at::Tensor X = at::cat(parts, 0).to(at::kFloat).contiguous();
+    const int64_t per = X.size(1) * X.size(2);
+    float* data = X.data_ptr<float>();
+    for (int64_t i = 0; i < X.size(0); ++i) {
+      const double norm = std::sqrt(newton_schulz_cpu::sum_squares(data + i * per, per, isa));
+      const float s = static_cast<float>(1.0 / (norm * p.norm_scale + p.eps));
+      newton_schulz_cpu::scale_round(data + i * per, per, s, rounding_for(compute), isa);
+    }
+    const at::ScalarType working = cpu_working_dtype(compute);
+    return working == at::kFloat ? X : X.to(working);
+  };
+  dev.round = [isa](at::Tensor& T, at::ScalarType compute) {
+    if (T.scalar_type() != at::kFloat) return;
+    const Rounding r = rounding_for(compute);
+    if (r == Rounding::None) return;
+    TORCH_INTERNAL_ASSERT(T.is_contiguous());
+    newton_schulz_cpu::scale_round(T.data_ptr<float>(), T.numel(), 1.f, r, isa);
+  };
+  return dev;
+}
+
+at::Tensor newton_schulz_cpu_impl(const at::Tensor& G, int64_t steps, at::ArrayRef<double> coeffs, double eps,
+                                  double norm_scale, std::optional<at::ScalarType> compute_dtype) {
+  const NsParams p = check_params("newton_schulz", steps, coeffs, eps, norm_scale, compute_dtype);
+  check_dims("newton_schulz", G, "G", 2, 3);
+  check_float_dtype("newton_schulz", G, "G");
+  return run_grouped("newton_schulz", {G}, p, cpu_device("newton_schulz"))[0];
+}
+
+std::vector<at::Tensor> newton_schulz_grouped_cpu_impl(at::TensorList Gs, int64_t steps, at::ArrayRef<double> coeffs,
+                                                       double eps, double norm_scale,
+                                                       std::optional<at::ScalarType> compute_dtype) {
+  const NsParams p = check_params("newton_schulz_grouped", steps, coeffs, eps, norm_scale, compute_dtype);
+  return run_grouped("newton_schulz_grouped", Gs, p, cpu_device("newton_schulz_grouped"));
+}
+
+at::Tensor auon_cpu_impl(const at::Tensor& G, double eps) {
+  check_auon_input(G, eps);
+  const CpuIsa isa = selected_cpu_isa("auon");
+  if (G.numel() == 0) return at::empty_like(G, at::MemoryFormat::Contiguous);
+  at::Tensor X = G.to(G.options().dtype(at::kFloat), /*non_blocking=*/false, /*copy=*/true,
+                      at::MemoryFormat::Contiguous);
+  const int64_t per = X.size(-2) * X.size(-1);
+  const int64_t count = X.numel() / per;
+  float* data = X.data_ptr<float>();
+  for (int64_t i = 0; i < count; ++i) {
+    float* x = data + i * per;
+    const double s = 1.0 / (std::sqrt(newton_schulz_cpu::sum_squares(x, per, isa)) + eps);
+    const double rms_cosh = std::sqrt(newton_schulz_cpu::sum_cosh_squares(x, per, static_cast<float>(s), isa) /
+                                      static_cast<double>(per));
+    newton_schulz_cpu::scale_round(x, per, static_cast<float>(s / (rms_cosh + 1e-8)), Rounding::None, isa);
+  }
+  return X.scalar_type() == G.scalar_type() ? X : X.to(G.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(weightkit, CPU, m) {
+  m.impl("newton_schulz", &newton_schulz_cpu_impl);
+  m.impl("newton_schulz_grouped", &newton_schulz_grouped_cpu_impl);
+  m.impl("auon", &auon_cpu_impl);
+}
+
+}  // namespace weightkit::newton_schulz

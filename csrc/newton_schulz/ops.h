@@ -1,0 +1,43 @@
+// Device-independent part of the Newton–Schulz glue: argument checks, grouping by shape and the
+// iteration itself, written over ATen products (MKL on CPU, cuBLAS on CUDA). ops.cpp and
+// ops_cuda.cpp supply the device-specific pieces through NsDevice.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <optional>
+#include <vector>
+
+namespace weightkit::newton_schulz {
+
+struct NsParams {
+  int64_t steps = 0;
+  std::vector<double> coeffs;  // 3 * steps values: (a, b, c) of each step
+  double eps = 0.0;
+  double norm_scale = 1.0;
+  std::optional<at::ScalarType> compute_dtype;  // nullopt: each input's own dtype
+};
+
+NsParams check_params(const char* op, int64_t steps, c10::ArrayRef<double> coeffs, double eps, double norm_scale,
+                      std::optional<at::ScalarType> compute_dtype);
+
+struct NsDevice {
+  // Copies `mats` (views of shape (m, n) or (b, m, n), m <= n, one dtype) into one contiguous
+  // (B, m, n) buffer, each matrix divided by (||X||_F * norm_scale + eps) and stored in the
+  // working dtype at compute precision.
+  std::function<at::Tensor(const std::vector<at::Tensor>& mats, at::ScalarType compute, const NsParams& p)>
+      stack_normalized;
+  // Rounds a buffer to compute precision in place (a no-op when it is stored in that dtype).
+  std::function<void(at::Tensor&, at::ScalarType compute)> round;
+};
+
+// The whole op over a list; newton_schulz is the one-element case.
+std::vector<at::Tensor> run_grouped(const char* op, at::TensorList Gs, const NsParams& p, const NsDevice& dev);
+
+// The quintic iteration on a normalized (B, m, n) buffer with m <= n.
+at::Tensor iterate(at::Tensor X, const NsParams& p, at::ScalarType compute, const NsDevice& dev);
+
+void check_auon_input(const at::Tensor& G, double eps);
+
+}  // namespace weightkit::newton_schulz
