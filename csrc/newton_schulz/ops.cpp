@@ -39,6 +39,13 @@ NsParams check_params(const char* op, int64_t steps, c10::ArrayRef<double> coeff
   return p;
 }
 
+at::Tensor sym_product(const NsDevice& dev, const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
+  if (dev.sym_product) return dev.sym_product(X, alpha, D, beta);
+  if (D.defined()) return at::baddbmm(D, X, X.mT(), beta, alpha);
+  at::Tensor P = at::bmm(X, X.mT());
+  return alpha == 1.0 ? P : P.mul_(alpha);
+}
+
 namespace {
 
 // Gram-form iteration pays off once the matrix is at least twice as wide as tall; below that the
@@ -54,9 +61,10 @@ bool use_gram_form(int64_t m, int64_t n, int64_t steps) {
 at::Tensor iterate_plain(at::Tensor X, const NsParams& p, at::ScalarType compute, const NsDevice& dev) {
   for (int64_t s = 0; s < p.steps; ++s) {
     const double a = p.coeffs[3 * s], b = p.coeffs[3 * s + 1], c = p.coeffs[3 * s + 2];
-    at::Tensor A = at::bmm(X, X.mT());
+    at::Tensor A = sym_product(dev, X, 1.0, at::Tensor(), 0.0);
     dev.round(A, compute);
-    at::Tensor B = at::baddbmm(A, A, A, /*beta=*/b, /*alpha=*/c);
+    // A is symmetric, so A A = A A^T: the same symmetric product, with b A fused in.
+    at::Tensor B = sym_product(dev, A, c, A, b);
     dev.round(B, compute);
     X = at::baddbmm(X, B, X, /*beta=*/a, /*alpha=*/1.0);
     dev.round(X, compute);
@@ -71,12 +79,12 @@ at::Tensor iterate_plain(at::Tensor X, const NsParams& p, at::ScalarType compute
 // which keeps the error at the level of the plain iteration for one extra pair of products.
 at::Tensor iterate_gram(at::Tensor X, const NsParams& p, at::ScalarType compute, const NsDevice& dev) {
   const int64_t restart_at = compute == at::kFloat ? -1 : (p.steps + 1) / 2;
-  at::Tensor R = at::bmm(X, X.mT());
+  at::Tensor R = sym_product(dev, X, 1.0, at::Tensor(), 0.0);
   dev.round(R, compute);
   at::Tensor Q;
   for (int64_t s = 0; s < p.steps; ++s) {
     const double a = p.coeffs[3 * s], b = p.coeffs[3 * s + 1], c = p.coeffs[3 * s + 2];
-    at::Tensor Z = at::baddbmm(R, R, R, /*beta=*/b, /*alpha=*/c);
+    at::Tensor Z = sym_product(dev, R, c, R, b);
     Z.diagonal(0, -2, -1).add_(a);
     dev.round(Z, compute);
     if (Q.defined()) {
@@ -89,7 +97,7 @@ at::Tensor iterate_gram(at::Tensor X, const NsParams& p, at::ScalarType compute,
     if (s + 1 == restart_at) {
       X = at::bmm(Q, X);
       dev.round(X, compute);
-      R = at::bmm(X, X.mT());
+      R = sym_product(dev, X, 1.0, at::Tensor(), 0.0);
       Q = at::Tensor();
     } else {
       R = at::bmm(Z, at::bmm(R, Z));

@@ -30,7 +30,13 @@ struct NsDevice {
       stack_normalized;
   // Rounds a buffer to compute precision in place (a no-op when it is stored in that dtype).
   std::function<void(at::Tensor&, at::ScalarType compute)> round;
+  // alpha * X X^T + beta * D for X (B, m, k) and D (B, m, m) (undefined D: no addend). The
+  // result is symmetric, which a device may exploit (upper tiles only); unset: ATen products.
+  std::function<at::Tensor(const at::Tensor& X, double alpha, const at::Tensor& D, double beta)> sym_product;
 };
+
+// dev.sym_product if set, else bmm / baddbmm.
+at::Tensor sym_product(const NsDevice& dev, const at::Tensor& X, double alpha, const at::Tensor& D, double beta);
 
 // The whole op over a list; newton_schulz is the one-element case.
 std::vector<at::Tensor> run_grouped(const char* op, at::TensorList Gs, const NsParams& p, const NsDevice& dev);
