@@ -1,0 +1,31 @@
+"""Float64 references for the Newton–Schulz family: plain torch, written from the formulas in
+PAPERS.md with no attempt at speed. The oracle for tests/ops/test_newton_schulz.py."""
+
+from __future__ import annotations
+
+import torch
+
+
+def newton_schulz_ref(
+    G: torch.Tensor, steps: int, coeffs: list[float], eps: float, norm_scale: float = 1.0
+) -> torch.Tensor:
+    """G (m, n) or (b, m, n) -> float64 result of the quintic iteration, G's shape."""
+    X = G.to(torch.float64)
+    tall = X.shape[-2] > X.shape[-1]
+    if tall:
+        X = X.mT
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) * norm_scale + eps)
+    for s in range(steps):
+        a, b, c = coeffs[0:3] if len(coeffs) == 3 else coeffs[3 * s : 3 * s + 3]
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X.mT if tall else X
+
+
+def auon_ref(G: torch.Tensor, eps: float) -> torch.Tensor:
+    """AuON: X = G/(||G||_F + eps); X / (RMS(cosh X) + 1e-8), per matrix, float64."""
+    X = G.to(torch.float64)
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+    r = torch.cosh(X).square().mean(dim=(-2, -1), keepdim=True).sqrt()
+    return X / (r + 1e-8)
