@@ -14,8 +14,8 @@ namespace weightkit::newton_schulz_cpu {
 // arithmetic of a native half-precision GEMM on a CPU without half-precision units.
 enum class Rounding { None, BFloat16, Half };
 
-// sum_i x[i]^2 over n floats; fp32 lanes inside fixed 16K chunks, double across chunks, so the
-// result does not depend on the thread count.
+// sum_i x[i]^2 over n floats; SIMD fp32 lanes (scalar path: double) inside fixed 16K chunks,
+// double across chunks, so the result does not depend on the thread count.
 double sum_squares(const float* x, int64_t n, CpuIsa isa);
 
 // sum_i cosh(s * x[i])^2 (AuON's brake), accumulated like sum_squares.

@@ -39,6 +39,11 @@ NsParams check_params(const char* op, int64_t steps, c10::ArrayRef<double> coeff
   return p;
 }
 
+at::Tensor gram_fp32_default(const at::Tensor& X) {
+  at::Tensor R = at::bmm(X, X.mT());
+  return R.scalar_type() == at::kFloat ? R : R.to(at::kFloat);
+}
+
 at::Tensor sym_product(const NsDevice& dev, const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
   if (dev.sym_product) return dev.sym_product(X, alpha, D, beta);
   if (D.defined()) return at::baddbmm(D, X, X.mT(), beta, alpha);
@@ -50,10 +55,11 @@ namespace {
 
 // Gram-form iteration pays off once the matrix is at least twice as wide as tall; below that the
 // plain iteration is as cheap. WEIGHTKIT_NS_GRAM=always|never overrides (used by the tests).
-bool use_gram_form(int64_t m, int64_t n, int64_t steps) {
+bool use_gram_form(int64_t m, int64_t n, int64_t steps, at::ScalarType compute, const NsDevice& dev) {
   const char* force = std::getenv("WEIGHTKIT_NS_GRAM");
   if (force && std::strcmp(force, "always") == 0) return true;
   if (force && std::strcmp(force, "never") == 0) return false;
+  if (compute != at::kFloat && !dev.gram_in_half_precision) return false;
   return steps >= 2 && n >= 2 * m;
 }
 
@@ -74,46 +80,46 @@ at::Tensor iterate_plain(at::Tensor X, const NsParams& p, at::ScalarType compute
 
 // Gram form (for wide X, m << n): every iterate is X_k = Q_k X_0 with Q_k a polynomial in
 // R_0 = X_0 X_0^T, so the steps run on m x m matrices only: Z = a I + b R + c R^2, Q <- Z Q,
-// R <- Z R Z; one m x m x n product at the start and one at the end. Rounding makes the m x m
-// recursion drift from the true Gram matrix (measured: 40-75x the plain form's error in fp32 on
-// ill-conditioned inputs), so it restarts halfway (X_0 <- Q X_0, R <- X_0 X_0^T), which brings
-// the error back to the plain form's level for one extra pair of m x m x n products.
+// R <- Z R Z; one m x m x n product at the start and one at the end.
+// Two measured hazards shape it. (1) Rounding R to bf16 erases the small eigenvalues
+// (sigma^2 ~ 1e-6 of the largest): Polar Express then sent a sigma = 1e-3 ||G|| direction to
+// 1.44, outside its band; so the m x m state stays in fp32 whatever the compute dtype, and only
+// the m x n products run in it. (2) The m x m recursion drifts from the true Gram matrix
+// (40-75x the plain form's error in fp32 on ill-conditioned inputs), so it restarts halfway
+// (X_0 <- Q X_0, R <- X_0 X_0^T), which brings the error back to the plain form's level.
 at::Tensor iterate_gram(at::Tensor X, const NsParams& p, at::ScalarType compute, const NsDevice& dev) {
   const int64_t restart_at = (p.steps + 1) / 2;
-  at::Tensor R = sym_product(dev, X, 1.0, at::Tensor(), 0.0);
-  dev.round(R, compute);
+  // Q is dead after each use, so rounding it in place is safe.
+  auto apply = [&](const at::Tensor& Q, const at::Tensor& X0) {
+    at::Tensor Qc = Q.to(X0.scalar_type());
+    dev.round(Qc, compute);
+    at::Tensor Y = at::bmm(Qc, X0);
+    dev.round(Y, compute);
+    return Y;
+  };
+  at::Tensor R = dev.gram_fp32(X);
   at::Tensor Q;
   for (int64_t s = 0; s < p.steps; ++s) {
     const double a = p.coeffs[3 * s], b = p.coeffs[3 * s + 1], c = p.coeffs[3 * s + 2];
-    at::Tensor Z = sym_product(dev, R, c, R, b);
+    at::Tensor Z = at::baddbmm(R, R, R, /*beta=*/b, /*alpha=*/c);
     Z.diagonal(0, -2, -1).add_(a);
-    dev.round(Z, compute);
-    if (Q.defined()) {
-      Q = at::bmm(Z, Q);
-      dev.round(Q, compute);
-    } else {
-      Q = Z;
-    }
+    Q = Q.defined() ? at::bmm(Z, Q) : Z;
     if (s + 1 == p.steps) break;
     if (s + 1 == restart_at) {
-      X = at::bmm(Q, X);
-      dev.round(X, compute);
-      R = sym_product(dev, X, 1.0, at::Tensor(), 0.0);
+      X = apply(Q, X);
+      R = dev.gram_fp32(X);
       Q = at::Tensor();
     } else {
       R = at::bmm(Z, at::bmm(R, Z));
     }
-    dev.round(R, compute);
   }
-  X = at::bmm(Q, X);
-  dev.round(X, compute);
-  return X;
+  return apply(Q, X);
 }
 
 }  // namespace
 
 at::Tensor iterate(at::Tensor X, const NsParams& p, at::ScalarType compute, const NsDevice& dev) {
-  if (use_gram_form(X.size(1), X.size(2), p.steps)) return iterate_gram(std::move(X), p, compute, dev);
+  if (use_gram_form(X.size(1), X.size(2), p.steps, compute, dev)) return iterate_gram(std::move(X), p, compute, dev);
   return iterate_plain(std::move(X), p, compute, dev);
 }
 

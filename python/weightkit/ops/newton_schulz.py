@@ -187,6 +187,11 @@ def _newton_schulz_fake(G, steps, coeffs, eps, norm_scale=1.0, compute_dtype=Non
 def _newton_schulz_grouped_fake(Gs, steps, coeffs, eps, norm_scale=1.0, compute_dtype=None):
     for i, G in enumerate(Gs):
         _check_fake_input("newton_schulz_grouped", G, f"Gs[{i}]")
+        if G.device != Gs[0].device:
+            raise RuntimeError(
+                f"weightkit.newton_schulz_grouped: Gs[{i}] and Gs[0] must be on the same device, "
+                f"got {G.device} and {Gs[0].device}"
+            )
     return [torch.empty_like(G, memory_format=torch.contiguous_format) for G in Gs]
 
 
