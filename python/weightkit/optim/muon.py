@@ -1,0 +1,237 @@
+"""Muon: momentum, then an orthogonalized update for hidden matrices; AdamW for the rest.
+
+One optimizer, one ``step()``, one ``state_dict()``. Every Muon matrix of a step is
+orthogonalized through a single ``newton_schulz_grouped`` call (same-shape matrices batched).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from weightkit.ops.newton_schulz import PRESETS, auon, newton_schulz_grouped
+
+__all__ = ["Muon", "split_muon_params"]
+
+_MODES = ("ns", "auon", "hybrid")
+_ADJUST = ("original", "match_rms_adamw")
+
+
+def split_muon_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split a model's trainable parameters the way Muon practitioners do.
+
+    Returns ``(muon, adamw)``: hidden matrices (2-D weights, and conv kernels, which Muon sees
+    flattened to (out, in·k·k)) go to Muon; embeddings, the output head (an ``nn.Linear`` whose
+    weight is tied to an embedding, or whose name ends in ``lm_head``/``head``/``output``/
+    ``classifier``, or that maps to an embedding's vocabulary size), norms, biases and every other
+    1-D parameter go to AdamW. Each parameter appears once (tied weights are deduplicated).
+    """
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    vocab_sizes = {m.num_embeddings for m in embeddings}
+    adamw_ids = {id(m.weight) for m in embeddings}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("lm_head", "head", "output", "classifier") or module.out_features in vocab_sizes:
+                adamw_ids.add(id(module.weight))
+    muon, adamw, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (muon if p.ndim >= 2 and id(p) not in adamw_ids else adamw).append(p)
+    return muon, adamw
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for hidden matrices plus AdamW for everything else, in one optimizer.
+
+    Args:
+        params: an ``nn.Module`` (split with :func:`split_muon_params`), or parameter groups in
+            Keller Jordan's convention: dicts with ``use_muon=True|False`` (default True) whose
+            AdamW groups may set ``adamw_lr``, ``adamw_betas``, ``adamw_eps``, ``adamw_wd``.
+        lr: Muon learning rate (0.02, Keller Jordan's default).
+        momentum: β of the momentum buffer ``buf ← β·buf + (1−β)·g`` (0.95).
+        nesterov: orthogonalize ``lerp(g, buf, β)`` instead of ``buf`` (True).
+        weight_decay: decoupled, ``W ← W·(1 − lr·wd)`` (0).
+        mode: ``"ns"`` (Newton–Schulz), ``"auon"`` (AuON's cosh scaling) or ``"hybrid"``
+            (one Newton–Schulz step, then AuON's scaling).
+        ns_steps, coefficients: Newton–Schulz steps (5) and coefficients (``"jordan"``,
+            ``"polar_express"`` or explicit values).
+        adjust_lr: ``"original"`` scales the update by sqrt(max(1, m/n)); ``"match_rms_adamw"``
+            by 0.2·sqrt(max(m, n)) so AdamW's lr and wd carry over (torch.optim.Muon's options).
+        compute_dtype: precision of the Newton–Schulz products (bf16, as torch.optim.Muon).
+        auon_eps: eps of AuON's Frobenius normalization (1e-7).
+        adamw_lr, adamw_betas, adamw_eps, adamw_wd: defaults of the AdamW groups
+            (3e-4, (0.9, 0.95), 1e-8, 0.0).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        mode: str = "ns",
+        ns_steps: int = 5,
+        coefficients="jordan",
+        adjust_lr: str = "original",
+        compute_dtype: torch.dtype = torch.bfloat16,
+        auon_eps: float = 1e-7,
+        adamw_lr: float = 3e-4,
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-8,
+        adamw_wd: float = 0.0,
+    ):
+        if isinstance(params, nn.Module):
+            muon, adamw = split_muon_params(params)
+            params = [{"params": muon, "use_muon": True}, {"params": adamw, "use_muon": False}]
+            params = [g for g in params if g["params"]]
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            mode=mode,
+            ns_steps=ns_steps,
+            coefficients=coefficients,
+            adjust_lr=adjust_lr,
+            compute_dtype=compute_dtype,
+            auon_eps=auon_eps,
+            adamw_lr=adamw_lr,
+            adamw_betas=adamw_betas,
+            adamw_eps=adamw_eps,
+            adamw_wd=adamw_wd,
+            use_muon=True,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._check_group(self.param_groups[-1])
+
+    @staticmethod
+    def _check_group(group: dict) -> None:
+        def positive(name, value, strict=False):
+            if not isinstance(value, (int, float)) or value < 0 or (strict and value == 0) or math.isnan(value):
+                raise ValueError(f"weightkit.optim.Muon: {name} must be a number {'>' if strict else '>='} 0, got {value!r}")
+
+        positive("lr", group["lr"])
+        positive("weight_decay", group["weight_decay"])
+        if not 0.0 <= group["momentum"] < 1.0:
+            raise ValueError(f"weightkit.optim.Muon: momentum must be in [0, 1), got {group['momentum']!r}")
+        if group["mode"] not in _MODES:
+            raise ValueError(f"weightkit.optim.Muon: mode must be one of {_MODES}, got {group['mode']!r}")
+        if group["adjust_lr"] not in _ADJUST:
+            raise ValueError(f"weightkit.optim.Muon: adjust_lr must be one of {_ADJUST}, got {group['adjust_lr']!r}")
+        if isinstance(group["coefficients"], str) and group["coefficients"] not in PRESETS:
+            raise ValueError(
+                f"weightkit.optim.Muon: unknown coefficients preset {group['coefficients']!r}; "
+                f"choose one of {sorted(PRESETS)}"
+            )
+        if not isinstance(group["ns_steps"], int) or group["ns_steps"] < 1:
+            raise ValueError(f"weightkit.optim.Muon: ns_steps must be an int >= 1, got {group['ns_steps']!r}")
+        positive("adamw_lr", group["adamw_lr"])
+        positive("adamw_eps", group["adamw_eps"])
+        positive("adamw_wd", group["adamw_wd"])
+        b1, b2 = group["adamw_betas"]
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"weightkit.optim.Muon: adamw_betas must be in [0, 1), got {group['adamw_betas']!r}")
+        if group["use_muon"]:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(
+                        "weightkit.optim.Muon: a use_muon=True group holds a parameter of shape "
+                        f"{tuple(p.shape)}; Muon needs matrices (>= 2-D), put it in a use_muon=False group"
+                    )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step for every group; all Muon matrices are orthogonalized in one grouped call."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        pending = {}  # (mode, steps, coeffs, dtype, eps) -> list of (param, group, update)
+        for group in self.param_groups:
+            if group["use_muon"]:
+                self._muon_momentum(group, pending)
+            else:
+                self._adamw(group)
+        for (mode, steps, coeffs, dtype, eps), items in pending.items():
+            updates = self._orthogonalize(mode, steps, coeffs, dtype, eps, [u for _, _, u in items])
+            for (p, group, _), U in zip(items, updates):
+                rows, cols = p.shape[0], p[0].numel()
+                if group["adjust_lr"] == "original":
+                    scale = math.sqrt(max(1.0, rows / cols))
+                else:
+                    scale = 0.2 * math.sqrt(max(rows, cols))
+                p.mul_(1.0 - group["lr"] * group["weight_decay"])
+                p.add_(U.view_as(p).to(p.dtype), alpha=-group["lr"] * scale)
+        return loss
+
+    def _muon_momentum(self, group: dict, pending: dict) -> None:
+        beta = group["momentum"]
+        coeffs = group["coefficients"]
+        key_coeffs = coeffs if isinstance(coeffs, str) else tuple(map(float, _flatten(coeffs)))
+        key = (group["mode"], group["ns_steps"], key_coeffs, group["compute_dtype"], group["auon_eps"])
+        for p in group["params"]:
+            g = self._grad(p)
+            if g is None:
+                continue
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(g, memory_format=torch.preserve_format)
+            buf = state["momentum_buffer"]
+            buf.lerp_(g, 1.0 - beta)
+            update = g.lerp(buf, beta) if group["nesterov"] else buf
+            pending.setdefault(key, []).append((p, group, update.reshape(p.shape[0], -1)))
+
+    @staticmethod
+    def _orthogonalize(mode, steps, coeffs, dtype, eps, mats: list[torch.Tensor]) -> list[torch.Tensor]:
+        if mode == "ns":
+            return newton_schulz_grouped(mats, steps, coeffs, compute_dtype=dtype)
+        if mode == "hybrid":
+            mats = newton_schulz_grouped(mats, 1, coeffs, compute_dtype=dtype)
+        return [auon(m, eps) for m in mats]
+
+    def _adamw(self, group: dict) -> None:
+        beta1, beta2 = group["adamw_betas"]
+        lr, eps, wd = group["adamw_lr"], group["adamw_eps"], group["adamw_wd"]
+        for p in group["params"]:
+            g = self._grad(p)
+            if g is None:
+                continue
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            t = state["step"].item()
+            state["exp_avg"].lerp_(g, 1.0 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            bias1 = 1.0 - beta1**t
+            bias2_sqrt = math.sqrt(1.0 - beta2**t)
+            denom = (state["exp_avg_sq"].sqrt() / bias2_sqrt).add_(eps)
+            p.mul_(1.0 - lr * wd)
+            p.addcdiv_(state["exp_avg"], denom, value=-lr / bias1)
+
+    @staticmethod
+    def _grad(p: torch.Tensor) -> torch.Tensor | None:
+        if p.grad is None:
+            return None
+        if p.grad.is_sparse:
+            raise RuntimeError("weightkit.optim.Muon: sparse gradients are not supported")
+        return p.grad
+
+
+def _flatten(coeffs: Iterable) -> list[float]:
+    out: list[float] = []
+    for c in coeffs:
+        out.extend(_flatten(c) if isinstance(c, (list, tuple)) else [c])
+    return out
