@@ -6,13 +6,15 @@ orthogonalized through a single ``newton_schulz_grouped`` call (same-shape matri
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from weightkit.ops.newton_schulz import PRESETS, auon, newton_schulz_grouped
+from weightkit.optim.drop import DropSchedule, find_blocks
 
 __all__ = ["Muon", "split_muon_params"]
 
@@ -67,6 +69,7 @@ class Muon(torch.optim.Optimizer):
         auon_eps: eps of AuON's Frobenius normalization (1e-7).
         adamw_lr, adamw_betas, adamw_eps, adamw_wd: defaults of the AdamW groups
             (3e-4, (0.9, 0.95), 1e-8, 0.0).
+        drop: a :class:`DropSchedule` to train with Drop-Muon through :meth:`drop_step`.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class Muon(torch.optim.Optimizer):
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
         adamw_wd: float = 0.0,
+        drop: DropSchedule | None = None,
     ):
         if isinstance(params, nn.Module):
             muon, adamw = split_muon_params(params)
@@ -109,6 +113,55 @@ class Muon(torch.optim.Optimizer):
             use_muon=True,
         )
         super().__init__(params, defaults)
+        if drop is not None and not isinstance(drop, DropSchedule):
+            raise TypeError(f"weightkit.optim.Muon: drop must be a DropSchedule, got {type(drop).__name__}")
+        self.drop = drop
+        self._frozen: set[int] = set()  # ids of the parameters the current step leaves alone
+        self.last_drop_start: int | None = None
+
+    @contextlib.contextmanager
+    def drop_step(self, model: nn.Module, blocks: list[nn.Module] | None = None) -> Iterator[int]:
+        """Drop-Muon around forward and backward: ``with opt.drop_step(model): loss.backward()``.
+
+        On entry samples the start block s (yielded), and turns ``requires_grad`` off for every
+        parameter of blocks 0..s-1 before the forward runs, so backward stops at block s. On exit
+        restores the flags. The next :meth:`step` leaves those parameters, their momentum and
+        their AdamW step counters untouched. Under ``torch.distributed`` rank 0's s is broadcast.
+        Under ``torch.compile`` each distinct s is one recompilation (requires_grad is guarded).
+        """
+        if self.drop is None:
+            raise RuntimeError("weightkit.optim.Muon.drop_step: construct Muon with drop=DropSchedule(...) first")
+        blocks = blocks if blocks is not None else (self.drop.blocks or find_blocks(model))
+        start = self.drop.sample(len(blocks))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([start], dtype=torch.int64)
+            if torch.distributed.get_backend() == "nccl":
+                t = t.cuda()
+            torch.distributed.broadcast(t, src=0)
+            start = int(t.item())
+        frozen = [p for block in blocks[:start] for p in block.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        self._frozen = {id(p) for p in frozen}
+        self.last_drop_start = start
+        try:
+            yield start
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.drop is not None:
+            state["drop"] = self.drop.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        drop_state = state_dict.pop("drop", None)
+        super().load_state_dict(state_dict)
+        if drop_state is not None and self.drop is not None:
+            self.drop.load_state_dict(drop_state)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -162,6 +215,7 @@ class Muon(torch.optim.Optimizer):
                 self._muon_momentum(group, pending)
             else:
                 self._adamw(group)
+        self._frozen = set()
         for (mode, steps, coeffs, dtype, eps), items in pending.items():
             updates = self._orthogonalize(mode, steps, coeffs, dtype, eps, [u for _, _, u in items])
             for (p, group, _), U in zip(items, updates):
@@ -221,9 +275,8 @@ class Muon(torch.optim.Optimizer):
             p.mul_(1.0 - lr * wd)
             p.addcdiv_(state["exp_avg"], denom, value=-lr / bias1)
 
-    @staticmethod
-    def _grad(p: torch.Tensor) -> torch.Tensor | None:
-        if p.grad is None:
+    def _grad(self, p: torch.Tensor) -> torch.Tensor | None:
+        if p.grad is None or id(p) in self._frozen:
             return None
         if p.grad.is_sparse:
             raise RuntimeError("weightkit.optim.Muon: sparse gradients are not supported")

@@ -1,0 +1,85 @@
+"""Drop-Muon: randomized progressive training.
+
+Each step samples a start block s and updates only blocks s..L-1 (plus the embeddings and head,
+which are never dropped). Blocks before s get no gradient at all: ``Muon.drop_step`` turns their
+``requires_grad`` off before the forward pass, so autograd never records them and backward
+really stops early — the source of Drop-Muon's wall-clock win.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["DropSchedule", "find_blocks"]
+
+_BLOCK_LIST_NAMES = ("layers", "h", "blocks", "block", "layer")
+
+
+class DropSchedule:
+    """Distribution of the start block s ∈ {0, …, L−1} and its random stream.
+
+    Args:
+        kind: ``"uniform"`` (every s equally likely) or ``"tilted"`` (P(s) ∝ exp(−tilt·s/L):
+            small s, i.e. updating more blocks, is more likely).
+        tilt: strength of the tilt (ignored for ``"uniform"``).
+        p_full: probability of a full step (s = 0) mixed into either distribution.
+        seed: seed of the schedule's own generator. All ranks of a distributed job built with
+            the same seed sample the same s; ``drop_step`` also broadcasts rank 0's choice.
+        blocks: the ordered blocks, if :func:`find_blocks` should not guess them.
+    """
+
+    def __init__(self, kind: str = "uniform", tilt: float = 2.0, p_full: float = 0.0, seed: int = 0, blocks=None):
+        if kind not in ("uniform", "tilted"):
+            raise ValueError(f"weightkit.optim.DropSchedule: kind must be 'uniform' or 'tilted', got {kind!r}")
+        if not (isinstance(tilt, (int, float)) and math.isfinite(tilt) and tilt >= 0):
+            raise ValueError(f"weightkit.optim.DropSchedule: tilt must be a finite number >= 0, got {tilt!r}")
+        if not 0.0 <= p_full <= 1.0:
+            raise ValueError(f"weightkit.optim.DropSchedule: p_full must be in [0, 1], got {p_full!r}")
+        self.kind, self.tilt, self.p_full, self.seed = kind, float(tilt), float(p_full), int(seed)
+        self.blocks = list(blocks) if blocks is not None else None
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def probabilities(self, num_blocks: int) -> torch.Tensor:
+        """P(s) for s = 0..num_blocks-1, float64."""
+        s = torch.arange(num_blocks, dtype=torch.float64)
+        w = torch.ones_like(s) if self.kind == "uniform" else torch.exp(-self.tilt * s / num_blocks)
+        p = w / w.sum() * (1.0 - self.p_full)
+        p[0] += self.p_full
+        return p
+
+    def sample(self, num_blocks: int) -> int:
+        """Draws the start block from the schedule's generator."""
+        return int(torch.multinomial(self.probabilities(num_blocks), 1, generator=self.generator).item())
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "tilt": self.tilt, "p_full": self.p_full, "seed": self.seed,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kind, self.tilt, self.p_full, self.seed = state["kind"], state["tilt"], state["p_full"], state["seed"]
+        self.generator.set_state(state["generator"])
+
+
+def find_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's ordered transformer blocks: the longest ``nn.ModuleList`` of same-type modules
+    (``model.layers``, ``transformer.h``, ``blocks``… in Llama, GPT-2 and most GPT-style code).
+    """
+    best: list[nn.Module] = []
+    best_named = False
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 2:
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        named = name.rsplit(".", 1)[-1] in _BLOCK_LIST_NAMES
+        if len(module) > len(best) or (len(module) == len(best) and named and not best_named):
+            best, best_named = list(module), named
+    if not best:
+        raise ValueError(
+            "weightkit.optim.Muon.drop_step: found no list of blocks in the model (an nn.ModuleList of "
+            "same-type modules); pass them: DropSchedule(blocks=[...]) or drop_step(model, blocks=[...])"
+        )
+    return best
