@@ -10,7 +10,9 @@ class Block(nn.Module):
     def __init__(self, d: int, heads: int = 2):
         super().__init__()
         self.ln1 = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        # No attention biases: the key bias has an exactly-zero true gradient, so AdamW would turn
+        # its rounding noise into full-size steps and make runs incomparable.
+        self.attn = nn.MultiheadAttention(d, heads, bias=False, batch_first=True)
         self.ln2 = nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
 

@@ -7,11 +7,14 @@ orthogonalized through a single ``newton_schulz_grouped`` call (same-shape matri
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from weightkit.ops.newton_schulz import PRESETS, auon, newton_schulz_grouped
 from weightkit.optim.drop import DropSchedule, find_blocks
@@ -217,15 +220,19 @@ class Muon(torch.optim.Optimizer):
                 self._adamw(group)
         self._frozen = set()
         for (mode, steps, coeffs, dtype, eps), items in pending.items():
-            updates = self._orthogonalize(mode, steps, coeffs, dtype, eps, [u for _, _, u in items])
-            for (p, group, _), U in zip(items, updates):
-                rows, cols = p.shape[0], p[0].numel()
+            fulls = [_full(u) for _, _, u in items]
+            mats = [f.reshape(f.shape[0], -1) for f in fulls]
+            fn = functools.partial(self._orthogonalize, mode, steps, coeffs, dtype, eps)
+            updates = _orthogonalize_sharded(fn, mats) if _world_size() > 1 else fn(mats)
+            for (p, group, _), full, U in zip(items, fulls, updates):
+                rows, cols = p.shape[0], math.prod(p.shape[1:])
                 if group["adjust_lr"] == "original":
                     scale = math.sqrt(max(1.0, rows / cols))
                 else:
                     scale = 0.2 * math.sqrt(max(rows, cols))
+                U = _like_param(U.view(full.shape).to(full.dtype), p)
                 p.mul_(1.0 - group["lr"] * group["weight_decay"])
-                p.add_(U.view_as(p).to(p.dtype), alpha=-group["lr"] * scale)
+                p.add_(U, alpha=-group["lr"] * scale)
         return loss
 
     def _muon_momentum(self, group: dict, pending: dict) -> None:
@@ -243,7 +250,7 @@ class Muon(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(g, 1.0 - beta)
             update = g.lerp(buf, beta) if group["nesterov"] else buf
-            pending.setdefault(key, []).append((p, group, update.reshape(p.shape[0], -1)))
+            pending.setdefault(key, []).append((p, group, update))
 
     @staticmethod
     def _orthogonalize(mode, steps, coeffs, dtype, eps, mats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -281,6 +288,53 @@ class Muon(torch.optim.Optimizer):
         if p.grad.is_sparse:
             raise RuntimeError("weightkit.optim.Muon: sparse gradients are not supported")
         return p.grad
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole matrix of a (possibly FSDP2-sharded) tensor; an all-gather for a DTensor."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _like_param(U: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """U laid out like p: for a DTensor parameter, this rank's shard of U (no communication,
+    since every rank holds the whole U)."""
+    if isinstance(p, DTensor):
+        return distribute_tensor(U, p.device_mesh, p.placements, src_data_rank=None)
+    return U
+
+
+def _orthogonalize_sharded(fn, mats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each rank orthogonalizes every W-th matrix in order of decreasing size (round-robin, so
+    the work is balanced), then one all_gather hands every rank every result.
+
+    All ranks hold the same ``mats`` (replicas, or after ``full_tensor``), so the assignment and
+    the packing are computed identically everywhere without talking.
+    """
+    world, rank = dist.get_world_size(), dist.get_rank()
+    order = sorted(range(len(mats)), key=lambda i: (-mats[i].numel(), i))
+    shares = [order[r::world] for r in range(world)]
+    mine = fn([mats[i] for i in shares[rank]])
+    dtype = torch.float32
+    sizes = [sum(mats[i].numel() for i in share) for share in shares]
+    width = max(max(sizes), 1)
+    send = torch.zeros(width, dtype=dtype, device=mats[0].device)
+    if mine:
+        flat = torch.cat([u.reshape(-1).to(dtype) for u in mine])
+        send[: flat.numel()] = flat
+    recv = [torch.empty_like(send) for _ in range(world)]
+    dist.all_gather(recv, send)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(mats)
+    for r, share in enumerate(shares):
+        offset = 0
+        for i in share:
+            n = mats[i].numel()
+            out[i] = recv[r][offset : offset + n].view(mats[i].shape).to(mats[i].dtype)
+            offset += n
+    return out
 
 
 def _flatten(coeffs: Iterable) -> list[float]:
