@@ -1,0 +1,172 @@
+"""The `weightkit` command and the shared benchmark helpers (no timing asserts, all fast)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from weightkit import cli
+from weightkit.bench import FAMILIES, common
+from weightkit.bench import newton_schulz as ns_bench
+
+
+def test_info_prints_versions(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert torch.__version__ in out
+    for word in ("CUDA build", "CPU ISA", "OpenMP", "fast bf16"):
+        assert word in out
+
+
+def test_module_entry_point_runs_info():
+    done = subprocess.run(
+        [sys.executable, "-m", "weightkit.cli", "info", "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["torch_runtime"] == torch.__version__
+
+
+def test_bench_unknown_family_exits_2(capsys):
+    assert cli.main(["bench", "--only", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown family 'nope'" in err
+    assert "newton_schulz" in err
+
+
+def test_bench_cuda_without_gpu_exits_2(capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda is valid here")
+    assert cli.main(["bench", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_families_registry_points_at_runnable_modules():
+    import importlib
+
+    for module_name in FAMILIES.values():
+        module = importlib.import_module(module_name)
+        assert callable(module.run) and callable(module.main)
+
+
+def test_write_results_shape(tmp_path):
+    cases = [
+        {"case": "square-512-bf16", "baseline": "torch.optim.Muon", "ours_ms": 3.0, "baseline_ms": 4.5, "notes": "x"},
+        {"case": "square-512-bf16", "baseline": "plain PyTorch", "ours_ms": 3.0, "baseline_ms": 2.0},
+    ]
+    skipped = [{"case": "square-8192-bf16", "reason": "too slow"}]
+    path = common.write_results("newton_schulz", "cpu", cases, tmp_path / "a" / "b.json", skipped=skipped)
+    data = json.loads(path.read_text())
+    for key in ("family", "device", "torch", "commit", "cases", "threads", "date", "skipped"):
+        assert key in data
+    assert data["family"] == "newton_schulz"
+    assert data["torch"] == torch.__version__.split("+")[0]
+    assert data["threads"] == torch.get_num_threads()
+    assert data["skipped"] == skipped
+    assert [c["baseline"] for c in data["cases"]] == ["torch.optim.Muon", "plain PyTorch"]
+    for c in data["cases"]:
+        assert list(c)[:6] == ["case", "baseline", "ours_ms", "baseline_ms", "speedup", "notes"]
+        assert c["speedup"] == pytest.approx(c["baseline_ms"] / c["ours_ms"], rel=1e-2)
+    assert data["cases"][0]["speedup"] == 1.5
+    assert data["cases"][1]["notes"] == ""
+
+
+def test_write_results_default_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    case = {"case": "c", "baseline": "b", "ours_ms": 1.0, "baseline_ms": 1.0}
+    path = common.write_results("fam", "cpu", [case])
+    assert path == common.results_path("fam", "cpu")
+    assert (tmp_path / path).is_file()
+    assert path.parts[:3] == ("bench", "results", common.device_slug("cpu"))
+
+
+def test_write_results_rejects_missing_keys(tmp_path):
+    with pytest.raises(ValueError, match="baseline_ms"):
+        common.write_results("fam", "cpu", [{"case": "c", "baseline": "b", "ours_ms": 1.0}], tmp_path / "x.json")
+
+
+def test_device_slug_and_name():
+    slug = common.device_slug("cpu")
+    assert slug.startswith("cpu-") and slug.endswith(f"-{torch.get_num_threads()}t")
+    assert slug == slug.lower() and " " not in slug
+    assert f"{torch.get_num_threads()} thread" in common.device_name("cpu")
+
+
+@pytest.mark.parametrize(
+    "name, slug",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA GeForce RTX 4090", "rtx4090"),
+        ("Tesla V100-SXM2-16GB", "v100"),
+    ],
+)
+def test_gpu_slug(name, slug):
+    assert common._gpu_word(name) == slug
+
+
+def test_time_ms_positive_median():
+    calls = []
+    ms = common.time_ms(lambda: calls.append(sum(range(1000))), device="cpu", warmup=1, repeats=3, min_time_s=0.0)
+    assert ms > 0
+    assert len(calls) >= 4
+
+
+def test_time_ms_runs_a_long_call_twice():
+    import time
+
+    calls = []
+
+    def slow():
+        calls.append(None)
+        time.sleep(0.05)
+
+    ms = common.time_ms(slow, device="cpu", warmup=3, repeats=10, min_time_s=0.0, max_time_s=0.01, long_call_s=0.01)
+    assert ms >= 50 * 0.9
+    assert len(calls) == 2
+
+
+def test_ns_plain_baseline_matches_ours():
+    import weightkit
+
+    G = torch.randn(48, 80, generator=torch.Generator().manual_seed(0))
+    for M in (G, G.T):
+        ours = weightkit.newton_schulz(M, 5, "jordan", compute_dtype=torch.bfloat16)
+        plain = ns_bench.plain_newton_schulz(M).float()
+        assert plain.shape == M.shape
+        assert ns_bench._rel_diff(ours, plain) < 0.05
+
+
+def test_ns_plan_cpu_caps_and_orders_cases():
+    cases, skipped = ns_bench.plan(torch.device("cpu"), quick=False)
+    names = [c.name for c in cases]
+    assert "square-2048-bf16" in names and "square-4096-bf16" not in names
+    assert "wide-512x2048-bf16" in names
+    assert {s["case"] for s in skipped} == {"square-4096-bf16", "square-8192-bf16"}
+    flops = [c.flops for c in cases]
+    assert flops == sorted(flops)
+    quick, _ = ns_bench.plan(torch.device("cpu"), quick=True)
+    assert len(quick) == 3
+
+
+def test_print_table_aligns(capsys):
+    cases = [
+        {"case": "a", "baseline": "torch.optim.Muon", "ours_ms": 1.0, "baseline_ms": 10.0, "notes": "n"},
+        {"case": "longer-case", "baseline": "plain PyTorch", "ours_ms": 1234.0, "baseline_ms": 617.0},
+    ]
+    common.print_table("fam", "cpu", cases, skipped=[{"case": "z", "reason": "slow"}])
+    out = capsys.readouterr().out.splitlines()
+    assert "thread" in out[0]
+    assert "10.00x" in out[3] and "0.50x" in out[4]
+    assert out[3].index("10.00x") + len("10.00x") == out[4].index("0.50x") + len("0.50x")
+    assert out[-1] == "skipped z: slow"
+
+
+def test_other_load_reports_cores_or_none():
+    with common.OtherLoad() as load:
+        sum(range(100000))
+    assert load.cores is None or load.cores >= 0
