@@ -40,8 +40,9 @@ NsParams check_params(const char* op, int64_t steps, c10::ArrayRef<double> coeff
 }
 
 at::Tensor gram_fp32_default(const at::Tensor& X) {
-  at::Tensor R = at::bmm(X, X.mT());
-  return R.scalar_type() == at::kFloat ? R : R.to(at::kFloat);
+  // Upcast first: a half-precision product would round R and erase its small eigenvalues.
+  const at::Tensor Xf = X.scalar_type() == at::kFloat ? X : X.to(at::kFloat);
+  return at::bmm(Xf, Xf.mT());
 }
 
 at::Tensor sym_product(const NsDevice& dev, const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {

@@ -31,7 +31,10 @@ EPS = 1e-7
 COMPUTE_DTYPE = torch.bfloat16
 TORCH_MUON = "torch.optim.Muon"
 PLAIN = "plain PyTorch"
-_SHORT = {TORCH_MUON: "torch", PLAIN: "plain"}
+#: CPU only: the same loop in fp32, the fastest plain alternative on a CPU without bf16 units
+#: (different arithmetic from bf16 compute: context for the bf16 ratios, not a like-for-like one).
+PLAIN_FP32 = "plain PyTorch fp32"
+_SHORT = {TORCH_MUON: "torch", PLAIN: "plain", PLAIN_FP32: "plain fp32"}
 
 #: Largest square case run on a CPU: torch's bf16 matmul takes minutes beyond it without
 #: AVX-512 BF16 / AMX.
@@ -128,10 +131,12 @@ def plan(device: torch.device, quick: bool) -> tuple[list[Case], list[dict]]:
     return sorted(cases, key=lambda c: c.flops), skipped
 
 
-def plain_newton_schulz(G: torch.Tensor, steps: int = STEPS, coeffs=JORDAN, eps: float = EPS) -> torch.Tensor:
-    """Baseline 2: the quintic written out in bf16 PyTorch. G: (m, n) -> bf16 (m, n)."""
+def plain_newton_schulz(
+    G: torch.Tensor, steps: int = STEPS, coeffs=JORDAN, eps: float = EPS, dtype=torch.bfloat16
+) -> torch.Tensor:
+    """Baseline 2: the quintic written out in PyTorch at ``dtype``. G: (m, n) -> (m, n)."""
     a, b, c = coeffs
-    X = G.to(torch.bfloat16)
+    X = G.to(dtype)
     tall = X.size(0) > X.size(1)
     if tall:
         X = X.T
@@ -231,6 +236,8 @@ def run(
         skipped.append({"case": "*", "reason": reason})
     else:
         baselines = {TORCH_MUON: torch_fn, PLAIN: plain_newton_schulz}
+    if dev.type == "cpu":
+        baselines[PLAIN_FP32] = lambda G: plain_newton_schulz(G, dtype=torch.float32)
     settings = timing_settings(dev, quick)
     results: list[dict] = []
     slowest_rate = None  # flop/s: the slowest any baseline reached so far
@@ -257,7 +264,8 @@ def run(
             }
         for name, t in timings.items():
             rate = case.flops / (t.median_ms / 1e3)
-            slowest_rate = rate if slowest_rate is None else min(slowest_rate, rate)
+            if name != PLAIN_FP32:
+                slowest_rate = rate if slowest_rate is None else min(slowest_rate, rate)
             notes = [f"rel diff vs {_SHORT[name]} {_rel_diff(keep['ours'], keep[name]):.1e}"]
             if case.note:
                 notes.append(case.note)
@@ -290,6 +298,7 @@ def run(
             "baselines": {
                 TORCH_MUON: "torch.optim._muon._zeropower_via_newtonschulz per matrix, bf16 output",
                 PLAIN: "plain bf16 addmm loop per matrix (bench's plain_newton_schulz), bf16 output",
+                PLAIN_FP32: "CPU only: the same loop in fp32 (context, not bf16 arithmetic)",
             },
             "timing": settings,
             "cpu_max_baseline_s": max_baseline_s,
