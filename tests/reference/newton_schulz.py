@@ -7,14 +7,17 @@ import torch
 
 
 def newton_schulz_ref(
-    G: torch.Tensor, steps: int, coeffs: list[float], eps: float, norm_scale: float = 1.0
+    G: torch.Tensor, steps: int, coeffs: list[float], eps: float, norm_scale: float = 1.0, dtype=torch.float64
 ) -> torch.Tensor:
-    """G (m, n) or (b, m, n) -> float64 result of the quintic iteration, G's shape."""
-    X = G.to(torch.float64)
+    """G (m, n) or (b, m, n) -> result of the quintic iteration in `dtype`, G's shape.
+
+    float64 is the oracle; bf16/fp16 give the plain-torch yardstick that half-precision results
+    are held to (flash-attention's rule: at most 2x its error)."""
+    X = G.to(dtype)
     tall = X.shape[-2] > X.shape[-1]
     if tall:
         X = X.mT
-    X = X / (torch.linalg.matrix_norm(X, keepdim=True) * norm_scale + eps)
+    X = X / (torch.linalg.matrix_norm(X.double(), keepdim=True) * norm_scale + eps).to(dtype)
     for s in range(steps):
         a, b, c = coeffs[0:3] if len(coeffs) == 3 else coeffs[3 * s : 3 * s + 3]
         A = X @ X.mT
