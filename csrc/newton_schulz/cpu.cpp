@@ -14,6 +14,9 @@ namespace {
 // Reductions split the input into chunks of this many floats; partial sums are combined in
 // chunk order, so the answer is the same for any number of threads.
 constexpr int64_t kChunk = 16384;
+// These passes are memory-bound and short: below ~256K floats a parallel region's fork/join
+// (and, on a shared machine, waiting for a descheduled thread) costs more than it saves.
+constexpr int64_t kParallelGrain = 16 * kChunk;
 
 // ---------------------------------------------------------------- scalar (reference) path
 
@@ -195,7 +198,7 @@ template <typename ChunkSum>
 double chunked_sum(int64_t n, ChunkSum chunk_sum) {
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, chunks, kParallelGrain / kChunk, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const int64_t lo = c * kChunk;
       partial[static_cast<size_t>(c)] = chunk_sum(lo, std::min(n, lo + kChunk) - lo);
@@ -230,7 +233,7 @@ double sum_cosh_squares(const float* x, int64_t n, float s, CpuIsa isa) {
 
 void scale_round(float* x, int64_t n, float s, Rounding rounding, CpuIsa isa) {
   if (s == 1.f && rounding == Rounding::None) return;
-  at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, kParallelGrain, [&](int64_t begin, int64_t end) {
     switch (isa) {
       case CpuIsa::Avx512: scale_round_avx512(x + begin, end - begin, s, rounding); break;
       case CpuIsa::Avx2: scale_round_avx2(x + begin, end - begin, s, rounding); break;
