@@ -172,12 +172,12 @@ class Muon(torch.optim.Optimizer):
 
     @staticmethod
     def _check_group(group: dict) -> None:
-        def positive(name, value, strict=False):
-            if not isinstance(value, (int, float)) or value < 0 or (strict and value == 0) or math.isnan(value):
-                raise ValueError(f"weightkit.optim.Muon: {name} must be a number {'>' if strict else '>='} 0, got {value!r}")
+        def non_negative(name, value):
+            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+                raise ValueError(f"weightkit.optim.Muon: {name} must be a number >= 0, got {value!r}")
 
-        positive("lr", group["lr"])
-        positive("weight_decay", group["weight_decay"])
+        non_negative("lr", group["lr"])
+        non_negative("weight_decay", group["weight_decay"])
         if not 0.0 <= group["momentum"] < 1.0:
             raise ValueError(f"weightkit.optim.Muon: momentum must be in [0, 1), got {group['momentum']!r}")
         if group["mode"] not in _MODES:
@@ -191,9 +191,9 @@ class Muon(torch.optim.Optimizer):
             )
         if not isinstance(group["ns_steps"], int) or group["ns_steps"] < 1:
             raise ValueError(f"weightkit.optim.Muon: ns_steps must be an int >= 1, got {group['ns_steps']!r}")
-        positive("adamw_lr", group["adamw_lr"])
-        positive("adamw_eps", group["adamw_eps"])
-        positive("adamw_wd", group["adamw_wd"])
+        non_negative("adamw_lr", group["adamw_lr"])
+        non_negative("adamw_eps", group["adamw_eps"])
+        non_negative("adamw_wd", group["adamw_wd"])
         b1, b2 = group["adamw_betas"]
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"weightkit.optim.Muon: adamw_betas must be in [0, 1), got {group['adamw_betas']!r}")
