@@ -39,12 +39,6 @@ NsParams check_params(const char* op, int64_t steps, c10::ArrayRef<double> coeff
   return p;
 }
 
-at::Tensor gram_fp32_default(const at::Tensor& X) {
-  // Upcast first: a half-precision product would round R and erase its small eigenvalues.
-  const at::Tensor Xf = X.scalar_type() == at::kFloat ? X : X.to(at::kFloat);
-  return at::bmm(Xf, Xf.mT());
-}
-
 at::Tensor sym_product(const NsDevice& dev, const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
   if (dev.sym_product) return dev.sym_product(X, alpha, D, beta);
   if (D.defined()) return at::baddbmm(D, X, X.mT(), beta, alpha);
@@ -53,6 +47,13 @@ at::Tensor sym_product(const NsDevice& dev, const at::Tensor& X, double alpha, c
 }
 
 namespace {
+
+// X X^T in fp32, unrounded, for X (B, m, k) in the working dtype: the Gram form's m x m state.
+// Upcast first: a half-precision product would round R and erase its small eigenvalues.
+at::Tensor gram_fp32(const at::Tensor& X) {
+  const at::Tensor Xf = X.scalar_type() == at::kFloat ? X : X.to(at::kFloat);
+  return at::bmm(Xf, Xf.mT());
+}
 
 // Gram-form iteration pays off once the matrix is at least twice as wide as tall; below that the
 // plain iteration is as cheap. WEIGHTKIT_NS_GRAM=always|never overrides (used by the tests).
@@ -98,7 +99,7 @@ at::Tensor iterate_gram(at::Tensor X, const NsParams& p, at::ScalarType compute,
     dev.round(Y, compute);
     return Y;
   };
-  at::Tensor R = dev.gram_fp32(X);
+  at::Tensor R = gram_fp32(X);
   at::Tensor Q;
   for (int64_t s = 0; s < p.steps; ++s) {
     const double a = p.coeffs[3 * s], b = p.coeffs[3 * s + 1], c = p.coeffs[3 * s + 2];
@@ -108,7 +109,7 @@ at::Tensor iterate_gram(at::Tensor X, const NsParams& p, at::ScalarType compute,
     if (s + 1 == p.steps) break;
     if (s + 1 == restart_at) {
       X = apply(Q, X);
-      R = dev.gram_fp32(X);
+      R = gram_fp32(X);
       Q = at::Tensor();
     } else {
       R = at::bmm(Z, at::bmm(R, Z));

@@ -22,8 +22,6 @@ struct NsParams {
 NsParams check_params(const char* op, int64_t steps, c10::ArrayRef<double> coeffs, double eps, double norm_scale,
                       std::optional<at::ScalarType> compute_dtype);
 
-at::Tensor gram_fp32_default(const at::Tensor& X);
-
 struct NsDevice {
   // Copies `mats` (views of shape (m, n) or (b, m, n), m <= n, one dtype) into one contiguous
   // (B, m, n) buffer, each matrix divided by (||X||_F * norm_scale + eps) and stored in the
@@ -35,8 +33,6 @@ struct NsDevice {
   // alpha * X X^T + beta * D for X (B, m, k) and D (B, m, m) (undefined D: no addend). The
   // result is symmetric, which a device may exploit (upper tiles only); unset: ATen products.
   std::function<at::Tensor(const at::Tensor& X, double alpha, const at::Tensor& D, double beta)> sym_product;
-  // X X^T as fp32 for X (B, m, k) in the working dtype, unrounded: the Gram form's m x m state.
-  std::function<at::Tensor(const at::Tensor& X)> gram_fp32 = gram_fp32_default;
   // Whether AUTO picks the Gram form for half-precision compute: its m x m products run in fp32,
   // which is cheap where the m x n products also run in fp32 (CPU) but not on tensor cores.
   bool gram_in_half_precision = true;
