@@ -17,4 +17,24 @@ TORCH_LIBRARY(weightkit, m) {
         "float norm_scale=1.0, ScalarType? compute_dtype=None) -> Tensor[]");
   // AuON: X = G / (||G||_F + eps); r = RMS(cosh X); returns X / (r + 1e-8), per matrix.
   m.def("auon(Tensor G, float eps) -> Tensor");
+
+  // ---- sparse_lowrank: SLTrain's layer y = x (s B A + S)^T + bias --------------------------
+  // x (..., in), A (r, in), B (out, r), S (out, in) as `values` (nnz) on a CSR support: row_ptr
+  // int32/int64 (out + 1), col_idx int16/int32 (nnz) sorted and unique within rows; scale = s =
+  // alpha / r. x, A, B, values, bias share one float dtype. The factored path (x A^T B^T + x S^T)
+  // or a transient dense W is picked by a cost model per call; W is never kept.
+  m.def("sl_linear(Tensor x, Tensor A, Tensor B, Tensor values, Tensor row_ptr, Tensor col_idx, "
+        "Tensor? bias, float scale) -> Tensor");
+  // Gradients of sl_linear for x, A, B and values (not the bias: grad_out summed over tokens).
+  // output_mask says which to compute; the others come back as empty tensors.
+  m.def("sl_linear_backward(Tensor grad_out, Tensor x, Tensor A, Tensor B, Tensor values, "
+        "Tensor row_ptr, Tensor col_idx, float scale, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Sampled dense-dense product: out[k] = sum_t a[t, row_k] * b[t, col_k] for a (T, rows),
+  // b (T, cols), i.e. (a^T b) at the support: the gradient of the sparse values.
+  m.def("sddmm(Tensor a, Tensor b, Tensor row_ptr, Tensor col_idx) -> Tensor");
+  // A seeded random support of an (out, in) matrix, identical on every machine and torch
+  // version: kind "row_balanced" (round(density * in) columns per row, at least 1) or "uniform"
+  // (round(density * out * in) positions over the whole matrix). Returns (row_ptr, col_idx) on
+  // the CPU, int32 or int64 row pointers and int16 columns where in_features allows, else int32.
+  m.def("sl_support(int out_features, int in_features, float density, int seed, str kind) -> (Tensor, Tensor)");
 }

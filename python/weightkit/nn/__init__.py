@@ -1,5 +1,6 @@
-"""Modules: a small GPT for training experiments (more layers come with their issues)."""
+"""Modules: a small GPT for training experiments and SLTrain's sparse + low-rank linear layer."""
 
 from weightkit.nn.gpt import GPT
+from weightkit.nn.sparse_lowrank import SparseLowRankLinear, to_sparse_lowrank
 
-__all__ = ["GPT"]
+__all__ = ["GPT", "SparseLowRankLinear", "to_sparse_lowrank"]
