@@ -16,7 +16,7 @@ from torch import nn
 
 from weightkit.ops.sparse_lowrank import sl_linear, sl_support
 
-__all__ = ["SparseLowRankLinear", "to_sparse_lowrank"]
+__all__ = ["SparseLowRankLinear", "ddp_ignore_support_buffers", "to_sparse_lowrank"]
 
 SUPPORT_KINDS = ("row_balanced", "uniform")
 
@@ -198,6 +198,27 @@ class SparseLowRankLinear(nn.Module):
         )
 
 
+def ddp_ignore_support_buffers(model: nn.Module) -> nn.Module:
+    """Tell ``DistributedDataParallel`` not to broadcast the layers' index buffers.
+
+    They are a pure function of the seed (equal on every rank), and NCCL and gloo cannot
+    broadcast int16 tensors, so DDP's start-up sync of ``model`` would fail on them.
+    :func:`to_sparse_lowrank` calls this; call it yourself on a model built from
+    :class:`SparseLowRankLinear` layers directly, before wrapping it in DDP. Returns the model.
+    """
+    names = [
+        f"{name}.{buf}" if name else buf
+        for name, m in model.named_modules()
+        if isinstance(m, SparseLowRankLinear)
+        for buf in ("row_ptr", "col_idx")
+    ]
+    previous = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, sorted(set(previous) | set(names))
+    )
+    return model
+
+
 def _linear_weight(module: nn.Module) -> torch.Tensor | None:
     """(out, in) weight of an ``nn.Linear`` or a Hugging Face ``Conv1D`` (stored (in, out))."""
     if isinstance(module, nn.Linear):
@@ -231,8 +252,8 @@ def to_sparse_lowrank(
     Each layer gets rank ``rank`` or ``round(rank_ratio·min(in, out))``. ``fit=False`` gives the
     paper's fresh initialization (for pretraining); ``fit=True`` the best sparse + low-rank fit
     of the current weight. Each layer's support seed is ``seed`` mixed with its name, so layers
-    differ and conversions repeat. Prints a parameter-count summary when ``verbose``.
-    Returns the model.
+    differ and conversions repeat. Prints a parameter-count summary when ``verbose``. The index
+    buffers are marked for DDP to skip (:func:`ddp_ignore_support_buffers`). Returns the model.
     """
     if (rank is None) == (rank_ratio is None):
         raise ValueError("to_sparse_lowrank: give exactly one of rank and rank_ratio")
@@ -260,6 +281,7 @@ def to_sparse_lowrank(
                                       dtype=weight.dtype, **kwargs)
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
+    ddp_ignore_support_buffers(model)
     if verbose:
         after = sum(p.numel() for p in model.parameters())
         print(
