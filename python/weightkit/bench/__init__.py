@@ -12,6 +12,7 @@ from __future__ import annotations
 FAMILIES = {
     "newton_schulz": "weightkit.bench.newton_schulz",
     "optim": "weightkit.bench.optim",
+    "sparse_lowrank": "weightkit.bench.sparse_lowrank",
 }
 
 __all__ = ["FAMILIES"]
