@@ -41,7 +41,10 @@ NsParams check_params(const char* op, int64_t steps, c10::ArrayRef<double> coeff
 
 at::Tensor sym_product(const NsDevice& dev, const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
   if (dev.sym_product) return dev.sym_product(X, alpha, D, beta);
-  if (D.defined()) return at::baddbmm(D, X, X.mT(), beta, alpha);
+  // torch 2.13's CPU bf16 baddbmm (oneDNN, on AVX512-BF16 machines) returns NaN for alpha = 0 or
+  // beta = 0 instead of dropping that term, so those cases never reach it.
+  if (D.defined() && alpha == 0.0) return D.mul(beta);
+  if (D.defined() && beta != 0.0) return at::baddbmm(D, X, X.mT(), beta, alpha);
   at::Tensor P = at::bmm(X, X.mT());
   return alpha == 1.0 ? P : P.mul_(alpha);
 }
@@ -74,7 +77,7 @@ at::Tensor iterate_plain(at::Tensor X, const NsParams& p, at::ScalarType compute
     // A is symmetric, so A A = A A^T: the same symmetric product, with b A fused in.
     at::Tensor B = sym_product(dev, A, c, A, b);
     dev.round(B, compute);
-    X = at::baddbmm(X, B, X, /*beta=*/a, /*alpha=*/1.0);
+    X = a == 0.0 ? at::bmm(B, X) : at::baddbmm(X, B, X, /*beta=*/a, /*alpha=*/1.0);  // see sym_product
     dev.round(X, compute);
   }
   return X;
