@@ -14,10 +14,11 @@ namespace {
 #define WK_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define WK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
-// Tokens handled per register block: 8 AVX2 or 4 AVX-512 accumulators.
-constexpr int64_t kTokBlock = 64;
-// Token span of one sddmm pass: the BT rows it touches (cols x 2 KB) stay in L2/L3.
-constexpr int64_t kDotSpan = 128;
+// Tokens per tile: 4 AVX-512 or 8 AVX2 registers of fp32 lanes.
+constexpr int64_t kTile = 64;
+// The backward pass sums the sparse-value gradient over at most this many groups of tiles, in
+// order: the grouping depends on T only, so results do not depend on the thread count.
+constexpr int64_t kMaxGroups = 16;
 
 template <typename R, typename C>
 struct CsrT {
@@ -45,191 +46,236 @@ void with_csr(const Csr& s, F&& f) {
   }
 }
 
-// Rows per parallel task, so that a task holds ~16K nonzeros-times-block of work.
+// Rows per parallel task, so that a task holds ~2K nonzeros.
 int64_t row_grain(int64_t rows, int64_t nnz) {
   const int64_t per_row = std::max<int64_t>(1, nnz / std::max<int64_t>(rows, 1));
   return std::max<int64_t>(1, 2048 / per_row);
 }
 
-// ------------------------------------------------------------------------------ spmm
+// ------------------------------------------------------------------------------ tiles
 
-// Tokens [t0, t1) of rows [r0, r1), one token at a time: the tail shorter than a block, and the
-// scalar path.
+// tile (features x kTile, fp32) = src[t0 : t0 + n, :]^T for token-major src (T x features);
+// lanes n..kTile are zero, so the kernels always run full-width.
+template <typename E>
+void load_tile(const E* src, int64_t features, int64_t t0, int64_t n, float* tile) {
+  if (n < kTile) {
+    for (int64_t c = 0; c < features; ++c) std::fill(tile + c * kTile + n, tile + (c + 1) * kTile, 0.f);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const E* row = src + (t0 + j) * features;
+    for (int64_t c = 0; c < features; ++c) tile[c * kTile + j] = static_cast<float>(row[c]);
+  }
+}
+
+// dst[t0 + j, c] += tile[c, j] for j < n and features c in [c0, c1).
+template <typename E>
+void add_tile(const float* tile, int64_t features, int64_t t0, int64_t n, int64_t c0, int64_t c1, E* dst) {
+  for (int64_t j = 0; j < n; ++j) {
+    E* row = dst + (t0 + j) * features;
+    for (int64_t c = c0; c < c1; ++c) row[c] = static_cast<E>(static_cast<float>(row[c]) + tile[c * kTile + j]);
+  }
+}
+
+// ------------------------------------------------------------------------------ forward tile
+
+// YT[i] = sum_k v_k XT[c_k] over the kTile lanes, rows [r0, r1).
 template <typename R, typename C>
-void spmm_tokens_scalar(const CsrT<R, C>& s, const float* XT, int64_t T, float* YT, bool acc, int64_t r0,
-                        int64_t r1, int64_t t0, int64_t t1) {
+void tile_spmm_scalar(const CsrT<R, C>& s, const float* XT, float* YT, int64_t r0, int64_t r1) {
   for (int64_t i = r0; i < r1; ++i) {
-    for (int64_t t = t0; t < t1; ++t) {
-      float sum = acc ? YT[i * T + t] : 0.f;
-      for (int64_t k = s.rp[i]; k < s.rp[i + 1]; ++k) sum += s.v[k] * XT[int64_t(s.ci[k]) * T + t];
-      YT[i * T + t] = sum;
-    }
-  }
-}
-
-template <typename R, typename C>
-WK_AVX2 void spmm_block_avx2(const CsrT<R, C>& s, const float* XT, int64_t T, float* YT, bool acc, int64_t i,
-                             int64_t t0) {
-  __m256 a[8];
-  float* y = YT + i * T + t0;
-  for (int j = 0; j < 8; ++j) a[j] = acc ? _mm256_loadu_ps(y + 8 * j) : _mm256_setzero_ps();
-  for (int64_t k = s.rp[i]; k < s.rp[i + 1]; ++k) {
-    const __m256 v = _mm256_set1_ps(s.v[k]);
-    const float* x = XT + int64_t(s.ci[k]) * T + t0;
-    for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8 * j), a[j]);
-  }
-  for (int j = 0; j < 8; ++j) _mm256_storeu_ps(y + 8 * j, a[j]);
-}
-
-template <typename R, typename C>
-WK_AVX512 void spmm_block_avx512(const CsrT<R, C>& s, const float* XT, int64_t T, float* YT, bool acc, int64_t i,
-                                 int64_t t0) {
-  __m512 a[4];
-  float* y = YT + i * T + t0;
-  for (int j = 0; j < 4; ++j) a[j] = acc ? _mm512_loadu_ps(y + 16 * j) : _mm512_setzero_ps();
-  for (int64_t k = s.rp[i]; k < s.rp[i + 1]; ++k) {
-    const __m512 v = _mm512_set1_ps(s.v[k]);
-    const float* x = XT + int64_t(s.ci[k]) * T + t0;
-    for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + 16 * j), a[j]);
-  }
-  for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + 16 * j, a[j]);
-}
-
-template <typename R, typename C>
-void spmm_impl(const CsrT<R, C>& s, const float* XT, int64_t T, float* YT, bool acc, CpuIsa isa) {
-  const int64_t T_blocked = isa == CpuIsa::Scalar ? 0 : T / kTokBlock * kTokBlock;
-  at::parallel_for(0, s.rows, row_grain(s.rows, s.rp[s.rows]), [&](int64_t r0, int64_t r1) {
-    // Token blocks outermost: the XT columns of one block (cols x 256 B) stay in L2 across rows.
-    for (int64_t t0 = 0; t0 < T_blocked; t0 += kTokBlock) {
-      for (int64_t i = r0; i < r1; ++i) {
-        if (isa == CpuIsa::Avx512) {
-          spmm_block_avx512(s, XT, T, YT, acc, i, t0);
-        } else {
-          spmm_block_avx2(s, XT, T, YT, acc, i, t0);
-        }
-      }
-    }
-    spmm_tokens_scalar(s, XT, T, YT, acc, r0, r1, T_blocked, T);
-  });
-}
-
-// ------------------------------------------------------------------------------ spmm_t
-
-template <typename R, typename C>
-void spmm_t_tokens_scalar(const CsrT<R, C>& s, const float* GT, int64_t T, float* ZT, int64_t t0, int64_t t1) {
-  for (int64_t i = 0; i < s.rows; ++i) {
+    float acc[kTile] = {};
     for (int64_t k = s.rp[i]; k < s.rp[i + 1]; ++k) {
-      float* z = ZT + int64_t(s.ci[k]) * T;
-      for (int64_t t = t0; t < t1; ++t) z[t] += s.v[k] * GT[i * T + t];
+      const float* x = XT + int64_t(s.ci[k]) * kTile;
+      for (int64_t j = 0; j < kTile; ++j) acc[j] += s.v[k] * x[j];
     }
+    std::copy(acc, acc + kTile, YT + i * kTile);
   }
 }
 
 template <typename R, typename C>
-WK_AVX2 void spmm_t_block_avx2(const CsrT<R, C>& s, const float* GT, int64_t T, float* ZT, int64_t t0) {
-  for (int64_t i = 0; i < s.rows; ++i) {
-    __m256 g[8];
-    for (int j = 0; j < 8; ++j) g[j] = _mm256_loadu_ps(GT + i * T + t0 + 8 * j);
+WK_AVX2 void tile_spmm_avx2(const CsrT<R, C>& s, const float* XT, float* YT, int64_t r0, int64_t r1) {
+  for (int64_t i = r0; i < r1; ++i) {
+    __m256 a[8];
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_ps();
     for (int64_t k = s.rp[i]; k < s.rp[i + 1]; ++k) {
       const __m256 v = _mm256_set1_ps(s.v[k]);
-      float* z = ZT + int64_t(s.ci[k]) * T + t0;
-      for (int j = 0; j < 8; ++j) _mm256_storeu_ps(z + 8 * j, _mm256_fmadd_ps(v, g[j], _mm256_loadu_ps(z + 8 * j)));
+      const float* x = XT + int64_t(s.ci[k]) * kTile;
+      for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8 * j), a[j]);
     }
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(YT + i * kTile + 8 * j, a[j]);
   }
 }
 
 template <typename R, typename C>
-WK_AVX512 void spmm_t_block_avx512(const CsrT<R, C>& s, const float* GT, int64_t T, float* ZT, int64_t t0) {
-  for (int64_t i = 0; i < s.rows; ++i) {
-    __m512 g[4];
-    for (int j = 0; j < 4; ++j) g[j] = _mm512_loadu_ps(GT + i * T + t0 + 16 * j);
+WK_AVX512 void tile_spmm_avx512(const CsrT<R, C>& s, const float* XT, float* YT, int64_t r0, int64_t r1) {
+  for (int64_t i = r0; i < r1; ++i) {
+    __m512 a[4];
+    for (int j = 0; j < 4; ++j) a[j] = _mm512_setzero_ps();
     for (int64_t k = s.rp[i]; k < s.rp[i + 1]; ++k) {
       const __m512 v = _mm512_set1_ps(s.v[k]);
-      float* z = ZT + int64_t(s.ci[k]) * T + t0;
-      for (int j = 0; j < 4; ++j) _mm512_storeu_ps(z + 16 * j, _mm512_fmadd_ps(v, g[j], _mm512_loadu_ps(z + 16 * j)));
+      const float* x = XT + int64_t(s.ci[k]) * kTile;
+      for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + 16 * j), a[j]);
     }
+    for (int j = 0; j < 4; ++j) _mm512_storeu_ps(YT + i * kTile + 16 * j, a[j]);
   }
 }
 
 template <typename R, typename C>
-void spmm_t_impl(const CsrT<R, C>& s, const float* GT, int64_t T, float* ZT, bool acc, CpuIsa isa) {
-  // Nonzeros of different rows share columns, so work is split by tokens: each task owns a
-  // token block of every ZT row and no two tasks write the same element.
-  const int64_t n_blocks = isa == CpuIsa::Scalar ? 0 : T / kTokBlock;
-  const int64_t T_blocked = n_blocks * kTokBlock;
-  at::parallel_for(0, n_blocks + 1, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t t0 = b * kTokBlock;
-      const int64_t t1 = b < n_blocks ? t0 + kTokBlock : T;
-      if (t1 <= t0) continue;
-      if (!acc) {
-        for (int64_t c = 0; c < s.cols; ++c) std::fill(ZT + c * T + t0, ZT + c * T + t1, 0.f);
+void tile_spmm(const CsrT<R, C>& s, const float* XT, float* YT, int64_t r0, int64_t r1, CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::Avx512: tile_spmm_avx512(s, XT, YT, r0, r1); break;
+    case CpuIsa::Avx2: tile_spmm_avx2(s, XT, YT, r0, r1); break;
+    default: tile_spmm_scalar(s, XT, YT, r0, r1);
+  }
+}
+
+// ------------------------------------------------------------------------------ backward tile
+
+// For every nonzero k (row i, column c): with GX, ZT[c] += v_k GT[i]; with GV, acc[k] +=
+// <GT[i], XT[c]>. One pass over the rows serves both, with GT[i] held in registers.
+template <bool GX, bool GV, typename R, typename C>
+void tile_backward_scalar(const CsrT<R, C>& s, const float* GT, const float* XT, float* ZT, float* acc) {
+  for (int64_t i = 0; i < s.rows; ++i) {
+    const float* g = GT + i * kTile;
+    for (int64_t k = s.rp[i]; k < s.rp[i + 1]; ++k) {
+      const int64_t c = s.ci[k];
+      if constexpr (GX) {
+        for (int64_t j = 0; j < kTile; ++j) ZT[c * kTile + j] += s.v[k] * g[j];
       }
-      if (b == n_blocks) {
-        spmm_t_tokens_scalar(s, GT, T, ZT, T_blocked, T);
-      } else if (isa == CpuIsa::Avx512) {
-        spmm_t_block_avx512(s, GT, T, ZT, t0);
-      } else {
-        spmm_t_block_avx2(s, GT, T, ZT, t0);
+      if constexpr (GV) {
+        float d = 0.f;
+        for (int64_t j = 0; j < kTile; ++j) d += g[j] * XT[c * kTile + j];
+        acc[k] += d;
       }
     }
-  });
-}
-
-// ------------------------------------------------------------------------------ sddmm
-
-float dot_scalar(const float* a, const float* b, int64_t n) {
-  float acc = 0.f;
-  for (int64_t t = 0; t < n; ++t) acc += a[t] * b[t];
-  return acc;
-}
-
-WK_AVX2 float dot_avx2(const float* a, const float* b, int64_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-  int64_t t = 0;
-  for (; t + 32 <= n; t += 32) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + t + 8), _mm256_loadu_ps(b + t + 8), s1);
-    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + t + 16), _mm256_loadu_ps(b + t + 16), s2);
-    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + t + 24), _mm256_loadu_ps(b + t + 24), s3);
   }
-  for (; t + 8 <= n; t += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t), s0);
-  const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+WK_AVX2 inline float hsum_avx2(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
   h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  float acc = _mm_cvtss_f32(h);
-  for (; t < n; ++t) acc += a[t] * b[t];
-  return acc;
+  return _mm_cvtss_f32(h);
 }
 
-WK_AVX512 float dot_avx512(const float* a, const float* b, int64_t n) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-  int64_t t = 0;
-  for (; t + 32 <= n; t += 32) {
-    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + t), _mm512_loadu_ps(b + t), s0);
-    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + t + 16), _mm512_loadu_ps(b + t + 16), s1);
-  }
-  for (; t + 16 <= n; t += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + t), _mm512_loadu_ps(b + t), s0);
-  float acc = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-  for (; t < n; ++t) acc += a[t] * b[t];
-  return acc;
-}
-
-template <typename R, typename C>
-void sddmm_impl(const CsrT<R, C>& s, const float* AT, const float* BT, int64_t T, float* out, CpuIsa isa) {
-  auto dot = isa == CpuIsa::Avx512 ? dot_avx512 : isa == CpuIsa::Avx2 ? dot_avx2 : dot_scalar;
-  at::parallel_for(0, s.rows, row_grain(s.rows, s.rp[s.rows]), [&](int64_t r0, int64_t r1) {
-    for (int64_t k = s.rp[r0]; k < s.rp[r1]; ++k) out[k] = 0.f;
-    for (int64_t t0 = 0; t0 < T; t0 += kDotSpan) {
-      const int64_t n = std::min(kDotSpan, T - t0);
-      for (int64_t i = r0; i < r1; ++i) {
-        for (int64_t k = s.rp[i]; k < s.rp[i + 1]; ++k) {
-          out[k] += dot(AT + i * T + t0, BT + int64_t(s.ci[k]) * T + t0, n);
+template <bool GX, bool GV, typename R, typename C>
+WK_AVX2 void tile_backward_avx2(const CsrT<R, C>& s, const float* GT, const float* XT, float* ZT, float* acc) {
+  for (int64_t i = 0; i < s.rows; ++i) {
+    __m256 g[8];
+    for (int j = 0; j < 8; ++j) g[j] = _mm256_loadu_ps(GT + i * kTile + 8 * j);
+    for (int64_t k = s.rp[i]; k < s.rp[i + 1]; ++k) {
+      const int64_t c = s.ci[k];
+      if constexpr (GX) {
+        const __m256 v = _mm256_set1_ps(s.v[k]);
+        float* z = ZT + c * kTile;
+        for (int j = 0; j < 8; ++j) _mm256_storeu_ps(z + 8 * j, _mm256_fmadd_ps(v, g[j], _mm256_loadu_ps(z + 8 * j)));
+      }
+      if constexpr (GV) {
+        const float* x = XT + c * kTile;
+        __m256 d0 = _mm256_mul_ps(g[0], _mm256_loadu_ps(x));
+        __m256 d1 = _mm256_mul_ps(g[1], _mm256_loadu_ps(x + 8));
+        for (int j = 2; j < 8; j += 2) {
+          d0 = _mm256_fmadd_ps(g[j], _mm256_loadu_ps(x + 8 * j), d0);
+          d1 = _mm256_fmadd_ps(g[j + 1], _mm256_loadu_ps(x + 8 * j + 8), d1);
         }
+        acc[k] += hsum_avx2(_mm256_add_ps(d0, d1));
+      }
+    }
+  }
+}
+
+template <bool GX, bool GV, typename R, typename C>
+WK_AVX512 void tile_backward_avx512(const CsrT<R, C>& s, const float* GT, const float* XT, float* ZT, float* acc) {
+  for (int64_t i = 0; i < s.rows; ++i) {
+    __m512 g[4];
+    for (int j = 0; j < 4; ++j) g[j] = _mm512_loadu_ps(GT + i * kTile + 16 * j);
+    for (int64_t k = s.rp[i]; k < s.rp[i + 1]; ++k) {
+      const int64_t c = s.ci[k];
+      if constexpr (GX) {
+        const __m512 v = _mm512_set1_ps(s.v[k]);
+        float* z = ZT + c * kTile;
+        for (int j = 0; j < 4; ++j) _mm512_storeu_ps(z + 16 * j, _mm512_fmadd_ps(v, g[j], _mm512_loadu_ps(z + 16 * j)));
+      }
+      if constexpr (GV) {
+        const float* x = XT + c * kTile;
+        __m512 d0 = _mm512_mul_ps(g[0], _mm512_loadu_ps(x));
+        __m512 d1 = _mm512_mul_ps(g[1], _mm512_loadu_ps(x + 16));
+        d0 = _mm512_fmadd_ps(g[2], _mm512_loadu_ps(x + 32), d0);
+        d1 = _mm512_fmadd_ps(g[3], _mm512_loadu_ps(x + 48), d1);
+        acc[k] += _mm512_reduce_add_ps(_mm512_add_ps(d0, d1));
+      }
+    }
+  }
+}
+
+template <bool GX, bool GV, typename R, typename C>
+void tile_backward(const CsrT<R, C>& s, const float* GT, const float* XT, float* ZT, float* acc, CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::Avx512: tile_backward_avx512<GX, GV>(s, GT, XT, ZT, acc); break;
+    case CpuIsa::Avx2: tile_backward_avx2<GX, GV>(s, GT, XT, ZT, acc); break;
+    default: tile_backward_scalar<GX, GV>(s, GT, XT, ZT, acc);
+  }
+}
+
+// ------------------------------------------------------------------------------ drivers
+
+template <typename E, typename R, typename C>
+void spmm_add_impl(const CsrT<R, C>& s, const E* x, int64_t T, E* y, CpuIsa isa) {
+  const int64_t tiles = (T + kTile - 1) / kTile;
+  if (tiles >= at::get_num_threads()) {
+    // Enough tiles to keep every thread busy: each task owns whole tiles.
+    at::parallel_for(0, tiles, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<float> XT(s.cols * kTile), YT(s.rows * kTile);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t t0 = b * kTile, n = std::min(kTile, T - t0);
+        load_tile(x, s.cols, t0, n, XT.data());
+        tile_spmm(s, XT.data(), YT.data(), 0, s.rows, isa);
+        add_tile(YT.data(), s.rows, t0, n, 0, s.rows, y);
+      }
+    });
+    return;
+  }
+  // Few tokens (decoding, small batches): split each tile's rows over the threads instead.
+  std::vector<float> XT(s.cols * kTile), YT(s.rows * kTile);
+  for (int64_t b = 0; b < tiles; ++b) {
+    const int64_t t0 = b * kTile, n = std::min(kTile, T - t0);
+    load_tile(x, s.cols, t0, n, XT.data());
+    at::parallel_for(0, s.rows, row_grain(s.rows, s.rp[s.rows]), [&](int64_t r0, int64_t r1) {
+      tile_spmm(s, XT.data(), YT.data(), r0, r1, isa);
+      add_tile(YT.data(), s.rows, t0, n, r0, r1, y);
+    });
+  }
+}
+
+template <bool GX, bool GV, typename E, typename R, typename C>
+void sparse_backward_impl(const CsrT<R, C>& s, const E* g, const E* x, int64_t T, E* gx, float* gvals, CpuIsa isa) {
+  const int64_t nnz = s.rp[s.rows];
+  const int64_t tiles = (T + kTile - 1) / kTile;
+  const int64_t per_group = std::max<int64_t>(1, (tiles + kMaxGroups - 1) / kMaxGroups);
+  const int64_t groups = (tiles + per_group - 1) / per_group;
+  std::vector<float> partial(GV ? groups * nnz : 0, 0.f);
+  // Groups own disjoint token ranges: their gx rows and their partial sums never collide.
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> GT(s.rows * kTile), XT(GV ? s.cols * kTile : 0), ZT(GX ? s.cols * kTile : 0);
+    for (int64_t grp = g0; grp < g1; ++grp) {
+      for (int64_t b = grp * per_group; b < std::min(tiles, (grp + 1) * per_group); ++b) {
+        const int64_t t0 = b * kTile, n = std::min(kTile, T - t0);
+        load_tile(g, s.rows, t0, n, GT.data());
+        if constexpr (GV) load_tile(x, s.cols, t0, n, XT.data());
+        if constexpr (GX) std::fill(ZT.begin(), ZT.end(), 0.f);
+        tile_backward<GX, GV>(s, GT.data(), XT.data(), ZT.data(), partial.data() + grp * nnz, isa);
+        if constexpr (GX) add_tile(ZT.data(), s.cols, t0, n, 0, s.cols, gx);
       }
     }
   });
+  if constexpr (GV) {
+    at::parallel_for(0, nnz, 4096, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        float sum = 0.f;
+        for (int64_t grp = 0; grp < groups; ++grp) sum += partial[grp * nnz + k];
+        gvals[k] = sum;
+      }
+    });
+  }
 }
 
 // ------------------------------------------------------------------------------ support
@@ -289,59 +335,32 @@ std::string validate_support(const Csr& s, int64_t nnz) {
   return err.str();
 }
 
-void spmm(const Csr& s, const float* XT, int64_t T, float* YT, bool accumulate, CpuIsa isa) {
-  with_csr(s, [&](const auto& c) { spmm_impl(c, XT, T, YT, accumulate, isa); });
-}
-
-void spmm_t(const Csr& s, const float* GT, int64_t T, float* ZT, bool accumulate, CpuIsa isa) {
-  with_csr(s, [&](const auto& c) { spmm_t_impl(c, GT, T, ZT, accumulate, isa); });
-}
-
-void sddmm(const Csr& s, const float* AT, const float* BT, int64_t T, float* out, CpuIsa isa) {
-  with_csr(s, [&](const auto& c) { sddmm_impl(c, AT, BT, T, out, isa); });
-}
-
-// 32 x 32 tiles: both the reads and the writes of a tile stay within a few cache lines per row.
 template <typename E>
-void transpose_to_f32(const E* src, int64_t rows, int64_t cols, float* dst) {
-  constexpr int64_t kTile = 32;
-  at::parallel_for(0, (cols + kTile - 1) / kTile, 4, [&](int64_t b0, int64_t b1) {
-    for (int64_t c0 = b0 * kTile; c0 < std::min(cols, b1 * kTile); c0 += kTile) {
-      const int64_t c1 = std::min(cols, c0 + kTile);
-      for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-        const int64_t r1 = std::min(rows, r0 + kTile);
-        for (int64_t c = c0; c < c1; ++c) {
-          for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = static_cast<float>(src[r * cols + c]);
-        }
-      }
+void spmm_add(const Csr& s, const E* x, int64_t T, E* y, CpuIsa isa) {
+  with_csr(s, [&](const auto& c) { spmm_add_impl(c, x, T, y, isa); });
+}
+
+template <typename E>
+void sparse_backward(const Csr& s, const E* g, const E* x, int64_t T, E* gx, float* gvals, CpuIsa isa) {
+  with_csr(s, [&](const auto& c) {
+    if (gx != nullptr && gvals != nullptr) {
+      sparse_backward_impl<true, true>(c, g, x, T, gx, gvals, isa);
+    } else if (gx != nullptr) {
+      sparse_backward_impl<true, false>(c, g, x, T, gx, gvals, isa);
+    } else if (gvals != nullptr) {
+      sparse_backward_impl<false, true>(c, g, x, T, gx, gvals, isa);
     }
   });
 }
 
-template <typename E>
-void transpose_add_from_f32(const float* src, int64_t rows, int64_t cols, E* dst) {
-  constexpr int64_t kTile = 32;
-  at::parallel_for(0, (cols + kTile - 1) / kTile, 4, [&](int64_t b0, int64_t b1) {
-    for (int64_t c0 = b0 * kTile; c0 < std::min(cols, b1 * kTile); c0 += kTile) {
-      const int64_t c1 = std::min(cols, c0 + kTile);
-      for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-        const int64_t r1 = std::min(rows, r0 + kTile);
-        for (int64_t c = c0; c < c1; ++c) {
-          for (int64_t r = r0; r < r1; ++r) {
-            dst[c * rows + r] = static_cast<E>(static_cast<float>(dst[c * rows + r]) + src[r * cols + c]);
-          }
-        }
-      }
-    }
-  });
-}
-
-template void transpose_to_f32<float>(const float*, int64_t, int64_t, float*);
-template void transpose_to_f32<c10::BFloat16>(const c10::BFloat16*, int64_t, int64_t, float*);
-template void transpose_to_f32<c10::Half>(const c10::Half*, int64_t, int64_t, float*);
-template void transpose_add_from_f32<float>(const float*, int64_t, int64_t, float*);
-template void transpose_add_from_f32<c10::BFloat16>(const float*, int64_t, int64_t, c10::BFloat16*);
-template void transpose_add_from_f32<c10::Half>(const float*, int64_t, int64_t, c10::Half*);
+template void spmm_add<float>(const Csr&, const float*, int64_t, float*, CpuIsa);
+template void spmm_add<c10::BFloat16>(const Csr&, const c10::BFloat16*, int64_t, c10::BFloat16*, CpuIsa);
+template void spmm_add<c10::Half>(const Csr&, const c10::Half*, int64_t, c10::Half*, CpuIsa);
+template void sparse_backward<float>(const Csr&, const float*, const float*, int64_t, float*, float*, CpuIsa);
+template void sparse_backward<c10::BFloat16>(const Csr&, const c10::BFloat16*, const c10::BFloat16*, int64_t,
+                                             c10::BFloat16*, float*, CpuIsa);
+template void sparse_backward<c10::Half>(const Csr&, const c10::Half*, const c10::Half*, int64_t, c10::Half*,
+                                         float*, CpuIsa);
 
 Support make_support(int64_t rows, int64_t cols, int64_t nnz, bool row_balanced, uint64_t seed) {
   Support out;

@@ -1,10 +1,11 @@
 // CPU kernels of the sparse + low-rank family: the sparse pieces of SLTrain's layer, the support
 // generator and the layout changes they need. Dense products go to MKL through ATen.
 //
-// The sparse kernels work in a feature-major layout (a token count T is the contiguous
-// dimension), so every nonzero touches a contiguous run of tokens with full-width SIMD; the glue
-// transposes activations into that layout with `transpose_to_f32` and back with
-// `transpose_add_from_f32`.
+// The sparse kernels take token-major activations (T x features, as the layer sees them) and work
+// on tiles of 64 tokens: each tile is transposed into a thread-local feature-major buffer (64
+// tokens contiguous per feature, in L2), so every nonzero touches one contiguous run of 64 tokens
+// with full-width SIMD, and the result is transposed back into the token-major output. No
+// full-size transposed copy is ever made.
 #pragma once
 
 #include <cstdint>
@@ -32,24 +33,16 @@ struct Csr {
 // within each row.
 std::string validate_support(const Csr& s, int64_t nnz);
 
-// YT (rows x T) = S * XT (cols x T), or += with `accumulate`.
-void spmm(const Csr& s, const float* XT, int64_t T, float* YT, bool accumulate, CpuIsa isa);
-
-// ZT (cols x T) = S^T * GT (rows x T), or += with `accumulate`.
-void spmm_t(const Csr& s, const float* GT, int64_t T, float* ZT, bool accumulate, CpuIsa isa);
-
-// out[k] = sum_t AT[row_k, t] * BT[col_k, t] for every nonzero k: (A^T B) sampled at the support,
-// with AT (rows x T) and BT (cols x T).
-void sddmm(const Csr& s, const float* AT, const float* BT, int64_t T, float* out, CpuIsa isa);
-
-// dst (cols x rows, fp32) = src^T for src (rows x cols) row-major of element type E
-// (float, c10::BFloat16 or c10::Half).
+// y (T x rows) += x (T x cols) S^T for token-major activations of element type E (float,
+// c10::BFloat16 or c10::Half); sums in fp32.
 template <typename E>
-void transpose_to_f32(const E* src, int64_t rows, int64_t cols, float* dst);
+void spmm_add(const Csr& s, const E* x, int64_t T, E* y, CpuIsa isa);
 
-// dst (cols x rows, element type E) += src^T for src (rows x cols, fp32); sums in fp32.
+// With gx: gx (T x cols) += g (T x rows) S. With gvals: gvals[k] (fp32) = sum_t g[t, row_k] *
+// x[t, col_k], i.e. (g^T x) at the support. Either may be null. The token blocks are summed in a
+// fixed order, so gvals does not depend on the thread count.
 template <typename E>
-void transpose_add_from_f32(const float* src, int64_t rows, int64_t cols, E* dst);
+void sparse_backward(const Csr& s, const E* g, const E* x, int64_t T, E* gx, float* gvals, CpuIsa isa);
 
 // A seeded support, identical on every machine: per row `per_row` distinct sorted columns
 // ("row_balanced"), or `nnz` distinct positions over the whole matrix ("uniform"), drawn by

@@ -253,32 +253,14 @@ void with_float_type(at::ScalarType t, F&& f) {
   }
 }
 
-// (T, n) of any float dtype -> (n, T) fp32, the sparse kernels' layout.
-at::Tensor to_feature_major(const at::Tensor& m) {
-  at::Tensor out = at::empty({m.size(1), m.size(0)}, m.options().dtype(at::kFloat));
-  with_float_type(m.scalar_type(), [&](auto tag) {
-    using E = decltype(tag);
-    cpu::transpose_to_f32(m.const_data_ptr<E>(), m.size(0), m.size(1), out.mutable_data_ptr<float>());
-  });
-  return out;
-}
-
-// dst (T, n) += src^T for src (n, T) fp32.
-void add_token_major(const at::Tensor& src, at::Tensor& dst) {
-  with_float_type(dst.scalar_type(), [&](auto tag) {
-    using E = decltype(tag);
-    cpu::transpose_add_from_f32(src.const_data_ptr<float>(), src.size(0), src.size(1), dst.mutable_data_ptr<E>());
-  });
-}
-
 void spmm_add_cpu(const SlArgs& a, const at::Tensor& x, at::Tensor& y) {
   const CpuIsa isa = selected_cpu_isa("sl_linear");
   const at::Tensor v = a.values.to(at::kFloat).contiguous();
-  const at::Tensor XT = to_feature_major(x);
-  at::Tensor YT = at::empty({a.out, a.T}, XT.options());
-  cpu::spmm(cpu_csr(a.row_ptr, a.col_idx, v.const_data_ptr<float>(), a.out, a.in), XT.const_data_ptr<float>(), a.T,
-            YT.mutable_data_ptr<float>(), false, isa);
-  add_token_major(YT, y);
+  const cpu::Csr s = cpu_csr(a.row_ptr, a.col_idx, v.const_data_ptr<float>(), a.out, a.in);
+  with_float_type(x.scalar_type(), [&](auto tag) {
+    using E = decltype(tag);
+    cpu::spmm_add(s, x.const_data_ptr<E>(), a.T, y.mutable_data_ptr<E>(), isa);
+  });
 }
 
 void sparse_backward_cpu(const SlArgs& a, const at::Tensor& g, const at::Tensor& x, at::Tensor* gx,
@@ -286,18 +268,14 @@ void sparse_backward_cpu(const SlArgs& a, const at::Tensor& g, const at::Tensor&
   const CpuIsa isa = selected_cpu_isa("sl_linear_backward");
   const at::Tensor v = a.values.to(at::kFloat).contiguous();
   const cpu::Csr s = cpu_csr(a.row_ptr, a.col_idx, v.const_data_ptr<float>(), a.out, a.in);
-  const at::Tensor GT = to_feature_major(g);
-  if (gx != nullptr) {
-    at::Tensor ZT = at::empty({a.in, a.T}, GT.options());
-    cpu::spmm_t(s, GT.const_data_ptr<float>(), a.T, ZT.mutable_data_ptr<float>(), false, isa);
-    add_token_major(ZT, *gx);
-  }
-  if (gvals != nullptr) {
-    const at::Tensor XT = to_feature_major(x);
-    at::Tensor out = at::empty({a.nnz}, GT.options());
-    cpu::sddmm(s, GT.const_data_ptr<float>(), XT.const_data_ptr<float>(), a.T, out.mutable_data_ptr<float>(), isa);
-    *gvals = out.to(gvals->scalar_type());
-  }
+  at::Tensor gv32 = gvals != nullptr ? at::empty({a.nnz}, g.options().dtype(at::kFloat)) : at::Tensor();
+  with_float_type(x.scalar_type(), [&](auto tag) {
+    using E = decltype(tag);
+    cpu::sparse_backward(s, g.const_data_ptr<E>(), x.const_data_ptr<E>(), a.T,
+                         gx != nullptr ? gx->mutable_data_ptr<E>() : nullptr,
+                         gvals != nullptr ? gv32.mutable_data_ptr<float>() : nullptr, isa);
+  });
+  if (gvals != nullptr) *gvals = gv32.to(gvals->scalar_type());
 }
 
 const SlDevice& cpu_device() {
@@ -329,11 +307,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sl_linear_backward_cp
 
 at::Tensor sddmm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& row_ptr, const at::Tensor& col_idx) {
   check_sddmm_args(cpu_device(), a, b, row_ptr, col_idx);
-  const at::Tensor rp = row_ptr.contiguous(), ci = col_idx.contiguous();
-  const at::Tensor AT = to_feature_major(a.contiguous()), BT = to_feature_major(b.contiguous());
-  at::Tensor out = at::empty({ci.numel()}, AT.options());
-  cpu::sddmm(cpu_csr(rp, ci, nullptr, a.size(1), b.size(1)), AT.const_data_ptr<float>(), BT.const_data_ptr<float>(),
-             a.size(0), out.mutable_data_ptr<float>(), selected_cpu_isa("sddmm"));
+  const at::Tensor rp = row_ptr.contiguous(), ci = col_idx.contiguous(), ac = a.contiguous(), bc = b.contiguous();
+  at::Tensor out = at::empty({ci.numel()}, a.options().dtype(at::kFloat));
+  with_float_type(a.scalar_type(), [&](auto tag) {
+    using E = decltype(tag);
+    cpu::sparse_backward(cpu_csr(rp, ci, nullptr, a.size(1), b.size(1)), ac.const_data_ptr<E>(),
+                         bc.const_data_ptr<E>(), a.size(0), static_cast<E*>(nullptr), out.mutable_data_ptr<float>(),
+                         selected_cpu_isa("sddmm"));
+  });
   return out.to(a.scalar_type());
 }
 
