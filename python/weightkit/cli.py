@@ -1,5 +1,7 @@
-"""The ``weightkit`` command: ``weightkit info`` and ``weightkit bench``.
+"""The ``weightkit`` command: ``weightkit demo``, ``weightkit bench`` and ``weightkit info``.
 
+``weightkit demo`` runs the whole lifecycle (train → quantize → edit) on real text and a real
+model and writes a report (see :mod:`weightkit.demo`).
 ``weightkit info`` says what this build contains and what the machine offers.
 ``weightkit bench`` runs every benchmark family (or ``--only`` some), prints one table of ratios
 against the baselines measured in the same run, writes ``bench/results/<device>/<family>.json``
@@ -161,9 +163,48 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _writable_dir(path: Path) -> str | None:
+    """None if ``path`` can be created and written, else the reason it cannot."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".weightkit-write-test"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as e:
+        return f"{e.strerror or e} ({path})"
+    return None
+
+
+def cmd_demo(args) -> int:
+    from weightkit.demo import run_demo
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print(f"weightkit demo: --device cuda, but this torch ({torch.__version__}) sees no CUDA GPU; "
+              "use --device cpu", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out)
+    problem = _writable_dir(out)
+    if problem is not None:
+        print(f"weightkit demo: cannot write the report to --out {out}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    stages = run_demo(out, device=device, quick=args.quick, only=args.only)
+    return 0 if all(s.status != "failed" for s in stages) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weightkit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench,info}")
+
+    from weightkit.demo import STAGES
+
+    p_demo = sub.add_parser("demo", help="train -> quantize -> edit on real text and a real model, with a report")
+    p_demo.add_argument("--out", default="weightkit-demo", metavar="DIR", help="report folder (default: weightkit-demo)")
+    p_demo.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
+    p_demo.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of every stage")
+    p_demo.add_argument("--only", action="append", choices=STAGES, metavar="STAGE",
+                        help=f"run only this stage (repeatable): {', '.join(STAGES)}")
+    p_demo.set_defaults(func=cmd_demo)
 
     p_info = sub.add_parser("info", help="what this build contains (CUDA, SIMD paths, torch versions)")
     p_info.add_argument("--json", action="store_true", help="print build_info() as JSON")

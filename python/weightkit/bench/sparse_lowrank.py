@@ -11,8 +11,9 @@ Memory: parameters + gradients + two Adam states of GPT-2-small-shaped models (o
 built locally, no download), dense against converted at r = d/4, δ = 0.03; and the peak memory
 of one layer's training step (CUDA allocator peak; on CPU the peak RSS growth of a fresh process).
 
-Training: dense vs SLTrain vs pure low-rank with the same parameter count, AdamW lr 3e-3 as the
-paper, plus SLTrain with Muon; validation loss on the fixed pydoc slice.
+Training: dense vs SLTrain vs pure low-rank with the same parameter count, each with AdamW at the
+paper's lr 3e-3 and at 1e-3 (judged by its better run), plus SLTrain with Muon; validation loss
+on the fixed pydoc slice.
 """
 
 from __future__ import annotations
@@ -293,15 +294,14 @@ def _training(dev, quick, progress):
             _swap_linears(model, same_count)
         return model.to(dev)
 
-    def adamw(model):
-        return torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    def adamw(lr):
+        return lambda model: torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
 
-    runs = {
-        "dense": ("dense", adamw),
-        "sltrain": ("sltrain", adamw),
-        "low-rank": ("low-rank", adamw),
-        "sltrain+muon": ("sltrain+muon", lambda m: wk.optim.Muon(m, lr=0.02, adamw_lr=3e-3)),
-    }
+    # AdamW at two learning rates per model (the paper's 3e-3 and 1e-3, which suits the dense
+    # model here); each method is judged by its better run.
+    lrs = (3e-3,) if quick else (1e-3, 3e-3)
+    runs = {f"{kind} lr={lr:g}": (kind, adamw(lr)) for kind in ("dense", "sltrain", "low-rank") for lr in lrs}
+    runs["sltrain+muon"] = ("sltrain+muon", lambda m: wk.optim.Muon(m, lr=0.02, adamw_lr=3e-3))
     items = list(runs.items())
     if progress is not None:
         items = progress(items, desc="sltrain curves", label=lambda kv: kv[0])
@@ -311,24 +311,30 @@ def _training(dev, quick, progress):
         params[name] = sum(p.numel() for p in model.parameters())
         results[name] = train_lm(model, make_opt(model), train, val, steps=steps, batch=batch, ctx=ctx,
                                  eval_every=eval_every)
+    best = {kind: min((n for n in results if n.split(" ")[0] == kind), key=lambda n: results[n].final_loss)
+            for kind in ("dense", "sltrain", "low-rank", "sltrain+muon")}
     setup = f"GPT d={d} L={layers} ctx={ctx} batch={batch}, {steps} steps, pydoc bytes, r={rank}, delta={density}"
-    dense_loss = results["dense"].final_loss
+    dense_loss = results[best["dense"]].final_loss
     quality = {
         name: {"final_val_loss": round(r.final_loss, 4), "params": params[name],
-               "vs_dense": round(r.final_loss / dense_loss - 1, 4), "train_s": round(r.curve[-1][2], 1)}
+               "vs_best_dense": round(r.final_loss / dense_loss - 1, 4), "train_s": round(r.curve[-1][2], 1)}
         for name, r in results.items()
     }
+    sl, lr_only = results[best["sltrain"]].final_loss, results[best["low-rank"]].final_loss
     quality["bars"] = {
-        "sltrain_within_3pct_of_dense": quality["sltrain"]["vs_dense"] <= 0.03,
-        "sltrain_below_low_rank": quality["sltrain"]["final_val_loss"] < quality["low-rank"]["final_val_loss"],
+        "best": best,
+        "sltrain_vs_dense": round(sl / dense_loss - 1, 4),
+        "sltrain_within_3pct_of_dense": sl / dense_loss - 1 <= 0.03,
+        "sltrain_below_low_rank": sl < lr_only,
         "setup": setup,
     }
     curves = {name: {"curve": r.curve, "final_loss": r.final_loss} for name, r in results.items()}
-    cases = [{"case": f"train-time-{name}", "baseline": "dense AdamW", "ours_ms": r.curve[-1][2] * 1e3,
-              "baseline_ms": results["dense"].curve[-1][2] * 1e3,
+    dense_s = results[best["dense"]].curve[-1][2]
+    cases = [{"case": f"train-time-{name.replace(' ', '-')}", "baseline": f"dense AdamW ({best['dense']})",
+              "ours_ms": r.curve[-1][2] * 1e3, "baseline_ms": dense_s * 1e3,
               "notes": f"wall-clock of {steps} training steps; final val loss {r.final_loss:.3f} vs dense "
                        f"{dense_loss:.3f}; {params[name]:,} params; {setup}"}
-             for name, r in results.items() if name != "dense"]
+             for name, r in results.items() if name in (best["sltrain"], best["sltrain+muon"])]
     return curves, quality, cases
 
 
@@ -341,9 +347,10 @@ def plot_curves(curves: dict, quality: dict, path) -> str | None:
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    best = set(quality["bars"]["best"].values())
     for name, data in curves.items():
-        ax.plot([c[0] for c in data["curve"]], [c[1] for c in data["curve"]], lw=1.3,
-                label=f"{name} ({quality[name]['params'] / 1e6:.2f}M params)")
+        ax.plot([c[0] for c in data["curve"]], [c[1] for c in data["curve"]], lw=1.6 if name in best else 0.8,
+                ls="-" if name in best else ":", label=f"{name} ({quality[name]['params'] / 1e6:.2f}M params)")
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss (nats/byte)")
     ax.set_ylim(top=min(3.5, ax.get_ylim()[1]))
