@@ -19,6 +19,9 @@ constexpr int64_t kTile = 64;
 // The backward pass sums the sparse-value gradient over at most this many groups of tiles, in
 // order: the grouping depends on T only, so results do not depend on the thread count.
 constexpr int64_t kMaxGroups = 16;
+// Below this many multiply-adds (nnz x T) a call runs on one thread: a parallel region's
+// fork/join, and on a shared machine the wait for a descheduled thread, costs more than it saves.
+constexpr int64_t kParallelWork = int64_t(1) << 22;
 
 template <typename R, typename C>
 struct CsrT {
@@ -221,9 +224,10 @@ void tile_backward(const CsrT<R, C>& s, const float* GT, const float* XT, float*
 template <typename E, typename R, typename C>
 void spmm_add_impl(const CsrT<R, C>& s, const E* x, int64_t T, E* y, CpuIsa isa) {
   const int64_t tiles = (T + kTile - 1) / kTile;
-  if (tiles >= at::get_num_threads()) {
+  const bool small = int64_t(s.rp[s.rows]) * T < kParallelWork;
+  if (small || tiles >= at::get_num_threads()) {
     // Enough tiles to keep every thread busy: each task owns whole tiles.
-    at::parallel_for(0, tiles, 1, [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, tiles, small ? tiles : 1, [&](int64_t b0, int64_t b1) {
       std::vector<float> XT(s.cols * kTile), YT(s.rows * kTile);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t t0 = b * kTile, n = std::min(kTile, T - t0);
@@ -254,7 +258,8 @@ void sparse_backward_impl(const CsrT<R, C>& s, const E* g, const E* x, int64_t T
   const int64_t groups = (tiles + per_group - 1) / per_group;
   std::vector<float> partial(GV ? groups * nnz : 0, 0.f);
   // Groups own disjoint token ranges: their gx rows and their partial sums never collide.
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+  const bool small = nnz * T < kParallelWork;
+  at::parallel_for(0, groups, small ? groups : 1, [&](int64_t g0, int64_t g1) {
     std::vector<float> GT(s.rows * kTile), XT(GV ? s.cols * kTile : 0), ZT(GX ? s.cols * kTile : 0);
     for (int64_t grp = g0; grp < g1; ++grp) {
       for (int64_t b = grp * per_group; b < std::min(tiles, (grp + 1) * per_group); ++b) {
