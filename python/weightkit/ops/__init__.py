@@ -1,5 +1,5 @@
 """Python wrappers of the ``torch.ops.weightkit`` ops: presets, argument checks, fake kernels."""
 
-from weightkit.ops import newton_schulz
+from weightkit.ops import newton_schulz, trit_plane
 
-__all__ = ["newton_schulz"]
+__all__ = ["newton_schulz", "trit_plane"]

@@ -1,0 +1,34 @@
+// CPU kernels of the trit-plane family: the PTQTP quantizer, packing, dequantization and the
+// packed matrix product. Buffers are contiguous; scales are float16 bit patterns (uint16) in the
+// (out, n_groups, 2) layout of layout.h.
+#pragma once
+
+#include <cstdint>
+
+#include "common/cpu_features.h"
+#include "trit_plane/layout.h"
+
+namespace weightkit::trit_plane_cpu {
+
+using trit_plane::Layout;
+
+// PTQTP on W (out x in, fp32): writes `packed` (all of it, padding zeroed) and `scales`.
+// Returns false when a scale does not fit in float16 (|W| too large); outputs are then partial.
+bool quantize(const float* W, const Layout& l, int64_t max_iters, double tol, int32_t* packed, uint16_t* scales);
+
+// Trits (2, out, in) int8 in {-1, 0, +1} (checked by the caller) -> packed.
+void pack(const int8_t* trits, const Layout& l, int32_t* packed);
+
+// packed -> trits (2, out, in) int8.
+void unpack_trits(const int32_t* packed, const Layout& l, int8_t* trits);
+
+// Rows [r0, r1) of the dequantized weight, fp32, (r1 - r0) x in, row-major.
+void dequantize_rows(const int32_t* packed, const uint16_t* scales, const Layout& l, int64_t r0, int64_t r1, float* W);
+
+// y (batch x out) = x (batch x in) * W^T for the packed W, fp32, multiplication-free except for
+// the two scalings per group: per row and group, the plane sums of +-x over the nonzeros, then
+// alpha1 * s1 + alpha2 * s2.
+void matmul(const float* x, int64_t batch, const int32_t* packed, const uint16_t* scales, const Layout& l, float* y,
+            CpuIsa isa);
+
+}  // namespace weightkit::trit_plane_cpu

@@ -1,0 +1,83 @@
+// The packed trit-plane format (PACK_VERSION 1), shared by the CPU and CUDA code. Plain C++
+// (no torch, no CUDA headers) so kernels.cu can include it.
+//
+// A weight matrix W (out x in) is approximated per row r and column group g (columns
+// [g*G, min((g+1)*G, in)); the last group of a row may be shorter) as
+//     W[r, c] ~= alpha1[r, g] * t1[r, c] + alpha2[r, g] * t2[r, c],   t1, t2 in {-1, 0, +1}.
+// Scales: float16 tensor (out, n_groups, 2), [..., 0] = alpha1, [..., 1] = alpha2.
+//
+// Planes. Each group is cut into triples of consecutive columns (3q, 3q+1, 3q+2 within the group;
+// the last triple of a group is zero-padded), and the triples of a row are numbered
+// t = 0 .. triples_per_row-1 group after group. A plane is stored as two bit masks, "positive"
+// (t = +1) and "negative" (t = -1); a 32-bit word holds the masks of 10 consecutive triples of
+// one row (triple t in bits 3*(t%10) .. 3*(t%10)+2 of word t/10, bit b <-> column 3q+b; bits 30
+// and 31 are zero). Rows come in blocks of 8 (out is padded to a multiple of 8 with zero rows), and
+// the int32 tensor `packed` has shape (row_blocks, words_per_row, 4, 8):
+//     packed[rb, w, m, j] = word w of mask m of row 8*rb + j,
+//     m = 0: plane 1 positive, 1: plane 1 negative, 2: plane 2 positive, 3: plane 2 negative.
+// Why this shape: the CPU kernel keeps the 8 rows of a block in the 8 lanes of a vector register
+// and, for each triple of activations, looks up its 8 subset sums (a register table indexed by the
+// 3 mask bits: vpermps) for all 8 rows at once, so a group's sum over a plane's nonzeros costs one
+// lookup per 3 weights per sign, with no multiplication by weights. The cost is 4.27 bits per
+// weight (30 of 32 bits used, 129 slots per 128-column group) plus 0.25 bits of scales.
+#pragma once
+
+#include <cstdint>
+
+namespace weightkit::trit_plane {
+
+constexpr int kPackVersion = 1;
+constexpr int kRowsPerBlock = 8;
+constexpr int kTriplesPerWord = 10;
+constexpr int kMasks = 4;
+
+// PTQTP constants (PAPERS.md), shared by the CPU and CUDA quantizers and the float64 reference.
+// The (t1, t2) candidates in tie-break order: when two pairs give the same value (always at the
+// start, where alpha1 == alpha2) the earlier one wins, so fewer nonzeros are preferred and the
+// planes split deterministically.
+constexpr int kCandidates = 9;
+constexpr int kCandT1[kCandidates] = {0, 1, -1, 0, 0, 1, -1, 1, -1};
+constexpr int kCandT2[kCandidates] = {0, 0, 0, 1, -1, 1, -1, -1, 1};
+// Ridge: lambda = 1e-8, 1e-7, ..., 1, the first whose (S^T S + lambda I) has condition <= 1e6.
+constexpr int kLambdaSteps = 9;
+constexpr double kLambdas[kLambdaSteps] = {1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+constexpr double kCondMax = 1e6;
+
+struct Layout {
+  int64_t out = 0;
+  int64_t in = 0;
+  int64_t group = 0;
+  int64_t n_groups = 0;
+  int64_t last_len = 0;         // columns in the last group (== group unless ragged)
+  int64_t triples_full = 0;     // triples in a full group
+  int64_t triples_last = 0;     // triples in the last group
+  int64_t triples_per_row = 0;
+  int64_t words_per_row = 0;
+  int64_t row_blocks = 0;
+
+  static Layout make(int64_t out, int64_t in, int64_t group) {
+    Layout l;
+    l.out = out;
+    l.in = in;
+    l.group = group;
+    l.n_groups = in == 0 ? 0 : (in + group - 1) / group;
+    l.last_len = in == 0 ? 0 : in - (l.n_groups - 1) * group;
+    l.triples_full = (group + 2) / 3;
+    l.triples_last = (l.last_len + 2) / 3;
+    l.triples_per_row = l.n_groups == 0 ? 0 : (l.n_groups - 1) * l.triples_full + l.triples_last;
+    l.words_per_row = (l.triples_per_row + kTriplesPerWord - 1) / kTriplesPerWord;
+    l.row_blocks = (out + kRowsPerBlock - 1) / kRowsPerBlock;
+    return l;
+  }
+  int64_t group_len(int64_t g) const { return g + 1 == n_groups ? last_len : group; }
+  int64_t group_triples(int64_t g) const { return g + 1 == n_groups ? triples_last : triples_full; }
+  int64_t group_first_triple(int64_t g) const { return g * triples_full; }
+  // int32 elements of the packed tensor.
+  int64_t packed_numel() const { return row_blocks * words_per_row * kMasks * kRowsPerBlock; }
+  // Index of word w of mask m of row r in the flat packed tensor.
+  int64_t word_index(int64_t r, int64_t w, int m) const {
+    return ((r / kRowsPerBlock * words_per_row + w) * kMasks + m) * kRowsPerBlock + r % kRowsPerBlock;
+  }
+};
+
+}  // namespace weightkit::trit_plane
