@@ -6,20 +6,21 @@
 //     W[r, c] ~= alpha1[r, g] * t1[r, c] + alpha2[r, g] * t2[r, c],   t1, t2 in {-1, 0, +1}.
 // Scales: float16 tensor (out, n_groups, 2), [..., 0] = alpha1, [..., 1] = alpha2.
 //
-// Planes. Each group is cut into triples of consecutive columns (3q, 3q+1, 3q+2 within the group;
-// the last triple of a group is zero-padded), and the triples of a row are numbered
-// t = 0 .. triples_per_row-1 group after group. A plane is stored as two bit masks, "positive"
-// (t = +1) and "negative" (t = -1); a 32-bit word holds the masks of 10 consecutive triples of
-// one row (triple t in bits 3*(t%10) .. 3*(t%10)+2 of word t/10, bit b <-> column 3q+b; bits 30
-// and 31 are zero). Rows come in blocks of 8 (out is padded to a multiple of 8 with zero rows), and
-// the int32 tensor `packed` has shape (row_blocks, words_per_row, 4, 8):
+// Planes. Each group is cut into pairs of consecutive columns (2q, 2q+1 within the group; the
+// last pair of an odd-length group is zero-padded), and the pairs of a row are numbered
+// p = 0 .. pairs_per_row-1 group after group. A plane is stored as two bit masks, "positive"
+// (t = +1) and "negative" (t = -1); a 32-bit word holds the masks of 16 consecutive pairs of one
+// row (pair p in bits 2*(p%16) and 2*(p%16)+1 of word p/16, bit b <-> column 2q+b). Rows come in
+// blocks of 8 (out is padded to a multiple of 8 with zero rows), and the int32 tensor `packed`
+// has shape (row_blocks, words_per_row, 4, 8):
 //     packed[rb, w, m, j] = word w of mask m of row 8*rb + j,
 //     m = 0: plane 1 positive, 1: plane 1 negative, 2: plane 2 positive, 3: plane 2 negative.
 // Why this shape: the CPU kernel keeps the 8 rows of a block in the 8 lanes of a vector register
-// and, for each triple of activations, looks up its 8 subset sums (a register table indexed by the
-// 3 mask bits: vpermps) for all 8 rows at once, so a group's sum over a plane's nonzeros costs one
-// lookup per 3 weights per sign, with no multiplication by weights. The cost is 4.27 bits per
-// weight (30 of 32 bits used, 129 slots per 128-column group) plus 0.25 bits of scales.
+// and, for each pair of activations, looks up its 4 subset sums {0, x0, x1, x0+x1} (a register
+// table indexed by the 2 mask bits: the in-lane shuffle vpermilps, one of the cheapest vector
+// instructions) for all 8 rows at once, so a group's sum over a plane's nonzeros costs one lookup
+// per 2 weights per sign, with no multiplication by weights. Storage: exactly 4 bits per weight
+// for even group lengths (a 128-column group is 4 words per mask), plus 0.25 bits of scales.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +29,8 @@ namespace weightkit::trit_plane {
 
 constexpr int kPackVersion = 1;
 constexpr int kRowsPerBlock = 8;
-constexpr int kTriplesPerWord = 10;
+constexpr int kColsPerCode = 2;    // columns per lookup (a pair)
+constexpr int kCodesPerWord = 16;  // pairs per 32-bit mask word
 constexpr int kMasks = 4;
 
 // PTQTP constants (PAPERS.md), shared by the CPU and CUDA quantizers and the float64 reference.
@@ -49,9 +51,9 @@ struct Layout {
   int64_t group = 0;
   int64_t n_groups = 0;
   int64_t last_len = 0;         // columns in the last group (== group unless ragged)
-  int64_t triples_full = 0;     // triples in a full group
-  int64_t triples_last = 0;     // triples in the last group
-  int64_t triples_per_row = 0;
+  int64_t pairs_full = 0;       // pairs in a full group
+  int64_t pairs_last = 0;       // pairs in the last group
+  int64_t pairs_per_row = 0;
   int64_t words_per_row = 0;
   int64_t row_blocks = 0;
 
@@ -62,16 +64,16 @@ struct Layout {
     l.group = group;
     l.n_groups = in == 0 ? 0 : (in + group - 1) / group;
     l.last_len = in == 0 ? 0 : in - (l.n_groups - 1) * group;
-    l.triples_full = (group + 2) / 3;
-    l.triples_last = (l.last_len + 2) / 3;
-    l.triples_per_row = l.n_groups == 0 ? 0 : (l.n_groups - 1) * l.triples_full + l.triples_last;
-    l.words_per_row = (l.triples_per_row + kTriplesPerWord - 1) / kTriplesPerWord;
+    l.pairs_full = (group + 1) / 2;
+    l.pairs_last = (l.last_len + 1) / 2;
+    l.pairs_per_row = l.n_groups == 0 ? 0 : (l.n_groups - 1) * l.pairs_full + l.pairs_last;
+    l.words_per_row = (l.pairs_per_row + kCodesPerWord - 1) / kCodesPerWord;
     l.row_blocks = (out + kRowsPerBlock - 1) / kRowsPerBlock;
     return l;
   }
   int64_t group_len(int64_t g) const { return g + 1 == n_groups ? last_len : group; }
-  int64_t group_triples(int64_t g) const { return g + 1 == n_groups ? triples_last : triples_full; }
-  int64_t group_first_triple(int64_t g) const { return g * triples_full; }
+  int64_t group_pairs(int64_t g) const { return g + 1 == n_groups ? pairs_last : pairs_full; }
+  int64_t group_first_pair(int64_t g) const { return g * pairs_full; }
   // int32 elements of the packed tensor.
   int64_t packed_numel() const { return row_blocks * words_per_row * kMasks * kRowsPerBlock; }
   // Index of word w of mask m of row r in the flat packed tensor.

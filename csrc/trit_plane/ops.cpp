@@ -121,8 +121,10 @@ at::Tensor trit_plane_unpack_cpu(const at::Tensor& packed, const at::Tensor& sca
   const Layout l = check_packed(op, packed, scales, in_features, group_size);
   check_cpu(op, packed, "packed");
   const at::Tensor P = packed.contiguous(), S = scales.contiguous();
-  at::Tensor W = at::empty({l.out, l.in}, scales.options().dtype(at::kFloat));
-  cpu::dequantize_rows(P.const_data_ptr<int32_t>(), scale_bits(S), l, 0, l.out, W.mutable_data_ptr<float>());
+  at::Tensor Wt = at::empty({l.in, l.row_blocks * kRowsPerBlock}, scales.options().dtype(at::kFloat));
+  cpu::dequantize_tile_t(P.const_data_ptr<int32_t>(), scale_bits(S), l, 0, l.row_blocks, Wt.mutable_data_ptr<float>(),
+                         selected_cpu_isa(op));
+  at::Tensor W = Wt.narrow(1, 0, l.out).t().contiguous();
   return W;
 }
 
@@ -141,13 +143,17 @@ at::Tensor trit_plane_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, 
     cpu::matmul(x2.const_data_ptr<float>(), batch, P.const_data_ptr<int32_t>(), scale_bits(S), l,
                 y.mutable_data_ptr<float>(), isa);
   } else if (l.out > 0) {
-    const int64_t tile = std::max<int64_t>(kRowsPerBlock, kTileFloats / std::max<int64_t>(l.in, 1));
-    at::Tensor Wt = at::empty({std::min(tile, l.out), l.in}, y.options());
-    for (int64_t r0 = 0; r0 < l.out; r0 += tile) {
-      const int64_t rows = std::min(tile, l.out - r0);
-      at::Tensor Wr = Wt.narrow(0, 0, rows);
-      cpu::dequantize_rows(P.const_data_ptr<int32_t>(), scale_bits(S), l, r0, r0 + rows, Wr.mutable_data_ptr<float>());
-      y.narrow(1, r0, rows).copy_(at::mm(x2, Wr.t()));
+    // Tiles of row blocks: dequantize (transposed) in fp32, then one dense product per tile.
+    const int64_t tile_blocks = std::max<int64_t>(1, kTileFloats / std::max<int64_t>(l.in * kRowsPerBlock, 1));
+    at::Tensor Wt = at::empty({l.in, std::min(tile_blocks, l.row_blocks) * kRowsPerBlock}, y.options());
+    for (int64_t rb0 = 0; rb0 < l.row_blocks; rb0 += tile_blocks) {
+      const int64_t rb1 = std::min(rb0 + tile_blocks, l.row_blocks);
+      const int64_t r0 = rb0 * kRowsPerBlock, rows = std::min(rb1 * kRowsPerBlock, l.out) - r0;
+      at::Tensor tile = Wt.narrow(1, 0, (rb1 - rb0) * kRowsPerBlock);
+      if (rb1 - rb0 < tile_blocks) tile = at::empty({l.in, (rb1 - rb0) * kRowsPerBlock}, y.options());
+      cpu::dequantize_tile_t(P.const_data_ptr<int32_t>(), scale_bits(S), l, rb0, rb1, tile.mutable_data_ptr<float>(),
+                             isa);
+      y.narrow(1, r0, rows).copy_(at::mm(x2, tile.narrow(1, 0, rows)));
     }
   }
   return y.view(matmul_out_shape(x, l.out)).to(x.scalar_type());

@@ -10,15 +10,15 @@ authoritative description):
 * ``scales``: float16, shape ``(out, n_groups, 2)``; ``[..., 0]`` = α¹, ``[..., 1]`` = α²,
   ``n_groups = ceil(in_features / group_size)``.
 * ``packed``: int32, shape ``(ceil(out / 8), words_per_row, 4, 8)``. Each group is cut into
-  triples of columns (the last triple of a group zero-padded); a row's triples are numbered group
-  after group, and a 32-bit word holds 10 triples (3 bits each, bit b ↔ column 3q + b). Each plane
-  is two masks, positive (t = +1) and negative (t = −1): mask m = 0, 1 for plane 1 (+, −) and
-  2, 3 for plane 2. ``packed[rb, w, m, j]`` is word w of mask m of row 8·rb + j (rows past ``out``
-  are zero). ``words_per_row = ceil(T / 10)`` with ``T = Σ_g ceil(len_g / 3)``.
+  pairs of columns (the last pair of an odd-length group zero-padded); a row's pairs are numbered
+  group after group, and a 32-bit word holds 16 pairs (2 bits each, bit b ↔ column 2q + b). Each
+  plane is two masks, positive (t = +1) and negative (t = −1): mask m = 0, 1 for plane 1 (+, −)
+  and 2, 3 for plane 2. ``packed[rb, w, m, j]`` is word w of mask m of row 8·rb + j (rows past
+  ``out`` are zero). ``words_per_row = ceil(P / 16)`` with ``P = Σ_g ceil(len_g / 2)``.
 
-Storage: 4.27 bits per weight for the planes + 0.25 for the scales at group 128. The layout keeps
-8 rows in the lanes of a vector register so the CPU kernel sums activations by table lookup
-(8 subset sums per activation triple) with no multiplications by weights.
+Storage: 4 bits per weight for the planes (even group sizes) + 0.25 for the scales at group 128.
+The layout keeps 8 rows in the lanes of a vector register so the CPU kernel sums activations by
+table lookup (the 4 subset sums of each activation pair) with no multiplications by weights.
 
 The quantizer's stopping rule is relative: iterate until max|α − α_prev| ≤ tol·max|α| (or
 ``max_iters`` rounds), so quantizing c·W gives the same trits as W for any c > 0.
@@ -43,7 +43,7 @@ __all__ = [
 PACK_VERSION = 1
 
 _ROWS_PER_BLOCK = 8
-_TRIPLES_PER_WORD = 10
+_PAIRS_PER_WORD = 16
 _MASKS = 4
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -57,8 +57,8 @@ def packed_shape(out_features: int, in_features: int, group_size: int) -> tuple[
     """Shape of ``packed`` for an (out_features, in_features) weight (format version 1)."""
     g = n_groups(in_features, group_size)
     last = in_features - (g - 1) * group_size if g else 0
-    triples = (g - 1) * (-(-group_size // 3)) + (-(-last // 3)) if g else 0
-    words = -(-triples // _TRIPLES_PER_WORD)
+    pairs = (g - 1) * (-(-group_size // 2)) + (-(-last // 2)) if g else 0
+    words = -(-pairs // _PAIRS_PER_WORD)
     return (-(-out_features // _ROWS_PER_BLOCK), words, _MASKS, _ROWS_PER_BLOCK)
 
 
@@ -146,6 +146,8 @@ def _trit_plane_matmul_fake(x, packed, scales, in_features, group_size):
     out = _check_packed_fake(op, packed, scales, in_features, group_size)
     if x.dtype not in _FLOATS:
         _fail(op, f"x must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.device != packed.device:
+        _fail(op, f"x and packed must be on the same device, got {x.device} and {packed.device}")
     if x.dim() < 1 or x.shape[-1] != in_features:
         _fail(op, f"x's last dimension must equal in_features = {in_features}, got x of shape {tuple(x.shape)}")
     return x.new_empty((*x.shape[:-1], out))
