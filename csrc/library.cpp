@@ -21,7 +21,7 @@ TORCH_LIBRARY(weightkit, m) {
   // ---- trit_plane: PTQTP post-training quantization to two ternary planes ----------------------
   // W ~= alpha1 * T1 + alpha2 * T2 per row and column group (the last group of a row may be
   // shorter). Packing format version 1 (csrc/trit_plane/layout.h): packed int32
-  // (ceil(out/8), words_per_row, 4, 8), scales float16 (out, n_groups, 2).
+  // (ceil(out/8), words_per_row, 2, 8), scales float16 (out, n_groups, 2).
   // W (out, in) fp32/bf16/fp16, finite. tol is relative: stop when max|d alpha| <= tol * max|alpha|.
   m.def("ptqtp_quantize(Tensor W, int group_size, int max_iters, float tol) -> (Tensor packed, Tensor scales)");
   // y = x W^T for the packed W: x (..., in_features) fp32/bf16/fp16 -> (..., out) in x's dtype,

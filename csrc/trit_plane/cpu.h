@@ -1,6 +1,7 @@
 // CPU kernels of the trit-plane family: the PTQTP quantizer, packing, dequantization and the
-// packed matrix product. Buffers are contiguous; scales are float16 bit patterns (uint16) in the
-// (out, n_groups, 2) layout of layout.h.
+// packed matrix product. Buffers are contiguous; the quantizer writes scales as float16 bit
+// patterns (uint16), and the kernels that read them take them converted to fp32, in the same
+// (out, n_groups, 2) layout (one vectorized conversion instead of one per use).
 #pragma once
 
 #include <cstdint>
@@ -24,13 +25,13 @@ void unpack_trits(const int32_t* packed, const Layout& l, int8_t* trits);
 
 // Row blocks [rb0, rb1) of W dequantized into the transposed tile Wt (in x 8 (rb1 - rb0)),
 // fp32, row-major: Wt[c, 8 (rb - rb0) + j] = W[8 rb + j, c]; rows past out are 0.
-void dequantize_tile_t(const int32_t* packed, const uint16_t* scales, const Layout& l, int64_t rb0, int64_t rb1,
+void dequantize_tile_t(const int32_t* packed, const float* scales, const Layout& l, int64_t rb0, int64_t rb1,
                        float* Wt, CpuIsa isa);
 
 // y (batch x out) = x (batch x in) * W^T for the packed W, fp32, multiplication-free except for
 // the two scalings per group: per row and group, the plane sums of +-x over the nonzeros, then
 // alpha1 * s1 + alpha2 * s2.
-void matmul(const float* x, int64_t batch, const int32_t* packed, const uint16_t* scales, const Layout& l, float* y,
+void matmul(const float* x, int64_t batch, const int32_t* packed, const float* scales, const Layout& l, float* y,
             CpuIsa isa);
 
 }  // namespace weightkit::trit_plane_cpu

@@ -8,19 +8,20 @@
 //
 // Planes. Each group is cut into pairs of consecutive columns (2q, 2q+1 within the group; the
 // last pair of an odd-length group is zero-padded), and the pairs of a row are numbered
-// p = 0 .. pairs_per_row-1 group after group. A plane is stored as two bit masks, "positive"
-// (t = +1) and "negative" (t = -1); a 32-bit word holds the masks of 16 consecutive pairs of one
-// row (pair p in bits 2*(p%16) and 2*(p%16)+1 of word p/16, bit b <-> column 2q+b). Rows come in
-// blocks of 8 (out is padded to a multiple of 8 with zero rows), and the int32 tensor `packed`
-// has shape (row_blocks, words_per_row, 4, 8):
-//     packed[rb, w, m, j] = word w of mask m of row 8*rb + j,
-//     m = 0: plane 1 positive, 1: plane 1 negative, 2: plane 2 positive, 3: plane 2 negative.
-// Why this shape: the CPU kernel keeps the 8 rows of a block in the 8 lanes of a vector register
-// and, for each pair of activations, looks up its 4 subset sums {0, x0, x1, x0+x1} (a register
-// table indexed by the 2 mask bits: the in-lane shuffle vpermilps, one of the cheapest vector
-// instructions) for all 8 rows at once, so a group's sum over a plane's nonzeros costs one lookup
-// per 2 weights per sign, with no multiplication by weights. Storage: exactly 4 bits per weight
-// for even group lengths (a 128-column group is 4 words per mask), plus 0.25 bits of scales.
+// p = 0 .. pairs_per_row-1 group after group. Per plane, a pair is a 4-bit code: bit b (b = 0, 1)
+// is set when the trit of column 2q+b is +1, bit 2+b when it is -1 (so 0 = both zero, and the
+// code is pos | neg << 2). A 32-bit word holds the codes of 8 consecutive pairs of one row and one
+// plane (pair p in bits 4*(p%8) .. 4*(p%8)+3 of word p/8). Rows come in blocks of 8 (out is padded
+// to a multiple of 8 with zero rows), and the int32 tensor `packed` has shape
+// (row_blocks, words_per_row, 2, 8):
+//     packed[rb, w, k, j] = word w of plane k (0: T1, 1: T2) of row 8*rb + j.
+// Why this shape: the CPU kernels keep the rows of a block in the lanes of a vector register and,
+// for each pair of activations, look up a table indexed by the code: with AVX-512 the 16-entry
+// table of signed sums (x0, x1 combined with the code's signs) in one vpermps over 16 rows; with
+// AVX2 the 4 subset sums {0, x0, x1, x0+x1} by the positive and the negative half (vpermilps).
+// A plane's sum over a group thus costs one lookup per 2 weights (AVX-512) with no
+// multiplication by weights. Storage: exactly 4 bits per weight for even group lengths (a
+// 128-column group is 8 words per plane), plus 0.25 bits of scales at group 128.
 #pragma once
 
 #include <cstdint>
@@ -30,8 +31,9 @@ namespace weightkit::trit_plane {
 constexpr int kPackVersion = 1;
 constexpr int kRowsPerBlock = 8;
 constexpr int kColsPerCode = 2;    // columns per lookup (a pair)
-constexpr int kCodesPerWord = 16;  // pairs per 32-bit mask word
-constexpr int kMasks = 4;
+constexpr int kCodesPerWord = 8;   // pairs per 32-bit word
+constexpr int kCodeBits = 4;       // bits per pair code
+constexpr int kPlanes = 2;
 
 // PTQTP constants (PAPERS.md), shared by the CPU and CUDA quantizers and the float64 reference.
 // The (t1, t2) candidates in tie-break order: when two pairs give the same value (always at the
@@ -75,10 +77,10 @@ struct Layout {
   int64_t group_pairs(int64_t g) const { return g + 1 == n_groups ? pairs_last : pairs_full; }
   int64_t group_first_pair(int64_t g) const { return g * pairs_full; }
   // int32 elements of the packed tensor.
-  int64_t packed_numel() const { return row_blocks * words_per_row * kMasks * kRowsPerBlock; }
-  // Index of word w of mask m of row r in the flat packed tensor.
-  int64_t word_index(int64_t r, int64_t w, int m) const {
-    return ((r / kRowsPerBlock * words_per_row + w) * kMasks + m) * kRowsPerBlock + r % kRowsPerBlock;
+  int64_t packed_numel() const { return row_blocks * words_per_row * kPlanes * kRowsPerBlock; }
+  // Index of word w of plane k of row r in the flat packed tensor.
+  int64_t word_index(int64_t r, int64_t w, int k) const {
+    return ((r / kRowsPerBlock * words_per_row + w) * kPlanes + k) * kRowsPerBlock + r % kRowsPerBlock;
   }
 };
 

@@ -30,7 +30,7 @@ Layout check_packed_shape(const char* op, const at::Tensor& packed, int64_t out,
   WK_CHECK(op, in_features >= 0, "in_features must be >= 0, got ", in_features);
   WK_CHECK(op, packed.scalar_type() == at::kInt, "packed must be int32, got ", packed.scalar_type());
   const Layout l = Layout::make(out, in_features, group_size);
-  const std::vector<int64_t> want = {l.row_blocks, l.words_per_row, kMasks, kRowsPerBlock};
+  const std::vector<int64_t> want = {l.row_blocks, l.words_per_row, kPlanes, kRowsPerBlock};
   WK_CHECK(op, packed.sizes() == c10::IntArrayRef(want), "packed must have shape ", c10::IntArrayRef(want),
            " for out = ", out, ", in_features = ", in_features, ", group_size = ", group_size, " (pack version ",
            kPackVersion, "), got shape ", packed.sizes());
@@ -91,9 +91,6 @@ constexpr int64_t kCpuDirectMaxBatch = 4;
 // Rows of W dequantized at once on the large-batch path: ~8 MB of fp32.
 constexpr int64_t kTileFloats = int64_t{1} << 21;
 
-const uint16_t* scale_bits(const at::Tensor& scales) {
-  return reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::Half>());
-}
 
 void check_cpu(const char* op, const at::Tensor& t, const char* name) {
   WK_CHECK(op, t.device().is_cpu(), name, " must be a CPU tensor here, got ", t.device());
@@ -106,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor> ptqtp_quantize_cpu(const at::Tensor& W, int64
   const at::Tensor Wf = W.to(at::kFloat).contiguous();
   WK_CHECK(op, Wf.numel() == 0 || at::isfinite(Wf).all().item<bool>(),
            "W must be finite (no NaN or Inf), got non-finite values");
-  at::Tensor packed = at::empty({l.row_blocks, l.words_per_row, kMasks, kRowsPerBlock}, W.options().dtype(at::kInt));
+  at::Tensor packed = at::empty({l.row_blocks, l.words_per_row, kPlanes, kRowsPerBlock}, W.options().dtype(at::kInt));
   at::Tensor scales = at::empty({l.out, l.n_groups, 2}, W.options().dtype(at::kHalf));
   const bool ok = cpu::quantize(Wf.const_data_ptr<float>(), l, max_iters, tol, packed.mutable_data_ptr<int32_t>(),
                                 reinterpret_cast<uint16_t*>(scales.mutable_data_ptr<at::Half>()));
@@ -120,9 +117,9 @@ at::Tensor trit_plane_unpack_cpu(const at::Tensor& packed, const at::Tensor& sca
   constexpr const char* op = "trit_plane_unpack";
   const Layout l = check_packed(op, packed, scales, in_features, group_size);
   check_cpu(op, packed, "packed");
-  const at::Tensor P = packed.contiguous(), S = scales.contiguous();
+  const at::Tensor P = packed.contiguous(), S = scales.to(at::kFloat).contiguous();
   at::Tensor Wt = at::empty({l.in, l.row_blocks * kRowsPerBlock}, scales.options().dtype(at::kFloat));
-  cpu::dequantize_tile_t(P.const_data_ptr<int32_t>(), scale_bits(S), l, 0, l.row_blocks, Wt.mutable_data_ptr<float>(),
+  cpu::dequantize_tile_t(P.const_data_ptr<int32_t>(), S.const_data_ptr<float>(), l, 0, l.row_blocks, Wt.mutable_data_ptr<float>(),
                          selected_cpu_isa(op));
   at::Tensor W = Wt.narrow(1, 0, l.out).t().contiguous();
   return W;
@@ -135,12 +132,12 @@ at::Tensor trit_plane_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, 
   check_matmul_input(op, x, packed, in_features);
   check_cpu(op, packed, "packed");
   const CpuIsa isa = selected_cpu_isa(op);
-  const at::Tensor P = packed.contiguous(), S = scales.contiguous();
+  const at::Tensor P = packed.contiguous(), S = scales.to(at::kFloat).contiguous();
   const at::Tensor x2 = x.reshape({-1, in_features}).to(at::kFloat).contiguous();
   const int64_t batch = x2.size(0);
   at::Tensor y = at::empty({batch, l.out}, x.options().dtype(at::kFloat));
   if (batch <= direct_max_batch(kCpuDirectMaxBatch)) {
-    cpu::matmul(x2.const_data_ptr<float>(), batch, P.const_data_ptr<int32_t>(), scale_bits(S), l,
+    cpu::matmul(x2.const_data_ptr<float>(), batch, P.const_data_ptr<int32_t>(), S.const_data_ptr<float>(), l,
                 y.mutable_data_ptr<float>(), isa);
   } else if (l.out > 0) {
     // Tiles of row blocks: dequantize (transposed) in fp32, then one dense product per tile.
@@ -151,7 +148,7 @@ at::Tensor trit_plane_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, 
       const int64_t r0 = rb0 * kRowsPerBlock, rows = std::min(rb1 * kRowsPerBlock, l.out) - r0;
       at::Tensor tile = Wt.narrow(1, 0, (rb1 - rb0) * kRowsPerBlock);
       if (rb1 - rb0 < tile_blocks) tile = at::empty({l.in, (rb1 - rb0) * kRowsPerBlock}, y.options());
-      cpu::dequantize_tile_t(P.const_data_ptr<int32_t>(), scale_bits(S), l, rb0, rb1, tile.mutable_data_ptr<float>(),
+      cpu::dequantize_tile_t(P.const_data_ptr<int32_t>(), S.const_data_ptr<float>(), l, rb0, rb1, tile.mutable_data_ptr<float>(),
                              isa);
       y.narrow(1, r0, rows).copy_(at::mm(x2, tile.narrow(1, 0, rows)));
     }
@@ -164,7 +161,7 @@ at::Tensor trit_plane_pack_cpu(const at::Tensor& trits, int64_t group_size) {
   const Layout l = check_trits(op, trits, group_size);
   check_cpu(op, trits, "trits");
   const at::Tensor T = trits.contiguous();
-  at::Tensor packed = at::empty({l.row_blocks, l.words_per_row, kMasks, kRowsPerBlock}, trits.options().dtype(at::kInt));
+  at::Tensor packed = at::empty({l.row_blocks, l.words_per_row, kPlanes, kRowsPerBlock}, trits.options().dtype(at::kInt));
   cpu::pack(T.const_data_ptr<int8_t>(), l, packed.mutable_data_ptr<int32_t>());
   return packed;
 }

@@ -14,7 +14,7 @@ namespace weightkit::trit_plane {
 // values is checked by the caller (it needs a device reduction).
 Layout check_quantize_args(const char* op, const at::Tensor& W, int64_t group_size, int64_t max_iters, double tol);
 
-// packed int32 (row_blocks, words_per_row, 4, 8) and scales float16 (out, n_groups, 2) that agree
+// packed int32 (row_blocks, words_per_row, 2, 8) and scales float16 (out, n_groups, 2) that agree
 // with each other, in_features and group_size, on one device. Returns the layout.
 Layout check_packed(const char* op, const at::Tensor& packed, const at::Tensor& scales, int64_t in_features,
                     int64_t group_size);

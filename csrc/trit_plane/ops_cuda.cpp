@@ -40,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor> ptqtp_quantize_cuda(const at::Tensor& W, int6
   const at::Tensor Wf = W.to(at::kFloat).contiguous();
   WK_CHECK(op, Wf.numel() == 0 || at::isfinite(Wf).all().item<bool>(),
            "W must be finite (no NaN or Inf), got non-finite values");
-  at::Tensor packed = at::empty({l.row_blocks, l.words_per_row, kMasks, kRowsPerBlock}, W.options().dtype(at::kInt));
+  at::Tensor packed = at::empty({l.row_blocks, l.words_per_row, kPlanes, kRowsPerBlock}, W.options().dtype(at::kInt));
   at::Tensor scales = at::empty({l.out, l.n_groups, 2}, W.options().dtype(at::kHalf));
   at::Tensor overflow = at::empty({1}, W.options().dtype(at::kInt));
   kern::quantize(Wf.const_data_ptr<float>(), l, max_iters, tol, packed.mutable_data_ptr<int32_t>(),

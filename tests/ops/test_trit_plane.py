@@ -219,7 +219,7 @@ def test_matmul_rejects_bad_input():
     mm = tp.trit_plane_matmul
     with pytest.raises(RuntimeError, match=r"weightkit\.trit_plane_matmul: x's last dimension must equal in_features = 256"):
         mm(torch.randn(2, 255), p, s, 256, 128)
-    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: packed must have shape \[2, 8, 4, 8\]"):
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: packed must have shape \[2, 16, 2, 8\]"):
         mm(x, p[:, :-1].contiguous(), s, 256, 128)
     with pytest.raises(RuntimeError, match=r"trit_plane_matmul: packed must be int32, got Long"):
         mm(x, p.long(), s, 256, 128)
@@ -228,7 +228,7 @@ def test_matmul_rejects_bad_input():
     with pytest.raises(RuntimeError, match=r"trit_plane_matmul: scales must have shape \(out, n_groups, 2\)"):
         mm(x, p, s[:, :1].contiguous(), 256, 128)
     # Scales for a different number of rows than the planes hold.
-    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: packed must have shape \[3, 8, 4, 8\] for out = 24"):
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: packed must have shape \[3, 16, 2, 8\] for out = 24"):
         mm(x, p, torch.zeros(24, 2, 2, dtype=torch.float16), 256, 128)
     # in_features inconsistent with the packed planes.
     with pytest.raises(RuntimeError, match=r"trit_plane_matmul: scales must have shape"):
@@ -249,7 +249,7 @@ def test_pack_rejects_bad_input():
     with pytest.raises(RuntimeError, match=r"trit_plane_pack: trits must have shape \(2, out, in\)"):
         tp.trit_plane_pack(torch.zeros(3, 8, 16, dtype=torch.int8), 8)
     with pytest.raises(RuntimeError, match=r"trit_plane_trits: packed must have shape"):
-        tp.trit_plane_trits(torch.zeros(1, 1, 4, 8, dtype=torch.int32), 9, 16, 8)
+        tp.trit_plane_trits(torch.zeros(1, 1, 2, 8, dtype=torch.int32), 9, 16, 8)
 
 
 def test_unknown_isa_is_refused(monkeypatch):

@@ -9,16 +9,18 @@ authoritative description):
 
 * ``scales``: float16, shape ``(out, n_groups, 2)``; ``[..., 0]`` = α¹, ``[..., 1]`` = α²,
   ``n_groups = ceil(in_features / group_size)``.
-* ``packed``: int32, shape ``(ceil(out / 8), words_per_row, 4, 8)``. Each group is cut into
-  pairs of columns (the last pair of an odd-length group zero-padded); a row's pairs are numbered
-  group after group, and a 32-bit word holds 16 pairs (2 bits each, bit b ↔ column 2q + b). Each
-  plane is two masks, positive (t = +1) and negative (t = −1): mask m = 0, 1 for plane 1 (+, −)
-  and 2, 3 for plane 2. ``packed[rb, w, m, j]`` is word w of mask m of row 8·rb + j (rows past
-  ``out`` are zero). ``words_per_row = ceil(P / 16)`` with ``P = Σ_g ceil(len_g / 2)``.
+* ``packed``: int32, shape ``(ceil(out / 8), words_per_row, 2, 8)``. Each group is cut into
+  pairs of columns (the last pair of an odd-length group zero-padded) and a row's pairs are
+  numbered group after group. Per plane a pair is a 4-bit code ``pos | neg << 2``: bit b of
+  ``pos`` (``neg``) is set when the trit of column 2q + b is +1 (−1). A 32-bit word holds the
+  codes of 8 consecutive pairs (pair p in bits 4·(p % 8) .. 4·(p % 8) + 3 of word p // 8).
+  ``packed[rb, w, k, j]`` is word w of plane k (0: T¹, 1: T²) of row 8·rb + j (rows past ``out``
+  are zero). ``words_per_row = ceil(P / 8)`` with ``P = Σ_g ceil(len_g / 2)``.
 
 Storage: 4 bits per weight for the planes (even group sizes) + 0.25 for the scales at group 128.
-The layout keeps 8 rows in the lanes of a vector register so the CPU kernel sums activations by
-table lookup (the 4 subset sums of each activation pair) with no multiplications by weights.
+The layout keeps rows in the lanes of a vector register so the CPU kernel sums activations by
+table lookup (one vpermps per pair of columns and plane for 16 rows with AVX-512: the table holds
+the 16 signed sums of the pair) with no multiplications by weights.
 
 The quantizer's stopping rule is relative: iterate until max|α − α_prev| ≤ tol·max|α| (or
 ``max_iters`` rounds), so quantizing c·W gives the same trits as W for any c > 0.
@@ -43,8 +45,8 @@ __all__ = [
 PACK_VERSION = 1
 
 _ROWS_PER_BLOCK = 8
-_PAIRS_PER_WORD = 16
-_MASKS = 4
+_PAIRS_PER_WORD = 8
+_PLANES = 2
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -59,7 +61,7 @@ def packed_shape(out_features: int, in_features: int, group_size: int) -> tuple[
     last = in_features - (g - 1) * group_size if g else 0
     pairs = (g - 1) * (-(-group_size // 2)) + (-(-last // 2)) if g else 0
     words = -(-pairs // _PAIRS_PER_WORD)
-    return (-(-out_features // _ROWS_PER_BLOCK), words, _MASKS, _ROWS_PER_BLOCK)
+    return (-(-out_features // _ROWS_PER_BLOCK), words, _PLANES, _ROWS_PER_BLOCK)
 
 
 def ptqtp_quantize(
