@@ -16,7 +16,8 @@ namespace {
 using trit_plane::kCandidates;
 using trit_plane::kCodesPerWord;
 using trit_plane::kColsPerCode;
-using trit_plane::kMasks;
+using trit_plane::kCodeBits;
+using trit_plane::kPlanes;
 using trit_plane::kRowsPerBlock;
 using weightkit::cuda::ceil_div;
 using weightkit::cuda::from_float;
@@ -84,8 +85,8 @@ __device__ void ridge_solve(double s11, double s12, double s22, double b1, doubl
   a2 = (p * b2 - s12 * b1) / det;
 }
 
-__device__ __forceinline__ int64_t word_index(const Layout& l, int64_t r, int64_t w, int m) {
-  return ((r / kRowsPerBlock * l.words_per_row + w) * kMasks + m) * kRowsPerBlock + r % kRowsPerBlock;
+__device__ __forceinline__ int64_t word_index(const Layout& l, int64_t r, int64_t w, int k) {
+  return ((r / kRowsPerBlock * l.words_per_row + w) * kPlanes + k) * kRowsPerBlock + r % kRowsPerBlock;
 }
 
 constexpr int kQuantWarps = 4;
@@ -141,10 +142,10 @@ __global__ void quantize_kernel(const float* __restrict__ W, Layout l, int64_t m
     const int c = level_of(L, static_cast<double>(w[i]));
     const int64_t t = g * l.pairs_full + i / kColsPerCode;
     const int64_t word = t / kCodesPerWord;
-    const unsigned bit = 1u << (kColsPerCode * (t % kCodesPerWord) + i % kColsPerCode);
+    const int bit = kCodeBits * static_cast<int>(t % kCodesPerWord) + static_cast<int>(i % kColsPerCode);
     const int x1 = c_cand_t1[c], x2 = c_cand_t2[c];
-    if (x1) atomicOr(reinterpret_cast<unsigned*>(packed + word_index(l, r, word, x1 > 0 ? 0 : 1)), bit);
-    if (x2) atomicOr(reinterpret_cast<unsigned*>(packed + word_index(l, r, word, x2 > 0 ? 2 : 3)), bit);
+    if (x1) atomicOr(reinterpret_cast<unsigned*>(packed + word_index(l, r, word, 0)), 1u << (bit + (x1 < 0 ? 2 : 0)));
+    if (x2) atomicOr(reinterpret_cast<unsigned*>(packed + word_index(l, r, word, 1)), 1u << (bit + (x2 < 0 ? 2 : 0)));
   }
   if (lane == 0) {
     scales[(r * l.n_groups + g) * 2] = h1;
@@ -164,7 +165,7 @@ __device__ __forceinline__ unsigned lane_word(const int4& v, int r) {
 }
 
 // Block = 8 rows; thread (h = tid & 1, slice = tid >> 1) handles rows 4h..4h+3 of words slice,
-// slice + 128, ...; a 16-byte load brings one mask word of its 4 rows.
+// slice + 128, ...; a 16-byte load brings one plane word of its 4 rows.
 template <class T, int NB>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const T* __restrict__ x, int64_t batch,
                                                             const int32_t* __restrict__ packed,
@@ -180,10 +181,10 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const T* __restrict_
   const int64_t row0 = rb * kRowsPerBlock + 4 * h;
 
   for (int64_t w = slice; w < l.words_per_row; w += kSlices) {
-    int4 m[kMasks];
+    int4 m[kPlanes];
 #pragma unroll
-    for (int k = 0; k < kMasks; ++k)
-      m[k] = __ldg(reinterpret_cast<const int4*>(packed + ((rb * l.words_per_row + w) * kMasks + k) * kRowsPerBlock +
+    for (int k = 0; k < kPlanes; ++k)
+      m[k] = __ldg(reinterpret_cast<const int4*>(packed + ((rb * l.words_per_row + w) * kPlanes + k) * kRowsPerBlock +
                                                  4 * h));
     int64_t t = w * kCodesPerWord;
     int64_t g = t / l.pairs_full;
@@ -226,13 +227,13 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const T* __restrict_
         x0[b] = b < batch ? to_float(x[b * l.in + col]) : 0.f;
         x1[b] = b < batch && has1 ? to_float(x[b * l.in + col + 1]) : 0.f;
       }
-      const int sh = kColsPerCode * i;
+      const int sh = kCodeBits * i;
 #pragma unroll
       for (int r = 0; r < 4; ++r)
 #pragma unroll
-        for (int p = 0; p < 2; ++p) {
-          const unsigned pos = (lane_word(m[2 * p], r) >> sh) & 3u;
-          const unsigned neg = (lane_word(m[2 * p + 1], r) >> sh) & 3u;
+        for (int p = 0; p < kPlanes; ++p) {
+          const unsigned code = (lane_word(m[p], r) >> sh) & 15u;
+          const unsigned pos = code & 3u, neg = code >> 2;
 #pragma unroll
           for (int b = 0; b < NB; ++b) {
             float s = part[r][p][b];
@@ -273,15 +274,15 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const T* __restrict_
   }
 }
 
-// One thread per (row, word): 32 columns.
+// One thread per (row, word): 16 columns.
 template <class T>
 __global__ void dequantize_kernel(const int32_t* __restrict__ packed, const __half* __restrict__ scales, Layout l,
                                   T* __restrict__ W) {
   const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (id >= l.out * l.words_per_row) return;
   const int64_t r = id / l.words_per_row, w = id % l.words_per_row;
-  unsigned m[kMasks];
-  for (int k = 0; k < kMasks; ++k) m[k] = static_cast<unsigned>(packed[word_index(l, r, w, k)]);
+  unsigned m[kPlanes];
+  for (int k = 0; k < kPlanes; ++k) m[k] = static_cast<unsigned>(packed[word_index(l, r, w, k)]);
   for (int i = 0; i < kCodesPerWord; ++i) {
     const int64_t t = w * kCodesPerWord + i;
     if (t >= l.pairs_per_row) break;
@@ -291,12 +292,12 @@ __global__ void dequantize_kernel(const int32_t* __restrict__ packed, const __ha
     const float s2 = __half2float(scales[(r * l.n_groups + g) * 2 + 1]);
     for (int b = 0; b < kColsPerCode; ++b) {
       if (kColsPerCode * q + b >= glen) break;
-      const int sh = kColsPerCode * i + b;
+      const int sh = kCodeBits * i + b;
       float v = 0.f;
       if ((m[0] >> sh) & 1u) v += s1;
-      if ((m[1] >> sh) & 1u) v -= s1;
-      if ((m[2] >> sh) & 1u) v += s2;
-      if ((m[3] >> sh) & 1u) v -= s2;
+      if ((m[0] >> (sh + 2)) & 1u) v -= s1;
+      if ((m[1] >> sh) & 1u) v += s2;
+      if ((m[1] >> (sh + 2)) & 1u) v -= s2;
       W[r * l.in + g * l.group + kColsPerCode * q + b] = from_float<T>(v);
     }
   }

@@ -10,7 +10,7 @@
 // take a different branch.
 //
 // matmul_direct (batch <= 16): one block of 256 threads per block of 8 rows. Each thread streams
-// 128-bit loads (4 rows of one mask word), decodes the 2-bit pair codes in registers and adds or
+// 128-bit loads (4 rows of one plane word), decodes the 4-bit pair codes in registers and adds or
 // subtracts activations (no multiplication by weights; two scalings per group), then the block
 // reduces with warp shuffles and shared memory. Larger batches: `dequantize` into x's dtype and a
 // cuBLAS product (the caller's ATen matmul).
