@@ -41,6 +41,20 @@ void store_row(const Layout& l, int64_t r, const uint32_t* words, int32_t* packe
     for (int k = 0; k < kPlanes; ++k) packed[l.word_index(r, w, k)] = static_cast<int32_t>(words[w * kPlanes + k]);
 }
 
+// at::parallel_for over [0, n) units, but each thread takes the next unit from a shared counter
+// until none is left: on a shared machine a descheduled thread then delays only the unit it holds,
+// not a fixed half of the work (measured: 2-thread GEMV 4-5x slower under a competing process
+// with static halves).
+template <class F>
+void parallel_units(int64_t n, F&& f) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    for (int64_t u = next.fetch_add(1, std::memory_order_relaxed); u < n;
+         u = next.fetch_add(1, std::memory_order_relaxed))
+      f(u);
+  });
+}
+
 // ---------------------------------------------------------------- matmul: shared pieces
 
 // Per activation pair (x0, x1) a lookup table for each batch row, indexed by a pair code
@@ -106,23 +120,29 @@ void block_scalar(const float* tables, int64_t batch, const int32_t* P, const fl
   }
 }
 
-// Row block rb dequantized into the transposed tile: Wt[c * ld + j] = W[8 rb + j, c].
-void dequant_tile_scalar(const int32_t* packed, const float* sc, const Layout& l, int64_t rb, float* Wt, int64_t ld) {
-  const int32_t* P = packed + rb * l.words_per_row * kPlanes * kRowsPerBlock;
-  for (int64_t g = 0; g < l.n_groups; ++g)
-    for (int64_t c = 0; c < l.group_len(g); ++c) {
-      const BitPos bp = bit_pos(l, g, c);
+// Group g of row blocks [rb0, rb1) dequantized into the transposed tile: Wt[c * ld + 8 (rb - rb0) + j]
+// = W[8 rb + j, c]. The loop runs along each tile row (column c of W) so the writes are
+// sequential. scb: block scales of every row block, scb[rb * n_groups * 16 + g * 16 + k * 8 + j].
+void dequant_group_scalar(const int32_t* packed, const float* scb, const Layout& l, int64_t g, int64_t rb0, int64_t rb1,
+                          float* Wt, int64_t ld) {
+  const int64_t block_elems = l.words_per_row * kPlanes * kRowsPerBlock;
+  for (int64_t c = 0; c < l.group_len(g); ++c) {
+    const BitPos bp = bit_pos(l, g, c);
+    float* dst = Wt + (g * l.group + c) * ld;
+    for (int64_t rb = rb0; rb < rb1; ++rb, dst += kRowsPerBlock) {
+      const int32_t* P = packed + rb * block_elems + bp.word * kPlanes * kRowsPerBlock;
+      const float* sc = scb + (rb * l.n_groups + g) * 16;
       for (int j = 0; j < kRowsPerBlock; ++j) {
         float v = 0.f;
         for (int k = 0; k < kPlanes; ++k) {
-          const uint32_t word = static_cast<uint32_t>(P[(bp.word * kPlanes + k) * kRowsPerBlock + j]);
-          const float a = sc[(g * 2 + k) * kRowsPerBlock + j];
-          if ((word >> bp.bit) & 1u) v += a;
-          if ((word >> (bp.bit + 2)) & 1u) v -= a;
+          const uint32_t word = static_cast<uint32_t>(P[k * kRowsPerBlock + j]);
+          if ((word >> bp.bit) & 1u) v += sc[k * 8 + j];
+          if ((word >> (bp.bit + 2)) & 1u) v -= sc[k * 8 + j];
         }
-        Wt[(g * l.group + c) * ld + j] = v;
+        dst[j] = v;
       }
     }
+  }
 }
 
 // ---------------------------------------------------------------- AVX2 path
@@ -190,22 +210,25 @@ WK_AVX2 void blocks_avx2(const float* tables, int64_t batch, const int32_t* P, c
   if (b < batch) block_avx2<1>(tables + b * tstride, P, sc, l, out + b * kRowsPerBlock);
 }
 
-WK_AVX2 void dequant_tile_avx2(const int32_t* packed, const float* sc, const Layout& l, int64_t rb, float* Wt,
-                               int64_t ld) {
-  const __m256i* Pv = reinterpret_cast<const __m256i*>(packed + rb * l.words_per_row * kPlanes * kRowsPerBlock);
+WK_AVX2 void dequant_group_avx2(const int32_t* packed, const float* scb, const Layout& l, int64_t g, int64_t rb0,
+                                int64_t rb1, float* Wt, int64_t ld) {
+  const int64_t block_elems = l.words_per_row * kPlanes * kRowsPerBlock;
   const __m256 zero = _mm256_setzero_ps();
-  for (int64_t g = 0; g < l.n_groups; ++g) {
-    const __m256 s1 = _mm256_loadu_ps(sc + g * 16), s2 = _mm256_loadu_ps(sc + g * 16 + 8);
-    for (int64_t c = 0; c < l.group_len(g); ++c) {
-      const BitPos bp = bit_pos(l, g, c);
-      const __m256i w1 = _mm256_loadu_si256(Pv + bp.word * 2), w2 = _mm256_loadu_si256(Pv + bp.word * 2 + 1);
-      // blendv reads only the sign bit: move the wanted bit there.
-      const __m128i sp = _mm_cvtsi32_si128(31 - bp.bit), sn = _mm_cvtsi32_si128(29 - bp.bit);
+  for (int64_t c = 0; c < l.group_len(g); ++c) {
+    const BitPos bp = bit_pos(l, g, c);
+    // blendv reads only the sign bit: move the wanted bit there.
+    const __m128i sp = _mm_cvtsi32_si128(31 - bp.bit), sn = _mm_cvtsi32_si128(29 - bp.bit);
+    float* dst = Wt + (g * l.group + c) * ld;
+    for (int64_t rb = rb0; rb < rb1; ++rb, dst += kRowsPerBlock) {
+      const __m256i* Pv = reinterpret_cast<const __m256i*>(packed + rb * block_elems + bp.word * kPlanes * kRowsPerBlock);
+      const float* sc = scb + (rb * l.n_groups + g) * 16;
+      const __m256 s1 = _mm256_loadu_ps(sc), s2 = _mm256_loadu_ps(sc + 8);
+      const __m256i w1 = _mm256_loadu_si256(Pv), w2 = _mm256_loadu_si256(Pv + 1);
       const __m256 p1 = _mm256_castsi256_ps(_mm256_sll_epi32(w1, sp)), n1 = _mm256_castsi256_ps(_mm256_sll_epi32(w1, sn));
       const __m256 p2 = _mm256_castsi256_ps(_mm256_sll_epi32(w2, sp)), n2 = _mm256_castsi256_ps(_mm256_sll_epi32(w2, sn));
       __m256 v = _mm256_sub_ps(_mm256_blendv_ps(zero, s1, p1), _mm256_blendv_ps(zero, s1, n1));
       v = _mm256_add_ps(v, _mm256_sub_ps(_mm256_blendv_ps(zero, s2, p2), _mm256_blendv_ps(zero, s2, n2)));
-      _mm256_storeu_ps(Wt + (g * l.group + c) * ld, v);
+      _mm256_storeu_ps(dst, v);
     }
   }
 }
@@ -368,20 +391,20 @@ void unpack_trits(const int32_t* packed, const Layout& l, int8_t* trits) {
   });
 }
 
-void dequantize_tile_t(const int32_t* packed, const float* scales, const Layout& l, int64_t rb0, int64_t rb1,
-                       float* Wt, CpuIsa isa) {
+void block_scales_all(const float* scales, const Layout& l, float* scb) {
+  at::parallel_for(0, l.row_blocks, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t rb = begin; rb < end; ++rb) block_scales(scales, l, rb, scb + rb * l.n_groups * 16);
+  });
+}
+
+void dequantize_tile_t(const int32_t* packed, const float* scb, const Layout& l, int64_t rb0, int64_t rb1, float* Wt,
+                       CpuIsa isa) {
   const int64_t ld = (rb1 - rb0) * kRowsPerBlock;
-  const int64_t sc_elems = l.n_groups * 2 * kRowsPerBlock;
-  at::parallel_for(rb0, rb1, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> sc(static_cast<size_t>(sc_elems));
-    for (int64_t rb = begin; rb < end; ++rb) {
-      block_scales(scales, l, rb, sc.data());
-      float* dst = Wt + (rb - rb0) * kRowsPerBlock;
-      if (isa == CpuIsa::Scalar) {
-        dequant_tile_scalar(packed, sc.data(), l, rb, dst, ld);
-      } else {
-        dequant_tile_avx2(packed, sc.data(), l, rb, dst, ld);
-      }
+  parallel_units(l.n_groups, [&](int64_t g) {
+    if (isa == CpuIsa::Scalar) {
+      dequant_group_scalar(packed, scb, l, g, rb0, rb1, Wt, ld);
+    } else {
+      dequant_group_avx2(packed, scb, l, g, rb0, rb1, Wt, ld);
     }
   });
 }
@@ -411,30 +434,33 @@ void matmul(const float* x, int64_t batch, const int32_t* packed, const float* s
         if (r < l.out) y[b * l.out + r] = out[b * kRowsPerBlock + j];
       }
   };
-  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> sc(static_cast<size_t>(2 * sc_elems), 0.f);
-    std::vector<float> out(static_cast<size_t>(2 * batch * kRowsPerBlock));
-    std::vector<int32_t> zero_block(wide ? static_cast<size_t>(block_elems) : 0, 0);
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t rb = u * per_unit;
-      const int32_t* P = packed + rb * block_elems;
-      block_scales(scales, l, rb, sc.data());
-      float* o1 = out.data() + batch * kRowsPerBlock;
-      if (wide) {
-        const bool pair = rb + 1 < l.row_blocks;
-        if (pair) block_scales(scales, l, rb + 1, sc.data() + sc_elems);
-        blocks2_avx512(tables.data(), batch, P, pair ? P + block_elems : zero_block.data(), sc.data(),
-                       sc.data() + sc_elems, l, out.data(), o1);
-        scatter(rb, out.data());
-        if (pair) scatter(rb + 1, o1);
+  parallel_units(units, [&](int64_t u) {
+    thread_local std::vector<float> sc, out;
+    thread_local std::vector<int32_t> zero_block;
+    sc.assign(static_cast<size_t>(2 * sc_elems), 0.f);
+    out.resize(static_cast<size_t>(2 * batch * kRowsPerBlock));
+    const int64_t rb = u * per_unit;
+    const int32_t* P = packed + rb * block_elems;
+    block_scales(scales, l, rb, sc.data());
+    float* o1 = out.data() + batch * kRowsPerBlock;
+    if (wide) {
+      const bool pair = rb + 1 < l.row_blocks;
+      if (pair) {
+        block_scales(scales, l, rb + 1, sc.data() + sc_elems);
       } else {
-        if (isa == CpuIsa::Scalar) {
-          block_scalar(tables.data(), batch, P, sc.data(), l, out.data());
-        } else {
-          blocks_avx2(tables.data(), batch, P, sc.data(), l, out.data());
-        }
-        scatter(rb, out.data());
+        zero_block.assign(static_cast<size_t>(block_elems), 0);
       }
+      blocks2_avx512(tables.data(), batch, P, pair ? P + block_elems : zero_block.data(), sc.data(),
+                     sc.data() + sc_elems, l, out.data(), o1);
+      scatter(rb, out.data());
+      if (pair) scatter(rb + 1, o1);
+    } else {
+      if (isa == CpuIsa::Scalar) {
+        block_scalar(tables.data(), batch, P, sc.data(), l, out.data());
+      } else {
+        blocks_avx2(tables.data(), batch, P, sc.data(), l, out.data());
+      }
+      scatter(rb, out.data());
     }
   });
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 FAMILIES = {
     "newton_schulz": "weightkit.bench.newton_schulz",
     "optim": "weightkit.bench.optim",
+    "trit_plane": "weightkit.bench.trit_plane",
 }
 
 __all__ = ["FAMILIES"]
