@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <tuple>
 
 #include "common/checks.h"
@@ -67,13 +68,19 @@ at::Tensor trit_plane_unpack_cuda(const at::Tensor& packed, const at::Tensor& sc
   return dequantize_as(packed.contiguous(), scales.contiguous(), l, at::kFloat);
 }
 
+// The GEMV kernel reads the planes with 16-byte loads; a view at an odd offset gets a fresh copy.
+at::Tensor aligned_planes(const at::Tensor& packed) {
+  at::Tensor P = packed.contiguous();
+  return reinterpret_cast<uintptr_t>(P.const_data_ptr()) % 16 == 0 ? P : P.clone();
+}
+
 at::Tensor trit_plane_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                                   int64_t in_features, int64_t group_size) {
   constexpr const char* op = "trit_plane_matmul";
   const Layout l = check_packed(op, packed, scales, in_features, group_size);
   check_matmul_input(op, x, packed, in_features);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor P = packed.contiguous(), S = scales.contiguous();
+  const at::Tensor P = aligned_planes(packed), S = scales.contiguous();
   const at::Tensor x2 = x.reshape({-1, in_features}).contiguous();
   const int64_t batch = x2.size(0);
   at::Tensor y;
