@@ -92,7 +92,6 @@ constexpr int64_t kCpuDirectMaxBatch = 32;
 // Weights dequantized at once on the large-batch path: ~8 MB of fp32.
 constexpr int64_t kTileFloats = int64_t{1} << 21;
 
-
 void check_cpu(const char* op, const at::Tensor& t, const char* name) {
   WK_CHECK(op, t.device().is_cpu(), name, " must be a CPU tensor here, got ", t.device());
 }
@@ -124,8 +123,7 @@ at::Tensor trit_plane_unpack_cpu(const at::Tensor& packed, const at::Tensor& sca
   cpu::block_scales_all(S.const_data_ptr<float>(), l, scb.mutable_data_ptr<float>());
   cpu::dequantize_tile_t(P.const_data_ptr<int32_t>(), scb.const_data_ptr<float>(), l, 0, l.row_blocks,
                          Wt.mutable_data_ptr<float>(), selected_cpu_isa(op));
-  at::Tensor W = Wt.narrow(1, 0, l.out).t().contiguous();
-  return W;
+  return Wt.narrow(1, 0, l.out).t().contiguous();
 }
 
 at::Tensor trit_plane_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
@@ -151,8 +149,7 @@ at::Tensor trit_plane_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, 
     for (int64_t rb0 = 0; rb0 < l.row_blocks; rb0 += tile_blocks) {
       const int64_t rb1 = std::min(rb0 + tile_blocks, l.row_blocks);
       const int64_t r0 = rb0 * kRowsPerBlock, rows = std::min(rb1 * kRowsPerBlock, l.out) - r0;
-      at::Tensor tile = Wt.narrow(1, 0, (rb1 - rb0) * kRowsPerBlock);
-      if (rb1 - rb0 < tile_blocks) tile = at::empty({l.in, (rb1 - rb0) * kRowsPerBlock}, y.options());
+      at::Tensor tile = rb1 - rb0 == Wt.size(1) / kRowsPerBlock ? Wt : at::empty({l.in, (rb1 - rb0) * kRowsPerBlock}, y.options());
       cpu::dequantize_tile_t(P.const_data_ptr<int32_t>(), scb.const_data_ptr<float>(), l, rb0, rb1,
                              tile.mutable_data_ptr<float>(), isa);
       y.narrow(1, r0, rows).copy_(at::mm(x2, tile.narrow(1, 0, rows)));
