@@ -26,16 +26,19 @@ def dense_bound(x, D):
 
 
 @pytest.mark.parametrize("shape", SHAPES[:4])
-def test_quantizer_matches_reference(shape):
+def test_quantizer_matches_reference(device, shape):
     out, inf, gs = shape
     W = gaussian(out, inf, seed=1)
     trits_ref, scales_ref = ptqtp_ref(W, gs)
-    packed, scales = tp.ptqtp_quantize(W, gs)
+    packed, scales = tp.ptqtp_quantize(W.to(device), gs)
+    assert packed.device.type == device and scales.device.type == device
+    packed, scales = packed.cpu(), scales.cpu()
     trits = tp.trit_plane_trits(packed, out, inf, gs)
     assert packed.dtype == torch.int32 and packed.shape == tp.packed_shape(out, inf, gs)
     assert scales.dtype == torch.float16 and scales.shape == (out, tp.n_groups(inf, gs), 2)
-    # Same algorithm, same tie-breaks; only float rounding at exact midpoints may differ.
-    assert (trits == trits_ref).float().mean().item() >= 0.999
+    # Same algorithm, same tie-breaks; only float rounding at exact midpoints (and, on CUDA, the
+    # order of the fp64 sums) may differ.
+    assert (trits == trits_ref).float().mean().item() >= (0.999 if device == "cpu" else 0.99)
     D, D_ref = tp.trit_plane_unpack(packed, scales, inf, gs), dequantize_ref(trits_ref, scales_ref, gs)
     mse, mse_ref = ((D.double() - W.double()) ** 2).mean(), ((D_ref - W.double()) ** 2).mean()
     assert abs(mse - mse_ref) <= 1e-3 * mse_ref
@@ -50,10 +53,10 @@ def test_quantizer_half_inputs(dtype):
     assert torch.equal(p, p32) and torch.equal(s, s32)
 
 
-def test_gaussian_mse_two_planes():
+def test_gaussian_mse_two_planes(device):
     """PAPERS.md: two free planes reach MSE ≈ 0.029σ² on i.i.d. Gaussian weights."""
     sigma = 0.02
-    W = gaussian(128, 1024, seed=3, scale=sigma)
+    W = gaussian(128, 1024, seed=3, scale=sigma).to(device)
     p, s = tp.ptqtp_quantize(W, 128)
     mse = ((tp.trit_plane_unpack(p, s, 1024, 128) - W) ** 2).mean().item() / sigma**2
     assert 0.02 < mse < 0.035
@@ -90,15 +93,16 @@ def test_max_iters_one_and_tol():
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_pack_round_trip(shape):
+def test_pack_round_trip(device, shape):
     out, inf, gs = shape
     g = torch.Generator().manual_seed(6)
     trits = torch.randint(-1, 2, (2, out, inf), generator=g, dtype=torch.int8)
-    packed = tp.trit_plane_pack(trits, gs)
-    assert packed.shape == tp.packed_shape(out, inf, gs)
-    assert torch.equal(tp.trit_plane_trits(packed, out, inf, gs), trits)
+    packed = tp.trit_plane_pack(trits.to(device), gs)
+    assert packed.shape == tp.packed_shape(out, inf, gs) and packed.device.type == device
+    assert torch.equal(tp.trit_plane_trits(packed, out, inf, gs).cpu(), trits)
     scales = torch.rand(out, tp.n_groups(inf, gs), 2, generator=g).half()
-    assert torch.equal(tp.trit_plane_unpack(packed, scales, inf, gs).double(), dequantize_ref(trits, scales, gs))
+    D = tp.trit_plane_unpack(packed, scales.to(device), inf, gs).cpu().double()
+    assert torch.equal(D, dequantize_ref(trits, scales, gs))
 
 
 def test_quantize_then_pack_is_identity():
@@ -150,29 +154,31 @@ def test_matmul_half(cpu_isa, dtype, batch):
     assert ((y.double() - ref).abs() <= eps * ref.abs() + 2e-6 * dense_bound(x, D)).all()
 
 
-def test_matmul_batched_shapes_and_quantized_weight():
-    W = gaussian(48, 320, seed=10)
+def test_matmul_batched_shapes_and_quantized_weight(device):
+    W = gaussian(48, 320, seed=10).to(device)
     p, s = tp.ptqtp_quantize(W, 128)
     D = tp.trit_plane_unpack(p, s, 320, 128)
-    x = torch.randn(2, 3, 320)
+    x = torch.randn(2, 3, 320).to(device)
     y = tp.trit_plane_matmul(x, p, s, 320, 128)
-    assert y.shape == (2, 3, 48)
-    torch.testing.assert_close(y, x @ D.T, rtol=1e-5, atol=1e-5)
-    assert tp.trit_plane_matmul(torch.randn(320), p, s, 320, 128).shape == (48,)
-    assert tp.trit_plane_matmul(torch.randn(0, 320), p, s, 320, 128).shape == (0, 48)
+    assert y.shape == (2, 3, 48) and y.device.type == device
+    torch.testing.assert_close(y, x @ D.T, rtol=1e-4, atol=1e-4)
+    assert tp.trit_plane_matmul(torch.randn(320).to(device), p, s, 320, 128).shape == (48,)
+    assert tp.trit_plane_matmul(torch.randn(0, 320).to(device), p, s, 320, 128).shape == (0, 48)
 
 
 # ---------------------------------------------------------------- opcheck
 
 
-def test_opcheck():
-    W = gaussian(24, 200, seed=11)
+def test_opcheck(device):
+    W = gaussian(24, 200, seed=11).to(device)
     p, s = tp.ptqtp_quantize(W, 64)
     trits = tp.trit_plane_trits(p, 24, 200, 64)
     ops = torch.ops.weightkit
+    x = torch.randn(3, 200).to(device)
     torch.library.opcheck(ops.ptqtp_quantize.default, (W, 64, 10, 1e-4))
-    torch.library.opcheck(ops.trit_plane_matmul.default, (torch.randn(3, 200), p, s, 200, 64))
-    torch.library.opcheck(ops.trit_plane_matmul.default, (torch.randn(1, 200).bfloat16(), p, s, 200, 64))
+    torch.library.opcheck(ops.trit_plane_matmul.default, (x, p, s, 200, 64))
+    torch.library.opcheck(ops.trit_plane_matmul.default, (x[:1].bfloat16(), p, s, 200, 64))
+    torch.library.opcheck(ops.trit_plane_matmul.default, (torch.randn(40, 200).to(device), p, s, 200, 64))
     torch.library.opcheck(ops.trit_plane_unpack.default, (p, s, 200, 64))
     torch.library.opcheck(ops.trit_plane_pack.default, (trits, 64))
     torch.library.opcheck(ops.trit_plane_trits.default, (p, 24, 200, 64))
@@ -189,8 +195,8 @@ def test_compile_fullgraph():
 # ---------------------------------------------------------------- bad input
 
 
-def test_quantize_rejects_bad_input():
-    W = gaussian(8, 64)
+def test_quantize_rejects_bad_input(device):
+    W = gaussian(8, 64).to(device)
     with pytest.raises(RuntimeError, match=r"weightkit\.ptqtp_quantize: group_size must be >= 1, got 0"):
         tp.ptqtp_quantize(W, 0)
     with pytest.raises(RuntimeError, match=r"weightkit\.ptqtp_quantize: max_iters must be >= 1"):
@@ -263,18 +269,6 @@ def test_unknown_isa_is_refused(monkeypatch):
 
 
 @pytest.mark.cuda
-def test_cuda_quantizer_matches_cpu():
-    W = gaussian(64, 576, seed=13)
-    p, s = tp.ptqtp_quantize(W, 128)
-    pc, sc = tp.ptqtp_quantize(W.cuda(), 128)
-    assert pc.device.type == "cuda"
-    t, tc = tp.trit_plane_trits(p, 64, 576, 128), tp.trit_plane_trits(pc.cpu(), 64, 576, 128)
-    assert (t == tc).float().mean() >= 0.99
-    D, Dc = tp.trit_plane_unpack(p, s, 576, 128), tp.trit_plane_unpack(pc, sc, 576, 128).cpu()
-    assert abs(((D - W) ** 2).mean() - ((Dc - W) ** 2).mean()) <= 1e-3 * ((D - W) ** 2).mean()
-
-
-@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("batch", [1, 7, 16, 128])
 @pytest.mark.parametrize("shape", SHAPES)
@@ -290,11 +284,8 @@ def test_cuda_matmul(shape, batch, dtype):
 
 
 @pytest.mark.cuda
-def test_cuda_unpack_pack_and_device_mismatch():
+def test_cuda_device_mismatch():
     p, s, D = random_packed(37, 300, 128)
-    torch.testing.assert_close(tp.trit_plane_unpack(p.cuda(), s.cuda(), 300, 128).cpu().double(), D)
-    t = tp.trit_plane_trits(p, 37, 300, 128)
-    assert torch.equal(tp.trit_plane_pack(t.cuda(), 128).cpu(), p)
     with pytest.raises(RuntimeError, match=r"x and packed must be on the same device"):
         tp.trit_plane_matmul(torch.randn(1, 300), p.cuda(), s.cuda(), 300, 128)
     with pytest.raises(RuntimeError, match=r"packed and scales must be on the same device"):
