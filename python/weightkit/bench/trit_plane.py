@@ -68,6 +68,22 @@ def _rotating(fn, items):
     return call
 
 
+def _other_cores(dt: float = 1.0) -> float | None:
+    with common.OtherLoad() as load:
+        time.sleep(dt)
+    return load.cores
+
+
+def wait_quiet(max_wait_s: float, threshold: float = BUSY_CORES) -> float | None:
+    """On a shared machine: wait up to ``max_wait_s`` for other processes to leave the cores idle
+    (below ``threshold`` cores over a 1 s sample); returns the last sample."""
+    t0 = time.perf_counter()
+    cores = _other_cores()
+    while cores is not None and cores > threshold and time.perf_counter() - t0 < max_wait_s:
+        cores = _other_cores()
+    return cores
+
+
 def timing_settings(device: torch.device, quick: bool) -> dict:
     if device.type == "cuda":
         return dict(warmup=5, repeats=50, min_time_s=0.2, max_time_s=5.0, long_call_s=1.0)
@@ -75,8 +91,11 @@ def timing_settings(device: torch.device, quick: bool) -> dict:
                 long_call_s=1.0)
 
 
-def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0) -> dict:
-    """Run the benchmark; returns ``{"cases", "skipped", "extra"}`` for ``write_results``."""
+def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait_quiet_s: float = 0.0) -> dict:
+    """Run the benchmark; returns ``{"cases", "skipped", "extra"}`` for ``write_results``.
+
+    ``wait_quiet_s`` (CPU): before each case, wait up to this long for other processes to leave
+    the cores idle; timings taken while they did not are flagged in the notes either way."""
     dev = common.resolve_device(device)
     settings = timing_settings(dev, quick)
     gen = torch.Generator().manual_seed(seed)
@@ -102,6 +121,8 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0) -> d
         x = torch.randn(case.batch, case.inf, generator=gen).to(dev)
         base_dtypes = [torch.float16] if dev.type == "cuda" else [torch.float32, torch.bfloat16]
         xo = x.half() if dev.type == "cuda" else x
+        if dev.type == "cpu" and wait_quiet_s > 0:
+            wait_quiet(wait_quiet_s)
         with common.OtherLoad() as load:
             ours = common.measure(
                 _rotating(lambda it: tp.trit_plane_matmul(xo, it[0], it[1], case.inf, GROUP), ours_items),
@@ -151,6 +172,7 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0) -> d
             "rotating_copies": f"> 2 x {LLC_BYTES[dev.type] >> 20} MB of weights per side",
             "stream_read": "amax over the packed int32 planes (rotating copies): a plain read of our bytes",
             "direct_max_batch": _direct_max(dev),
+            "wait_quiet_s": wait_quiet_s,
             "timing": settings,
         },
         "quantize_s": quant_s,
@@ -182,6 +204,8 @@ def main(argv=None) -> int:
                         help="where to write results (default bench/results/<device>/trit_plane.json)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: leave torch's setting)")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                        help="CPU: before each case wait up to S seconds for other processes to go idle")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is available to this torch")
@@ -190,7 +214,7 @@ def main(argv=None) -> int:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    res = run(device=args.device, quick=args.quick, progress=common.progress)
+    res = run(device=args.device, quick=args.quick, progress=common.progress, wait_quiet_s=args.wait_quiet)
     wall = time.perf_counter() - t0
     common.print_table(FAMILY, args.device, res["cases"], skipped=res["skipped"])
     path = args.json or common.results_path(FAMILY, args.device, quick=args.quick)
