@@ -37,4 +37,20 @@ TORCH_LIBRARY(weightkit, m) {
   // (round(density * out * in) positions over the whole matrix). Returns (row_ptr, col_idx) on
   // the CPU, int32 or int64 row pointers and int16 columns where in_features allows, else int32.
   m.def("sl_support(int out_features, int in_features, float density, int seed, str kind) -> (Tensor, Tensor)");
+
+  // ---- trit_plane: PTQTP post-training quantization to two ternary planes ----------------------
+  // W ~= alpha1 * T1 + alpha2 * T2 per row and column group (the last group of a row may be
+  // shorter). Packing format version 1 (csrc/trit_plane/layout.h): packed int32
+  // (ceil(out/8), words_per_row, 2, 8), scales float16 (out, n_groups, 2).
+  // W (out, in) fp32/bf16/fp16, finite. tol is relative: stop when max|d alpha| <= tol * max|alpha|.
+  m.def("ptqtp_quantize(Tensor W, int group_size, int max_iters, float tol) -> (Tensor packed, Tensor scales)");
+  // y = x W^T for the packed W: x (..., in_features) fp32/bf16/fp16 -> (..., out) in x's dtype,
+  // fp32 accumulation, no multiplications by weights on the direct (small-batch) path.
+  m.def("trit_plane_matmul(Tensor x, Tensor packed, Tensor scales, int in_features, int group_size) -> Tensor");
+  // The dequantized weight, fp32 (out, in_features).
+  m.def("trit_plane_unpack(Tensor packed, Tensor scales, int in_features, int group_size) -> Tensor");
+  // trits int8 (2, out, in) in {-1, 0, +1} -> packed; and back (out is not recoverable from the
+  // padded packed shape, so it is an argument).
+  m.def("trit_plane_pack(Tensor trits, int group_size) -> Tensor");
+  m.def("trit_plane_trits(Tensor packed, int out_features, int in_features, int group_size) -> Tensor");
 }

@@ -13,6 +13,7 @@ FAMILIES = {
     "newton_schulz": "weightkit.bench.newton_schulz",
     "optim": "weightkit.bench.optim",
     "sparse_lowrank": "weightkit.bench.sparse_lowrank",
+    "trit_plane": "weightkit.bench.trit_plane",
 }
 
 __all__ = ["FAMILIES"]

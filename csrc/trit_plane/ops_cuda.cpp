@@ -1,0 +1,128 @@
+// CUDA glue of the trit-plane family: the same checks as the CPU registration (ops.h), then the
+// kernels of kernels.cu on the current stream. Large batches dequantize into x's dtype and use
+// ATen's (cuBLAS) product; packing to and from int8 trits is a CPU round trip (offline work).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <tuple>
+
+#include "common/checks.h"
+#include "trit_plane/kernels.cuh"
+#include "trit_plane/ops.h"
+
+namespace weightkit::trit_plane {
+namespace {
+
+namespace kern = weightkit::trit_plane_cuda;
+
+kern::DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return kern::DType::F32;
+    case at::kBFloat16: return kern::DType::BF16;
+    case at::kHalf: return kern::DType::F16;
+    default: TORCH_INTERNAL_ASSERT(false, "weightkit: no CUDA kernel dtype for ", t);
+  }
+}
+
+const uint16_t* scale_bits(const at::Tensor& scales) {
+  return reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::Half>());
+}
+
+std::tuple<at::Tensor, at::Tensor> ptqtp_quantize_cuda(const at::Tensor& W, int64_t group_size, int64_t max_iters,
+                                                       double tol) {
+  constexpr const char* op = "ptqtp_quantize";
+  const Layout l = check_quantize_args(op, W, group_size, max_iters, tol);
+  const c10::cuda::CUDAGuard guard(W.device());
+  const at::Tensor Wf = W.to(at::kFloat).contiguous();
+  WK_CHECK(op, Wf.numel() == 0 || at::isfinite(Wf).all().item<bool>(),
+           "W must be finite (no NaN or Inf), got non-finite values");
+  at::Tensor packed = at::empty({l.row_blocks, l.words_per_row, kPlanes, kRowsPerBlock}, W.options().dtype(at::kInt));
+  at::Tensor scales = at::empty({l.out, l.n_groups, 2}, W.options().dtype(at::kHalf));
+  at::Tensor overflow = at::empty({1}, W.options().dtype(at::kInt));
+  kern::quantize(Wf.const_data_ptr<float>(), l, max_iters, tol, packed.mutable_data_ptr<int32_t>(),
+                 reinterpret_cast<uint16_t*>(scales.mutable_data_ptr<at::Half>()), overflow.mutable_data_ptr<int>(),
+                 c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  WK_CHECK(op, overflow.item<int>() == 0, "scales must fit in float16 (|alpha| <= 65504), got a group whose scale "
+                                          "overflows; rescale W before quantizing");
+  return {packed, scales};
+}
+
+at::Tensor dequantize_as(const at::Tensor& P, const at::Tensor& S, const Layout& l, at::ScalarType dtype) {
+  at::Tensor W = at::empty({l.out, l.in}, S.options().dtype(dtype));
+  kern::dequantize(P.const_data_ptr<int32_t>(), scale_bits(S), l, W.mutable_data_ptr(), kernel_dtype(dtype),
+                   c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return W;
+}
+
+at::Tensor trit_plane_unpack_cuda(const at::Tensor& packed, const at::Tensor& scales, int64_t in_features,
+                                  int64_t group_size) {
+  const Layout l = check_packed("trit_plane_unpack", packed, scales, in_features, group_size);
+  const c10::cuda::CUDAGuard guard(packed.device());
+  return dequantize_as(packed.contiguous(), scales.contiguous(), l, at::kFloat);
+}
+
+// The GEMV kernel reads the planes with 16-byte loads; a view at an odd offset gets a fresh copy.
+at::Tensor aligned_planes(const at::Tensor& packed) {
+  at::Tensor P = packed.contiguous();
+  return reinterpret_cast<uintptr_t>(P.const_data_ptr()) % 16 == 0 ? P : P.clone();
+}
+
+at::Tensor trit_plane_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                                  int64_t in_features, int64_t group_size) {
+  constexpr const char* op = "trit_plane_matmul";
+  const Layout l = check_packed(op, packed, scales, in_features, group_size);
+  check_matmul_input(op, x, packed, in_features);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor P = aligned_planes(packed), S = scales.contiguous();
+  const at::Tensor x2 = x.reshape({-1, in_features}).contiguous();
+  const int64_t batch = x2.size(0);
+  at::Tensor y;
+  if (batch <= direct_max_batch(kern::kDirectMaxBatch)) {
+    y = at::empty({batch, l.out}, x2.options());
+    if (l.in == 0) {
+      y.zero_();
+    } else {
+      kern::matmul_direct(x2.const_data_ptr(), kernel_dtype(x2.scalar_type()), batch, P.const_data_ptr<int32_t>(),
+                          scale_bits(S), l, y.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  } else {
+    y = at::matmul(x2, dequantize_as(P, S, l, x2.scalar_type()).t());
+  }
+  return y.view(matmul_out_shape(x, l.out));
+}
+
+// Offline format conversions: run the CPU kernels through the dispatcher and copy back.
+at::Tensor trit_plane_pack_cuda(const at::Tensor& trits, int64_t group_size) {
+  static const auto cpu_op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("weightkit::trit_plane_pack", "")
+                                 .typed<at::Tensor(const at::Tensor&, int64_t)>();
+  return cpu_op.call(trits.cpu(), group_size).to(trits.device());
+}
+
+at::Tensor trit_plane_trits_cuda(const at::Tensor& packed, int64_t out_features, int64_t in_features,
+                                 int64_t group_size) {
+  static const auto cpu_op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("weightkit::trit_plane_trits", "")
+                                 .typed<at::Tensor(const at::Tensor&, int64_t, int64_t, int64_t)>();
+  return cpu_op.call(packed.cpu(), out_features, in_features, group_size).to(packed.device());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(weightkit, CUDA, m) {
+  m.impl("ptqtp_quantize", &ptqtp_quantize_cuda);
+  m.impl("trit_plane_matmul", &trit_plane_matmul_cuda);
+  m.impl("trit_plane_unpack", &trit_plane_unpack_cuda);
+  m.impl("trit_plane_pack", &trit_plane_pack_cuda);
+  m.impl("trit_plane_trits", &trit_plane_trits_cuda);
+}
+
+}  // namespace weightkit::trit_plane

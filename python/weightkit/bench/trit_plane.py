@@ -1,0 +1,224 @@
+"""Trit-plane (PTQTP) matmul benchmark: weightkit's packed product against dense F.linear.
+
+A decode-time linear layer is memory-bound, so each side is timed on rotating copies of its
+weights that together exceed twice the last-level cache (CPU L3 ~32 MB, H100 L2 50 MB): every
+call streams its weights from DRAM/HBM, as in a model whose layers do not fit in cache. Ours reads
+the packed planes and scales (4.25 bits per weight at group 128); the baselines read fp32/bf16 (CPU)
+or fp16 (CUDA, cuBLAS) weights. Each case also times a plain streaming read (``amax``) of our bytes,
+the ceiling for any kernel over this format, and reports GB/s for all three.
+
+Usage: ``python bench/bench_trit_plane.py [--quick] [--json PATH] [--device cpu|cuda]
+[--threads N]``, or ``weightkit bench --only trit_plane``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from weightkit.bench import common
+from weightkit.ops import trit_plane as tp
+
+FAMILY = "trit_plane"
+GROUP = 128
+#: Bytes the rotating copies must exceed: 2x the last-level cache.
+LLC_BYTES = {"cpu": 32 << 20, "cuda": 50 << 20}
+#: Other processes' average CPU use (cores) above which a case's notes flag its timings.
+BUSY_CORES = 0.15
+
+
+@dataclass(frozen=True)
+class Case:
+    out: int
+    inf: int
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return f"{'gemv' if self.batch == 1 else 'gemm'}-{self.out}x{self.inf}-b{self.batch}"
+
+
+def plan(device: torch.device, quick: bool) -> list[Case]:
+    if device.type == "cuda":
+        shapes = [(8192, 8192), (14336, 4096), (4096, 14336)]
+        batches = (1, 16) if quick else (1, 4, 16, 64)
+    else:
+        shapes = [(4096, 4096)] if quick else [(4096, 4096), (14336, 4096)]
+        batches = (1, 16) if quick else (1, 4, 16, 64)
+    return [Case(o, i, b) for o, i in shapes for b in batches]
+
+
+def _copies(bytes_per_copy: int, device: torch.device) -> int:
+    return max(2, math.ceil(2 * LLC_BYTES[device.type] / max(bytes_per_copy, 1)) + 1)
+
+
+def _rotating(fn, items):
+    state = {"i": 0}
+
+    def call():
+        item = items[state["i"] % len(items)]
+        state["i"] += 1
+        return fn(item)
+
+    return call
+
+
+def _other_cores(dt: float = 1.0) -> float | None:
+    with common.OtherLoad() as load:
+        time.sleep(dt)
+    return load.cores
+
+
+def wait_quiet(max_wait_s: float, threshold: float = BUSY_CORES) -> float | None:
+    """On a shared machine: wait up to ``max_wait_s`` for other processes to leave the cores idle
+    (below ``threshold`` cores over a 1 s sample); returns the last sample."""
+    t0 = time.perf_counter()
+    cores = _other_cores()
+    while cores is not None and cores > threshold and time.perf_counter() - t0 < max_wait_s:
+        cores = _other_cores()
+    return cores
+
+
+def timing_settings(device: torch.device, quick: bool) -> dict:
+    if device.type == "cuda":
+        return dict(warmup=5, repeats=50, min_time_s=0.2, max_time_s=5.0, long_call_s=1.0)
+    return dict(warmup=3, repeats=20 if quick else 50, min_time_s=0.3 if quick else 1.0, max_time_s=5.0,
+                long_call_s=1.0)
+
+
+def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait_quiet_s: float = 0.0) -> dict:
+    """Run the benchmark; returns ``{"cases", "skipped", "extra"}`` for ``write_results``.
+
+    ``wait_quiet_s`` (CPU): before each case, wait up to this long for other processes to leave
+    the cores idle; timings taken while they did not are flagged in the notes either way."""
+    dev = common.resolve_device(device)
+    settings = timing_settings(dev, quick)
+    gen = torch.Generator().manual_seed(seed)
+    results: list[dict] = []
+    quant_s: dict[str, float] = {}
+    cases = plan(dev, quick)
+    iterator = cases if progress is None else progress(cases, desc=FAMILY, label=lambda c: c.name)
+    packed_cache: dict = {}
+    for case in iterator:
+        key = (case.out, case.inf)
+        if key not in packed_cache:
+            packed_cache.clear()
+            W = torch.randn(case.out, case.inf, generator=gen) * 0.02
+            t0 = time.perf_counter()
+            packed, scales = tp.ptqtp_quantize(W.to(dev), GROUP)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            quant_s[f"{case.out}x{case.inf}"] = round(time.perf_counter() - t0, 3)
+            packed_cache[key] = (W, packed, scales)
+        W, packed, scales = packed_cache[key]
+        our_bytes = packed.numel() * 4 + scales.numel() * 2
+        ours_items = [(packed.clone(), scales.clone()) for _ in range(_copies(our_bytes, dev))]
+        x = torch.randn(case.batch, case.inf, generator=gen).to(dev)
+        base_dtypes = [torch.float16] if dev.type == "cuda" else [torch.float32, torch.bfloat16]
+        xo = x.half() if dev.type == "cuda" else x
+        if dev.type == "cpu" and wait_quiet_s > 0:
+            wait_quiet(wait_quiet_s)
+        with common.OtherLoad() as load:
+            ours = common.measure(
+                _rotating(lambda it: tp.trit_plane_matmul(xo, it[0], it[1], case.inf, GROUP), ours_items),
+                device=dev, **settings)
+            stream = common.measure(_rotating(lambda it: it[0].amax(), ours_items), device=dev, **settings)
+            base = {}
+            for dt in base_dtypes:
+                Wd = W.to(dev, dt)
+                items = [Wd.clone() for _ in range(_copies(Wd.numel() * Wd.element_size(), dev))]
+                xd = x.to(dt)
+                base[dt] = (common.measure(_rotating(lambda w, xd=xd: F.linear(xd, w), items), device=dev, **settings),
+                            Wd.numel() * Wd.element_size(), len(items))
+                del items, Wd
+        path = "direct" if case.batch <= _direct_max(dev) else "dequantize + dense"
+        y = tp.trit_plane_matmul(xo, packed, scales, case.inf, GROUP).float()
+        ref = xo.float() @ tp.trit_plane_unpack(packed, scales, case.inf, GROUP).T
+        err = ((y - ref).norm() / ref.norm()).item()
+        for dt, (t, nbytes, ncopies) in base.items():
+            name = "cuBLAS fp16 F.linear" if dev.type == "cuda" else f"torch {str(dt).replace('torch.', '')} F.linear"
+            notes = [f"ours: {path} path, x {str(xo.dtype).replace('torch.', '')}",
+                     f"rel diff vs x·dequant(W)ᵀ {err:.1e}",
+                     f"copies {len(ours_items)}/{ncopies}", f"timed calls {ours.calls}/{t.calls}"]
+            if load.cores is not None and load.cores > BUSY_CORES:
+                notes.append(f"BUSY MACHINE: other processes used {load.cores:.1f} cores")
+            results.append({
+                "case": case.name,
+                "baseline": name,
+                "ours_ms": ours.median_ms,
+                "baseline_ms": t.median_ms,
+                "notes": "; ".join(notes),
+                "ours_gbs": round(our_bytes / ours.median_ms / 1e6, 2),
+                "baseline_gbs": round(nbytes / t.median_ms / 1e6, 2),
+                "stream_read_ms": round(stream.median_ms, 4),
+                "stream_read_gbs": round(our_bytes / stream.median_ms / 1e6, 2),
+                "ours_bytes": our_bytes,
+                "baseline_bytes": nbytes,
+                "bits_per_weight": round(our_bytes * 8 / (case.out * case.inf), 3),
+                "other_cores": None if load.cores is None else round(load.cores, 2),
+            })
+        del ours_items
+    extra = {
+        "quick": quick,
+        "setup": {
+            "group_size": GROUP,
+            "pack_version": tp.PACK_VERSION,
+            "weights": "N(0, 0.02^2), PTQTP-quantized (max_iters 50, tol 1e-4)",
+            "rotating_copies": f"> 2 x {LLC_BYTES[dev.type] >> 20} MB of weights per side",
+            "stream_read": "amax over the packed int32 planes (rotating copies): a plain read of our bytes",
+            "direct_max_batch": _direct_max(dev),
+            "wait_quiet_s": wait_quiet_s,
+            "timing": settings,
+        },
+        "quantize_s": quant_s,
+    }
+    return {"cases": results, "skipped": [], "extra": extra}
+
+
+def _direct_max(dev: torch.device) -> int:
+    """Mirror of the op's path choice (csrc/trit_plane), for the notes."""
+    import os
+
+    env = os.environ.get("WEIGHTKIT_TRIT_PLANE_DIRECT_MAX_BATCH")
+    if env:
+        return int(env)
+    return 16 if dev.type == "cuda" else CPU_DIRECT_MAX_BATCH
+
+
+#: Keep equal to kCpuDirectMaxBatch in csrc/trit_plane/ops.cpp.
+CPU_DIRECT_MAX_BATCH = 32
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench_trit_plane",
+        description="Time weightkit's trit-plane matmul against dense F.linear (fp32/bf16 on CPU, cuBLAS fp16).",
+    )
+    parser.add_argument("--quick", action="store_true", help="a few cases (a smoke run)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="where to write results (default bench/results/<device>/trit_plane.json)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) first (default: leave torch's setting)")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                        help="CPU: before each case wait up to S seconds for other processes to go idle")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available to this torch")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    res = run(device=args.device, quick=args.quick, progress=common.progress, wait_quiet_s=args.wait_quiet)
+    wall = time.perf_counter() - t0
+    common.print_table(FAMILY, args.device, res["cases"], skipped=res["skipped"])
+    path = args.json or common.results_path(FAMILY, args.device, quick=args.quick)
+    extra = {**res["extra"], "wall_s": round(wall, 1)}
+    path = common.write_results(FAMILY, args.device, res["cases"], path, skipped=res["skipped"], extra=extra)
+    print(f"wrote {path} ({wall:.0f} s)")
+    return 0

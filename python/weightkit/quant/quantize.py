@@ -1,0 +1,147 @@
+"""quantize_model: replace a model's nn.Linear layers by quantized ones, with a per-layer report."""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from weightkit.nn.trit_plane import TritPlaneLinear
+from weightkit.quant import baselines
+
+__all__ = ["DEFAULT_SKIP", "METHODS", "LayerReport", "QuantReport", "quantize_model"]
+
+#: Methods: "ptqtp" swaps in TritPlaneLinear; the others write their dequantized weight into the
+#: nn.Linear (fake quantization, for accuracy comparisons).
+METHODS = ("ptqtp", "rtn_ternary", "twn", "int4", "int3")
+
+#: Module-name globs left in full precision unless ``skip`` says otherwise: output heads and
+#: embeddings (the usual practice of PTQ papers, PTQTP included).
+DEFAULT_SKIP = ("*lm_head*", "*embed*", "*wte*", "*wpe*")
+
+
+@dataclass
+class LayerReport:
+    """One quantized layer: relative Frobenius error ‖W − Ŵ‖/‖W‖, ‖W‖, storage, time taken."""
+
+    name: str
+    shape: tuple[int, int]
+    rel_error: float
+    bits_per_weight: float
+    seconds: float
+    norm: float
+
+
+@dataclass
+class QuantReport:
+    """What :func:`quantize_model` did; totals are weighted by each layer's number of weights."""
+
+    method: str
+    group_size: int
+    layers: list[LayerReport] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def num_weights(self) -> int:
+        return sum(r.shape[0] * r.shape[1] for r in self.layers)
+
+    @property
+    def bits_per_weight(self) -> float:
+        n = self.num_weights
+        return sum(r.bits_per_weight * r.shape[0] * r.shape[1] for r in self.layers) / n if n else 0.0
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.layers)
+
+    @property
+    def rel_error(self) -> float:
+        """Relative Frobenius error of all quantized weights taken together."""
+        total = sum(r.norm**2 for r in self.layers)
+        return (sum((r.rel_error * r.norm) ** 2 for r in self.layers) / total) ** 0.5 if total > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.method}: {len(self.layers)} layers, {self.num_weights:,} weights, "
+                f"{self.bits_per_weight:.3f} bits/weight, rel. error {self.rel_error:.4f}, {self.seconds:.1f} s")
+
+
+def _skipped(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _progress(items: Sequence, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="layer", file=sys.stderr, dynamic_ncols=True)
+
+
+def _rel_error(W: torch.Tensor, W_hat: torch.Tensor) -> tuple[float, float]:
+    W = W.detach().float()
+    norm = W.norm().item()
+    return ((W - W_hat.to(W.device).float()).norm().item() / norm if norm > 0 else 0.0), norm
+
+
+@torch.no_grad()
+def quantize_model(
+    model: nn.Module,
+    method: str = "ptqtp",
+    group_size: int = 128,
+    skip: Sequence[str] | None = None,
+    progress: bool = True,
+    max_iters: int = 50,
+    tol: float = 1e-4,
+) -> QuantReport:
+    """Quantize every ``nn.Linear`` of ``model`` in place (names matching ``skip`` globs excepted,
+    default :data:`DEFAULT_SKIP`).
+
+    ``method``: "ptqtp" (TritPlaneLinear, ``group_size`` / ``max_iters`` / ``tol`` as in
+    :func:`weightkit.ops.trit_plane.ptqtp_quantize`), "rtn_ternary", "twn", "int4" or "int3"
+    (RTN, asymmetric, ``group_size`` columns per group). Returns a :class:`QuantReport`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"weightkit.quant.quantize_model: method must be one of {METHODS}, got {method!r}")
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"weightkit.quant.quantize_model: group_size must be an int >= 1, got {group_size!r}")
+    patterns = tuple(DEFAULT_SKIP if skip is None else skip)
+    report = QuantReport(method=method, group_size=group_size)
+    targets = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            (report.skipped if _skipped(name, patterns) else targets).append(name)
+    for name in _progress(targets, progress, f"quantize {method}"):
+        lin = model.get_submodule(name)
+        W = lin.weight
+        t0 = time.perf_counter()
+        if method == "ptqtp":
+            new = TritPlaneLinear.from_linear(lin, group_size=group_size, max_iters=max_iters, tol=tol)
+            seconds = time.perf_counter() - t0
+            W_hat, bits = new.dequantize(), new.bits_per_weight()
+            _set_module(model, name, new)
+        else:
+            if method == "rtn_ternary":
+                W_hat, bits = baselines.rtn_ternary(W)
+            elif method == "twn":
+                W_hat, bits = baselines.twn(W)
+            else:
+                W_hat, bits = baselines.rtn_int(W, 4 if method == "int4" else 3, group_size)
+            seconds = time.perf_counter() - t0
+        rel, norm = _rel_error(W, W_hat)
+        if method != "ptqtp":
+            W.copy_(W_hat.to(W.dtype))
+        report.layers.append(LayerReport(name, (W.shape[0], W.shape[1]), rel, bits, seconds, norm))
+    return report

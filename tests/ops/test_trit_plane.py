@@ -1,0 +1,292 @@
+"""weightkit trit-plane ops (PTQTP) against the float64 reference in tests/reference/trit_plane.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.reference.trit_plane import dequantize_ref, ptqtp_ref
+from weightkit.ops import trit_plane as tp
+
+# (out, in, group_size): ragged last group, odd out, group not a multiple of 2, tiny rows.
+SHAPES = [(37, 300, 128), (16, 256, 64), (24, 576, 128), (9, 100, 7), (8, 5, 128)]
+
+
+def gaussian(out, inf, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out, inf, generator=g) * scale
+
+
+def dense_bound(x, D):
+    """|x|·|D|ᵀ in float64: the scale of fp32 rounding in each output."""
+    return x.double().abs().cpu() @ D.double().abs().cpu().T
+
+
+# ---------------------------------------------------------------- quantizer
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_quantizer_matches_reference(device, shape):
+    out, inf, gs = shape
+    W = gaussian(out, inf, seed=1)
+    trits_ref, scales_ref = ptqtp_ref(W, gs)
+    packed, scales = tp.ptqtp_quantize(W.to(device), gs)
+    assert packed.device.type == device and scales.device.type == device
+    packed, scales = packed.cpu(), scales.cpu()
+    trits = tp.trit_plane_trits(packed, out, inf, gs)
+    assert packed.dtype == torch.int32 and packed.shape == tp.packed_shape(out, inf, gs)
+    assert scales.dtype == torch.float16 and scales.shape == (out, tp.n_groups(inf, gs), 2)
+    # Same algorithm, same tie-breaks; only float rounding at exact midpoints (and, on CUDA, the
+    # order of the fp64 sums) may differ.
+    assert (trits == trits_ref).float().mean().item() >= (0.999 if device == "cpu" else 0.99)
+    D, D_ref = tp.trit_plane_unpack(packed, scales, inf, gs), dequantize_ref(trits_ref, scales_ref, gs)
+    mse, mse_ref = ((D.double() - W.double()) ** 2).mean(), ((D_ref - W.double()) ** 2).mean()
+    assert abs(mse - mse_ref) <= 1e-3 * mse_ref
+    assert torch.equal(D.double(), dequantize_ref(trits, scales, gs))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quantizer_half_inputs(dtype):
+    W = gaussian(16, 256, seed=2).to(dtype)
+    p, s = tp.ptqtp_quantize(W, 128)
+    p32, s32 = tp.ptqtp_quantize(W.float(), 128)
+    assert torch.equal(p, p32) and torch.equal(s, s32)
+
+
+def test_gaussian_mse_two_planes(device):
+    """PAPERS.md: two free planes reach MSE ≈ 0.029σ² on i.i.d. Gaussian weights."""
+    sigma = 0.02
+    W = gaussian(128, 1024, seed=3, scale=sigma).to(device)
+    p, s = tp.ptqtp_quantize(W, 128)
+    mse = ((tp.trit_plane_unpack(p, s, 1024, 128) - W) ** 2).mean().item() / sigma**2
+    assert 0.02 < mse < 0.035
+    # Both planes carry weight: the larger scale ≈ 1.4σ, the smaller ≈ 0.9σ (PAPERS.md).
+    hi, lo = s.float().abs().amax(-1).median().item(), s.float().abs().amin(-1).median().item()
+    assert 1.1 * sigma < hi < 1.8 * sigma and 0.5 * sigma < lo < 1.2 * sigma
+
+
+def test_relative_tolerance_is_scale_invariant():
+    W = gaussian(16, 256, seed=4)
+    p1, s1 = tp.ptqtp_quantize(W, 128)
+    p2, s2 = tp.ptqtp_quantize(W * 4.0, 128)  # a power of two: exact in fp16 too
+    assert torch.equal(p1, p2)
+    assert torch.equal(s1.float() * 4.0, s2.float())
+
+
+def test_zero_and_constant_groups():
+    W = torch.zeros(8, 256)
+    W[1] = 0.5
+    W[2, :128] = -1.0
+    p, s = tp.ptqtp_quantize(W, 128)
+    D = tp.trit_plane_unpack(p, s, 256, 128)
+    assert torch.allclose(D, W, atol=1e-3)
+
+
+def test_max_iters_one_and_tol():
+    W = gaussian(8, 128, seed=5)
+    p, s = tp.ptqtp_quantize(W, 128, max_iters=1, tol=0.0)
+    t_ref, s_ref = ptqtp_ref(W, 128, max_iters=1, tol=0.0)
+    assert (tp.trit_plane_trits(p, 8, 128, 128) == t_ref).float().mean() >= 0.999
+
+
+# ---------------------------------------------------------------- packing
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pack_round_trip(device, shape):
+    out, inf, gs = shape
+    g = torch.Generator().manual_seed(6)
+    trits = torch.randint(-1, 2, (2, out, inf), generator=g, dtype=torch.int8)
+    packed = tp.trit_plane_pack(trits.to(device), gs)
+    assert packed.shape == tp.packed_shape(out, inf, gs) and packed.device.type == device
+    assert torch.equal(tp.trit_plane_trits(packed, out, inf, gs).cpu(), trits)
+    scales = torch.rand(out, tp.n_groups(inf, gs), 2, generator=g).half()
+    D = tp.trit_plane_unpack(packed, scales.to(device), inf, gs).cpu().double()
+    assert torch.equal(D, dequantize_ref(trits, scales, gs))
+
+
+def test_quantize_then_pack_is_identity():
+    W = gaussian(20, 200, seed=7)
+    p, s = tp.ptqtp_quantize(W, 64)
+    assert torch.equal(tp.trit_plane_pack(tp.trit_plane_trits(p, 20, 200, 64), 64), p)
+
+
+def test_packed_size_is_four_bits_per_weight():
+    p, _ = tp.ptqtp_quantize(gaussian(64, 1024), 128)
+    assert p.numel() * 32 == 64 * 1024 * 4
+
+
+# ---------------------------------------------------------------- matmul
+
+
+def random_packed(out, inf, gs, seed=8):
+    g = torch.Generator().manual_seed(seed)
+    trits = torch.randint(-1, 2, (2, out, inf), generator=g, dtype=torch.int8)
+    scales = (torch.rand(out, tp.n_groups(inf, gs), 2, generator=g) + 0.1).half()
+    return tp.trit_plane_pack(trits, gs), scales, dequantize_ref(trits, scales, gs)
+
+
+@pytest.mark.parametrize("path", ["auto", "direct", "dense"])
+@pytest.mark.parametrize("batch", [1, 7, 16, 128])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matmul_fp32(cpu_isa, shape, batch, path, monkeypatch):
+    if path != "auto":
+        monkeypatch.setenv("WEIGHTKIT_TRIT_PLANE_DIRECT_MAX_BATCH", "1000000" if path == "direct" else "0")
+    out, inf, gs = shape
+    packed, scales, D = random_packed(out, inf, gs)
+    x = torch.randn(batch, inf, generator=torch.Generator().manual_seed(9))
+    y = tp.trit_plane_matmul(x, packed, scales, inf, gs)
+    assert y.shape == (batch, out) and y.dtype == torch.float32
+    ref = x.double() @ D.T
+    assert ((y.double() - ref).abs() <= 2e-6 * dense_bound(x, D) + 1e-30).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 16, 128])
+def test_matmul_half(cpu_isa, dtype, batch):
+    out, inf, gs = 37, 300, 128
+    packed, scales, D = random_packed(out, inf, gs)
+    x = torch.randn(batch, inf).to(dtype)
+    y = tp.trit_plane_matmul(x, packed, scales, inf, gs)
+    assert y.dtype == dtype and y.shape == (batch, out)
+    ref = x.double() @ D.T  # fp32 accumulation, one rounding to the output dtype
+    eps = 2**-8 if dtype == torch.bfloat16 else 2**-11
+    assert ((y.double() - ref).abs() <= eps * ref.abs() + 2e-6 * dense_bound(x, D)).all()
+
+
+def test_matmul_batched_shapes_and_quantized_weight(device):
+    W = gaussian(48, 320, seed=10).to(device)
+    p, s = tp.ptqtp_quantize(W, 128)
+    D = tp.trit_plane_unpack(p, s, 320, 128)
+    x = torch.randn(2, 3, 320).to(device)
+    y = tp.trit_plane_matmul(x, p, s, 320, 128)
+    assert y.shape == (2, 3, 48) and y.device.type == device
+    torch.testing.assert_close(y, x @ D.T, rtol=1e-4, atol=1e-4)
+    assert tp.trit_plane_matmul(torch.randn(320).to(device), p, s, 320, 128).shape == (48,)
+    assert tp.trit_plane_matmul(torch.randn(0, 320).to(device), p, s, 320, 128).shape == (0, 48)
+
+
+# ---------------------------------------------------------------- opcheck
+
+
+def test_opcheck(device):
+    W = gaussian(24, 200, seed=11).to(device)
+    p, s = tp.ptqtp_quantize(W, 64)
+    trits = tp.trit_plane_trits(p, 24, 200, 64)
+    ops = torch.ops.weightkit
+    x = torch.randn(3, 200).to(device)
+    torch.library.opcheck(ops.ptqtp_quantize.default, (W, 64, 10, 1e-4))
+    torch.library.opcheck(ops.trit_plane_matmul.default, (x, p, s, 200, 64))
+    torch.library.opcheck(ops.trit_plane_matmul.default, (x[:1].bfloat16(), p, s, 200, 64))
+    torch.library.opcheck(ops.trit_plane_matmul.default, (torch.randn(40, 200).to(device), p, s, 200, 64))
+    torch.library.opcheck(ops.trit_plane_unpack.default, (p, s, 200, 64))
+    torch.library.opcheck(ops.trit_plane_pack.default, (trits, 64))
+    torch.library.opcheck(ops.trit_plane_trits.default, (p, 24, 200, 64))
+
+
+def test_compile_fullgraph():
+    W = gaussian(16, 128, seed=12)
+    p, s = tp.ptqtp_quantize(W, 128)
+    f = torch.compile(lambda x: tp.trit_plane_matmul(x, p, s, 128, 128) * 2, fullgraph=True, backend="eager")
+    x = torch.randn(2, 128)
+    torch.testing.assert_close(f(x), tp.trit_plane_matmul(x, p, s, 128, 128) * 2)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_quantize_rejects_bad_input(device):
+    W = gaussian(8, 64).to(device)
+    with pytest.raises(RuntimeError, match=r"weightkit\.ptqtp_quantize: group_size must be >= 1, got 0"):
+        tp.ptqtp_quantize(W, 0)
+    with pytest.raises(RuntimeError, match=r"weightkit\.ptqtp_quantize: max_iters must be >= 1"):
+        tp.ptqtp_quantize(W, 64, max_iters=0)
+    with pytest.raises(RuntimeError, match=r"weightkit\.ptqtp_quantize: tol must be finite and >= 0"):
+        tp.ptqtp_quantize(W, 64, tol=-1.0)
+    bad = W.clone()
+    bad[3, 5] = float("nan")
+    with pytest.raises(RuntimeError, match=r"weightkit\.ptqtp_quantize: W must be finite"):
+        tp.ptqtp_quantize(bad, 64)
+    bad[3, 5] = float("inf")
+    with pytest.raises(RuntimeError, match=r"W must be finite"):
+        tp.ptqtp_quantize(bad, 64)
+    with pytest.raises(RuntimeError, match=r"W must have 2 dimensions"):
+        tp.ptqtp_quantize(W[0], 64)
+    with pytest.raises(RuntimeError, match=r"W must be float32, bfloat16 or float16"):
+        tp.ptqtp_quantize(W.double(), 64)
+    with pytest.raises(RuntimeError, match=r"scales must fit in float16"):
+        tp.ptqtp_quantize(W * 1e6, 64)
+
+
+def test_matmul_rejects_bad_input():
+    W = gaussian(16, 256)
+    p, s = tp.ptqtp_quantize(W, 128)
+    x = torch.randn(2, 256)
+    mm = tp.trit_plane_matmul
+    with pytest.raises(RuntimeError, match=r"weightkit\.trit_plane_matmul: x's last dimension must equal in_features = 256"):
+        mm(torch.randn(2, 255), p, s, 256, 128)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: packed must have shape \[2, 16, 2, 8\]"):
+        mm(x, p[:, :-1].contiguous(), s, 256, 128)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: packed must be int32, got Long"):
+        mm(x, p.long(), s, 256, 128)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: scales must be float16, got Float"):
+        mm(x, p, s.float(), 256, 128)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: scales must have shape \(out, n_groups, 2\)"):
+        mm(x, p, s[:, :1].contiguous(), 256, 128)
+    # Scales for a different number of rows than the planes hold.
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: packed must have shape \[3, 16, 2, 8\] for out = 24"):
+        mm(x, p, torch.zeros(24, 2, 2, dtype=torch.float16), 256, 128)
+    # in_features inconsistent with the packed planes.
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: scales must have shape"):
+        mm(torch.randn(2, 512), p, s, 512, 128)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: group_size must be >= 1, got 0"):
+        mm(x, p, s, 256, 0)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: x must be float32, bfloat16 or float16"):
+        mm(x.double(), p, s, 256, 128)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul: x and packed must be on the same device, got meta"):
+        mm(x.to("meta"), p, s, 256, 128)
+
+
+def test_pack_rejects_bad_input():
+    with pytest.raises(RuntimeError, match=r"weightkit\.trit_plane_pack: trits must hold values in \{-1, 0, \+1\}"):
+        tp.trit_plane_pack(torch.full((2, 8, 16), 2, dtype=torch.int8), 8)
+    with pytest.raises(RuntimeError, match=r"trit_plane_pack: trits must be int8"):
+        tp.trit_plane_pack(torch.zeros(2, 8, 16), 8)
+    with pytest.raises(RuntimeError, match=r"trit_plane_pack: trits must have shape \(2, out, in\)"):
+        tp.trit_plane_pack(torch.zeros(3, 8, 16, dtype=torch.int8), 8)
+    with pytest.raises(RuntimeError, match=r"trit_plane_trits: packed must have shape"):
+        tp.trit_plane_trits(torch.zeros(1, 1, 2, 8, dtype=torch.int32), 9, 16, 8)
+
+
+def test_unknown_isa_is_refused(monkeypatch):
+    monkeypatch.setenv("WEIGHTKIT_CPU_ISA", "sse9")
+    p, s = tp.ptqtp_quantize(gaussian(8, 64), 64)
+    with pytest.raises(RuntimeError, match=r"weightkit\.trit_plane_matmul: WEIGHTKIT_CPU_ISA must be one of"):
+        tp.trit_plane_matmul(torch.randn(1, 64), p, s, 64, 64)
+
+
+# ---------------------------------------------------------------- CUDA (skipped without a GPU)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 7, 16, 128])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cuda_matmul(shape, batch, dtype):
+    out, inf, gs = shape
+    packed, scales, D = random_packed(out, inf, gs)
+    x = torch.randn(batch, inf).to(dtype)
+    y = tp.trit_plane_matmul(x.cuda(), packed.cuda(), scales.cuda(), inf, gs)
+    assert y.dtype == dtype and y.device.type == "cuda"
+    ref = x.double() @ D.T
+    eps = {torch.float32: 0.0, torch.bfloat16: 2**-8, torch.float16: 2**-11}[dtype]
+    assert ((y.cpu().double() - ref).abs() <= eps * ref.abs() + 4e-6 * dense_bound(x, D)).all()
+
+
+@pytest.mark.cuda
+def test_cuda_device_mismatch():
+    p, s, D = random_packed(37, 300, 128)
+    with pytest.raises(RuntimeError, match=r"x and packed must be on the same device"):
+        tp.trit_plane_matmul(torch.randn(1, 300), p.cuda(), s.cuda(), 300, 128)
+    with pytest.raises(RuntimeError, match=r"packed and scales must be on the same device"):
+        tp.trit_plane_matmul(torch.randn(1, 300).cuda(), p.cuda(), s, 300, 128)
