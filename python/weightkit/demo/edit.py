@@ -40,7 +40,8 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     all_facts = facts_mod.facts()
     known = facts_mod.known_facts(model, tokenizer, all_facts, limit=n_edits)
     requests = facts_mod.counterfactual_requests(known, all_facts=all_facts)
-    ppl_before = ppl(model)
+    # The quantize stage measured the same model on the same tokens.
+    ppl_before = shared["base_ppl"] if "lm" in shared and "base_ppl" in shared else ppl(model)
     before = evaluate_requests(model, tokenizer, requests, fluency_prompts=4)
     editor = RLSEditor(model, list(LAYERS), tokenizer=tokenizer, progress=False)
     history = []

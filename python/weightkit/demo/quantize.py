@@ -83,6 +83,7 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
         shared["lm"] = (base, tokenizer, ppl)  # the edit stage reuses the loaded model
     methods = ["ptqtp", "rtn_ternary"] if quick else ["ptqtp", "rtn_ternary", "twn", "int3", "int4"]
     base_ppl = ppl(base)
+    shared["base_ppl"] = base_ppl
     n_weights = sum(m.weight.numel() for n, m in base.named_modules()
                     if isinstance(m, nn.Linear) and not any(k in n for k in ("lm_head", "embed")))
     rows = [["unquantized (fp32)", 32.0, round(base_ppl, 3), 0.0, 0.0, 0.0, round(n_weights * 4 / 2**20, 1)]]
