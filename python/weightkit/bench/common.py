@@ -33,6 +33,7 @@ __all__ = [
     "measure",
     "print_table",
     "progress",
+    "pyplot",
     "resolve_device",
     "results_path",
     "time_ms",
@@ -397,3 +398,16 @@ def progress(items: Iterable, *, desc: str, label: Callable[[object], str] = str
     for item in bar:
         bar.set_postfix_str(label(item))
         yield item
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is not installed
+    (plots are extras: every caller then skips its figure)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

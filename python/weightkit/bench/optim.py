@@ -119,12 +119,8 @@ def _curves(device, quick, progress):
 
 
 def plot_curves(curves: dict, path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, data in curves.items():

@@ -339,12 +339,8 @@ def _training(dev, quick, progress):
 
 
 def plot_curves(curves: dict, quality: dict, path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     best = set(quality["bars"]["best"].values())

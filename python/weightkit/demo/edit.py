@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 import weightkit as wk
+from weightkit.bench.common import pyplot
 from weightkit.demo.stage import StageResult, StageSkipped, Table
 
 #: The down-projections edited (MLPs 4–7 of 30), targets optimized at layer 7's output.
@@ -80,12 +81,8 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
 
 
 def _plot(history: list[dict], path: Path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     edits = [h["edits"] for h in history]

