@@ -324,6 +324,13 @@ def write_results(
     }
     if dev.type == "cuda":
         payload["cuda_runtime"] = torch.version.cuda
+    else:
+        import weightkit
+
+        info = weightkit.build_info()
+        # The slug names the CPU line, not its SIMD level: say which machine of that line this was.
+        payload["cpu_isa"] = info["cpu_isa_best"]
+        payload["cpu_fast_bf16"] = info["cpu_fast_bf16"]
     if extra:
         payload.update(extra)
     path = Path(json_path) if json_path is not None else results_path(family, dev)
