@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -362,25 +364,48 @@ def plot_curves(curves: dict, quality: dict, path) -> str | None:
 # ---------------------------------------------------------------------------------- entry points
 
 
-def run(*, device="cpu", quick: bool = False, progress=None, root=".", train: bool = True) -> dict:
-    """Run the benchmark; returns ``{"cases", "skipped", "extra"}`` for ``write_results``."""
+PARTS = ("speed", "memory", "train")
+
+
+def run(*, device="cpu", quick: bool = False, progress=None, root=".", parts=PARTS) -> dict:
+    """Run the benchmark's ``parts``; returns ``{"cases", "skipped", "extra"}`` for
+    ``write_results``. Every case carries its ``part``, so :func:`merge` can update one part of an
+    earlier result file (timings want a quiet machine; the training curves do not)."""
     dev = common.resolve_device(device)
     settings = dict(warmup=2, repeats=5, min_time_s=0.3, max_time_s=4.0 if quick else 12.0, long_call_s=1.0)
-    cases, skipped = [], []
+    cases, skipped, extra = [], [], {"quick": quick}
     if dev.type == "cuda":
         d, r, tokens, dtype = (1024, 256, [1024], torch.bfloat16) if quick else (4096, 1024, [1024, 8192], torch.bfloat16)
     else:
         d, r, tokens, dtype = (512, 128, [512], torch.float32) if quick else (1024, 256, [2048], torch.float32)
-        skipped.append({"case": "fwdbwd-d4096-r1024-bf16", "reason": "the H100 bar; needs a GPU"})
-    cases += _speed_cases(dev, dtype, d, r, 0.03, tokens, settings)
-    memory = _memory_cases(quick) + _peak_cases(dev, d, r, tokens[-1])
-    extra = {"quick": quick, "memory": memory}
-    if train:
+    if "speed" in parts:
+        if dev.type != "cuda":
+            skipped.append({"case": "fwdbwd-d4096-r1024-bf16", "reason": "the H100 bar; needs a GPU", "part": "speed"})
+        cases += [dict(c, part="speed") for c in _speed_cases(dev, dtype, d, r, 0.03, tokens, settings)]
+    if "memory" in parts:
+        extra["memory"] = _memory_cases(quick) + _peak_cases(dev, d, r, tokens[-1])
+    if "train" in parts:
         curves, quality, train_cases = _training(dev, quick, progress)
-        cases += train_cases
+        cases += [dict(c, part="train") for c in train_cases]
         plot_path = common.results_path(FAMILY, dev, root=root, quick=quick).with_suffix(".png")
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         extra.update(quality=quality, curves=curves, plot=plot_curves(curves, quality, plot_path))
+    return {"cases": cases, "skipped": skipped, "extra": extra}
+
+
+#: The extra keys each part writes.
+_PART_EXTRA = {"speed": (), "memory": ("memory",), "train": ("quality", "curves", "plot")}
+
+
+def merge(res: dict, previous: dict, parts) -> dict:
+    """``res`` (from ``run(parts=parts)``) completed with the other parts of an earlier result."""
+    keep = lambda item: item.get("part") not in parts  # noqa: E731
+    cases = [c for c in previous.get("cases", []) if keep(c)] + res["cases"]
+    skipped = [s for s in previous.get("skipped", []) if keep(s)] + res["skipped"]
+    extra = dict(res["extra"])
+    for part in PARTS:
+        if part not in parts:
+            extra.update({k: previous[k] for k in _PART_EXTRA[part] if k in previous})
     return {"cases": cases, "skipped": skipped, "extra": extra}
 
 
@@ -398,19 +423,25 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH", help="where to write results "
                         "(default bench/results/<device>/sparse_lowrank.json)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-train", action="store_true", help="skip the training comparison (kernels and memory only)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated subset of {','.join(PARTS)}; the other parts of an existing result "
+                             "file are kept (default: all)")
     args = parser.parse_args(argv)
+    parts = tuple(p for p in args.parts.split(",") if p)
+    if not parts or any(p not in PARTS for p in parts):
+        parser.error(f"--parts: choose from {', '.join(PARTS)}, got {args.parts!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is available to this torch")
+    path = Path(args.json or common.results_path(FAMILY, args.device, quick=args.quick))
     t0 = time.perf_counter()
-    res = run(device=args.device, quick=args.quick, progress=common.progress, train=not args.no_train)
+    res = run(device=args.device, quick=args.quick, progress=common.progress, parts=parts)
     wall = time.perf_counter() - t0
+    if set(parts) != set(PARTS) and path.exists():
+        res = merge(res, json.loads(path.read_text(encoding="utf-8")), parts)
     common.print_table(FAMILY, args.device, res["cases"], skipped=res["skipped"])
-    print_memory(res["extra"]["memory"])
-    if "quality" in res["extra"]:
-        for name, q in res["extra"]["quality"].items():
-            print(f"{name}: {q}")
-    path = args.json or common.results_path(FAMILY, args.device, quick=args.quick)
+    print_memory(res["extra"].get("memory", []))
+    for name, q in res["extra"].get("quality", {}).items():
+        print(f"{name}: {q}")
     path = common.write_results(FAMILY, args.device, res["cases"], path, skipped=res["skipped"],
                                 extra={**res["extra"], "wall_s": round(wall, 1)})
     print(f"wrote {path} ({wall:.0f} s)")
