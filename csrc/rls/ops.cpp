@@ -75,9 +75,11 @@ void rls_update(const RlsDevice& dev, at::Tensor& W, at::Tensor& C, const at::Te
   check_finite(op, V, "V");
 
   const at::Tensor Kd = K.to(at::kDouble), Vd = V.to(at::kDouble);
-  const at::Tensor R = at::addmm(Vd, Kd, W.to(at::kDouble).t(), 1.0, -1.0);  // (u, d_v) = V - K Wᵀ
-  const at::Tensor F = at::mm(C, Kd.t());                                   // (d_k, u)
-  at::Tensor S = at::mm(Kd, F);                                             // (u, u)
+  // One float64 copy of W serves the residual and the update (W itself when already float64).
+  at::Tensor Wd = W.to(at::kDouble);
+  const at::Tensor R = at::addmm(Vd, Kd, Wd.t(), 1.0, -1.0);  // (u, d_v) = V - K Wᵀ
+  const at::Tensor F = at::mm(C, Kd.t());                     // (d_k, u)
+  at::Tensor S = at::mm(Kd, F);                               // (u, u)
   S.diagonal().add_(1.0);
   S = (S + S.t()).mul_(0.5);
   auto [L, info] = at::linalg_cholesky_ex(S);
@@ -88,34 +90,35 @@ void rls_update(const RlsDevice& dev, at::Tensor& W, at::Tensor& C, const at::Te
   // F has u columns of C: a NaN/Inf in C almost surely reaches it, and checking F costs nothing.
   check_finite(op, F, "C");
   // Nothing is written above this line: a refused call leaves W and C as they were.
-  const at::Tensor Gt = at::cholesky_solve(F.t(), L);  // (u, d_k) = S⁻¹ Fᵀ = Gᵀ
-  const at::Tensor dW = at::mm(R.t(), Gt);             // (d_v, d_k) = Rᵀ Gᵀ
-  if (W.scalar_type() == at::kDouble) {
-    W.add_(dW);
-  } else {
-    // Round once: W + dW in float64, then to W's dtype (adding a rounded dW would round twice).
-    W.copy_(W.to(at::kDouble).add_(dW));
-  }
-  const at::Tensor G = Gt.t().contiguous(), Fc = F.contiguous();
+  const at::Tensor Ft = F.t().contiguous();
+  const at::Tensor Gt = at::cholesky_solve(Ft, L).contiguous();  // (u, d_k) = S⁻¹ Fᵀ = Gᵀ
+  // W += Rᵀ Gᵀ, summed in float64 and rounded once to W's dtype.
+  Wd.addmm_(R.t(), Gt);
+  if (!Wd.is_same(W)) W.copy_(Wd);
+  // C -= G Fᵀ, symmetrized. G Fᵀ = F S⁻¹ Fᵀ is symmetric in exact arithmetic, so for symmetric C
+  // this is C - (G Fᵀ + F Gᵀ) / 2, which the fused kernel forms bitwise symmetric in one
+  // streaming pass (C from rls_init is bitwise symmetric and stays so).
   if (u <= kFusedMaxU) {
-    dev.downdate_sym(C, G, Fc, u);
+    dev.downdate_sym(C, Gt, Ft);
   } else {
-    C.addmm_(G, Fc.t(), 1.0, -1.0);
-    dev.downdate_sym(C, G, Fc, 0);
+    C.addmm_(Gt.t(), Ft, 1.0, -1.0);
+    dev.symmetrize(C);
   }
 }
 
 namespace {
 
-void downdate_sym_cpu(at::Tensor& C, const at::Tensor& G, const at::Tensor& F, int64_t u) {
-  rls_cpu::downdate_sym(C.data_ptr<double>(), u > 0 ? G.const_data_ptr<double>() : nullptr,
-                        u > 0 ? F.const_data_ptr<double>() : nullptr, C.size(0), u);
+void downdate_sym_cpu(at::Tensor& C, const at::Tensor& Gt, const at::Tensor& Ft) {
+  rls_cpu::downdate_sym(C.data_ptr<double>(), Gt.const_data_ptr<double>(), Ft.const_data_ptr<double>(), C.size(0),
+                        Gt.size(0));
 }
+
+void symmetrize_cpu(at::Tensor& C) { rls_cpu::symmetrize(C.data_ptr<double>(), C.size(0)); }
 
 at::Tensor rls_init_cpu(const at::Tensor& gram, double lam, double mu) { return rls_init(gram, lam, mu); }
 
 void rls_update_cpu(at::Tensor W, at::Tensor C, const at::Tensor& K, const at::Tensor& V) {
-  static const RlsDevice dev{downdate_sym_cpu};
+  static const RlsDevice dev{downdate_sym_cpu, symmetrize_cpu};
   rls_update(dev, W, C, K, V);
 }
 

@@ -12,14 +12,16 @@
 
 namespace weightkit::rls {
 
-// Largest batch u for which the downdate kernel forms G·Fᵀ itself (u multiply-adds per element
-// of C, one pass over C); larger batches go to a GEMM first and the kernel only symmetrizes.
+// Largest batch u for which the downdate kernel forms the products itself (u multiply-adds per
+// element of C in one streaming pass); larger batches go to a GEMM and a symmetrize pass.
 constexpr int64_t kFusedMaxU = 16;
 
 struct RlsDevice {
-  // C (n, n) float64 contiguous <- ((C - G Fᵀ) + (C - G Fᵀ)ᵀ) / 2 with G, F (n, u) float64
-  // contiguous; u == 0 only symmetrizes.
-  std::function<void(at::Tensor& C, const at::Tensor& G, const at::Tensor& F, int64_t u)> downdate_sym;
+  // C (n, n) float64 contiguous -= (G Fᵀ + F Gᵀ) / 2 with Gt = Gᵀ, Ft = Fᵀ (u, n) float64
+  // contiguous, keeping a bitwise-symmetric C bitwise symmetric.
+  std::function<void(at::Tensor& C, const at::Tensor& Gt, const at::Tensor& Ft)> downdate_sym;
+  // C <- (C + Cᵀ) / 2 in place.
+  std::function<void(at::Tensor& C)> symmetrize;
 };
 
 // C0 = (lam I + mu gram)^-1, float64 (d_k, d_k), symmetrized.

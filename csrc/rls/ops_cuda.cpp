@@ -1,5 +1,5 @@
 // CUDA glue of the RLS family: the Woodbury step of ops.h runs its products and the u x u
-// Cholesky through ATen (cuBLAS / cuSOLVER); the downdate of C is our fused kernel.
+// Cholesky through ATen (cuBLAS / cuSOLVER); the symmetric downdate of C is our kernel.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -12,10 +12,14 @@
 namespace weightkit::rls {
 namespace {
 
-void downdate_sym_cuda(at::Tensor& C, const at::Tensor& G, const at::Tensor& F, int64_t u) {
-  rls_cuda::downdate_sym(C.data_ptr<double>(), u > 0 ? G.const_data_ptr<double>() : nullptr,
-                         u > 0 ? F.const_data_ptr<double>() : nullptr, C.size(0), u,
-                         c10::cuda::getCurrentCUDAStream());
+void downdate_sym_cuda(at::Tensor& C, const at::Tensor& Gt, const at::Tensor& Ft) {
+  rls_cuda::downdate_sym(C.data_ptr<double>(), Gt.const_data_ptr<double>(), Ft.const_data_ptr<double>(), C.size(0),
+                         Gt.size(0), c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void symmetrize_cuda(at::Tensor& C) {
+  rls_cuda::symmetrize(C.data_ptr<double>(), C.size(0), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -26,7 +30,7 @@ at::Tensor rls_init_cuda(const at::Tensor& gram, double lam, double mu) {
 
 void rls_update_cuda(at::Tensor W, at::Tensor C, const at::Tensor& K, const at::Tensor& V) {
   const c10::cuda::CUDAGuard guard(W.device());
-  static const RlsDevice dev{downdate_sym_cuda};
+  static const RlsDevice dev{downdate_sym_cuda, symmetrize_cuda};
   rls_update(dev, W, C, K, V);
 }
 
