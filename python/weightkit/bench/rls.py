@@ -146,7 +146,8 @@ def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: i
     state0 = {k: v.clone() for k, v in model.state_dict().items()}
     all_facts = F.facts()
     t0 = time.perf_counter()
-    known = F.known_facts(model, tok, all_facts, limit=n_edits)
+    # Small chunks: the check stops soon after `limit` known facts are found.
+    known = F.known_facts(model, tok, all_facts, limit=n_edits, batch=max(32, n_edits))
     facts_s = time.perf_counter() - t0
     reqs = F.counterfactual_requests(known, all_facts)
     ppl_tok = data.eval_tokens(tok, "pydoc", ppl_tokens)
@@ -155,6 +156,7 @@ def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: i
            "relations": {r: sum(q["relation"] == r for q in reqs) for r in F.RELATIONS}}
 
     def metrics(ed, edited):
+        print(f"evaluating {type(ed).__name__} after {edited} edits", file=sys.stderr, flush=True)
         m = ed.evaluate(reqs, fluency_prompts=16)
         per = m.pop("efficacy_per_request")
         m["first100_efficacy"] = sum(per[:100]) / len(per[:100])
@@ -234,6 +236,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lam", type=float, default=1.0)
     parser.add_argument("--mu", type=float, default=1.0)
     parser.add_argument("--value-steps", type=int, default=20)
+    parser.add_argument("--ppl-tokens", type=int, default=None, help="pydoc tokens for perplexity (default 16 384)")
     parser.add_argument("--no-memit", action="store_true", help="real stream: skip the MEMIT-style baseline")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--max-minutes", type=float, default=None, help="synthetic stream: stop after this long "
@@ -252,7 +255,8 @@ def main(argv=None) -> int:
         extra.update(e)
     if args.only in (None, "real"):
         c, e = _real(args.edits or (16 if args.quick else 1000), [int(x) for x in args.layers.split(",")],
-                     args.batch_size, args.lam, args.mu, args.value_steps, 4096 if args.quick else 16384,
+                     args.batch_size, args.lam, args.mu, args.value_steps,
+                     args.ppl_tokens or (4096 if args.quick else 16384),
                      progress=True, memit=not args.no_memit)
         cases += c
         extra.update(e)
