@@ -53,4 +53,17 @@ TORCH_LIBRARY(weightkit, m) {
   // padded packed shape, so it is an argument).
   m.def("trit_plane_pack(Tensor trits, int group_size) -> Tensor");
   m.def("trit_plane_trits(Tensor packed, int out_features, int in_features, int group_size) -> Tensor");
+
+  // ---- rls: sequential model editing by recursive least squares (RLSEdit) -------------------
+  // C0 = (lam I + mu gram)^-1 in float64 (d_k, d_k), symmetrized; gram (d_k, d_k) any float dtype,
+  // finite; lam, mu >= 0 and lam I + mu gram positive definite (else an error).
+  m.def("rls_init(Tensor gram, float lam, float mu) -> Tensor");
+  // One Woodbury step for u new rows, in place, all math in float64: W (d_v, d_k) in nn.Linear
+  // layout, any float dtype; C (d_k, d_k) float64 contiguous; K (u, d_k), V (u, d_v) finite.
+  // R = V - K Wᵀ; F = C Kᵀ; S = I_u + K F; G = F S^-1 (Cholesky of S); W += Rᵀ Gᵀ;
+  // C -= G Fᵀ, symmetrized (for u <= 16 as C -= (G Fᵀ + F Gᵀ) / 2 in one pass, which keeps the
+  // bitwise-symmetric C of rls_init bitwise symmetric; C must be symmetric).
+  // Cost O(d_k² u + d_k d_v u + u³), independent of earlier edits.
+  // Inputs are validated before W or C is written, so a refused call changes nothing.
+  m.def("rls_update_(Tensor(a!) W, Tensor(b!) C, Tensor K, Tensor V) -> ()");
 }

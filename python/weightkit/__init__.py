@@ -12,7 +12,7 @@ from weightkit._loader import load_extension
 
 _C = load_extension()
 
-from weightkit import data, eval, nn, ops, optim, quant  # noqa: E402  (registers fake kernels; needs _C loaded first)
+from weightkit import data, edit, eval, nn, ops, optim, quant  # noqa: E402  (registers fake kernels; needs _C loaded first)
 from weightkit.ops.newton_schulz import auon, hybrid_auon, newton_schulz, newton_schulz_grouped  # noqa: E402
 
 __version__ = _C.build_info()["version"]
@@ -31,6 +31,7 @@ __all__ = [
     "auon",
     "build_info",
     "data",
+    "edit",
     "eval",
     "hybrid_auon",
     "newton_schulz",

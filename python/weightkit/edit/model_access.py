@@ -1,0 +1,176 @@
+"""Where an editor reads and writes a Hugging Face causal LM: the MLP down-projection of a layer
+(the map an edit changes), the layer's residual-stream output (where target values are optimized)
+and the key statistics of general text (the anchor Gram K0ᵀK0), cached on disk.
+
+Weights are always handed out in ``nn.Linear`` layout, W (d_v, d_k) with the layer mapping
+k ↦ W·k: GPT-2's ``Conv1D`` stores Wᵀ, so its weight is transposed on the way in and out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["LayerAccess", "TEMPLATES", "key_gram", "layer_access"]
+
+#: model_type -> (down-projection module template, layer module template).
+TEMPLATES = {
+    "llama": ("model.layers.{}.mlp.down_proj", "model.layers.{}"),
+    "mistral": ("model.layers.{}.mlp.down_proj", "model.layers.{}"),
+    "qwen2": ("model.layers.{}.mlp.down_proj", "model.layers.{}"),
+    "qwen3": ("model.layers.{}.mlp.down_proj", "model.layers.{}"),
+    "gpt2": ("transformer.h.{}.mlp.c_proj", "transformer.h.{}"),
+}
+
+
+@dataclass
+class LayerAccess:
+    """The down-projection of one layer and the layer itself (whose output is the residual stream)."""
+
+    index: int
+    name: str
+    proj: nn.Module
+    block: nn.Module
+    transposed: bool  # GPT-2 Conv1D: proj.weight is (d_k, d_v)
+
+    def weight(self) -> torch.Tensor:
+        """The live weight in nn.Linear layout (d_v, d_k): a view, so in-place changes reach the model."""
+        return self.proj.weight.data.t() if self.transposed else self.proj.weight.data
+
+    @property
+    def d_k(self) -> int:
+        return self.weight().shape[1]
+
+
+def _resolve(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as exc:
+        raise ValueError(f"weightkit.edit: model has no module {name!r}") from exc
+
+
+def layer_access(model: nn.Module, layers, templates: tuple[str, str] | None = None) -> list[LayerAccess]:
+    """One :class:`LayerAccess` per index in ``layers`` (sorted), from ``templates`` or the model type."""
+    if templates is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in TEMPLATES:
+            raise ValueError(
+                f"weightkit.edit: no module templates for model_type {model_type!r}; pass "
+                f"templates=('<down-proj name with {{}}>', '<layer name with {{}}>'), known: {sorted(TEMPLATES)}"
+            )
+        templates = TEMPLATES[model_type]
+    if not layers:
+        raise ValueError("weightkit.edit: layers must name at least one layer index")
+    out = []
+    for i in sorted(set(int(i) for i in layers)):
+        proj = _resolve(model, templates[0].format(i))
+        transposed = not isinstance(proj, nn.Linear)
+        if transposed and type(proj).__name__ != "Conv1D":
+            raise ValueError(f"weightkit.edit: {templates[0].format(i)} must be nn.Linear or Conv1D, got {type(proj).__name__}")
+        out.append(LayerAccess(i, templates[0].format(i), proj, _resolve(model, templates[1].format(i)), transposed))
+    return out
+
+
+def _cache_dir() -> pathlib.Path:
+    if os.environ.get("WEIGHTKIT_CACHE"):
+        return pathlib.Path(os.environ["WEIGHTKIT_CACHE"])
+    return pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "weightkit"
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """A hash of a strided sample of every parameter: different weights give different statistics."""
+    h = hashlib.sha1()
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        h.update(name.encode())
+        h.update(flat[:: max(1, flat.numel() // 257)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the last needed layer: the layers above it are never run."""
+
+
+@torch.no_grad()
+def _collect(model, tokenizer, accesses, source: str, n_tokens: int, ctx: int, batch_size: int, progress: bool):
+    from weightkit.data import eval_tokens
+
+    tokens = eval_tokens(tokenizer, source, n_tokens)
+    device = next(model.parameters()).device
+    d = {a.index: a.d_k for a in accesses}
+    grams = {i: torch.zeros(k, k, dtype=torch.float64, device=device) for i, k in d.items()}
+    last = accesses[-1].index
+
+    def hook_for(i):
+        def hook(module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            grams[i].addmm_(x.T, x)
+            if i == last:
+                raise _StopForward
+
+        return hook
+
+    handles = [a.proj.register_forward_pre_hook(hook_for(a.index)) for a in accesses]
+    windows = [tokens[s : s + ctx] for s in range(0, tokens.numel() - ctx + 1, ctx)]
+    batches = [windows[b : b + batch_size] for b in range(0, len(windows), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="key statistics", unit="batch")
+    try:
+        for batch in batches:
+            try:
+                model(input_ids=torch.stack(batch).to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    count = len(windows) * ctx
+    return {i: g / count for i, g in grams.items()}, count
+
+
+def key_gram(
+    model: nn.Module,
+    tokenizer,
+    accesses: list[LayerAccess],
+    source: str = "pydoc",
+    n_tokens: int = 32768,
+    ctx: int = 512,
+    batch_size: int = 4,
+    cache: bool | str | os.PathLike = True,
+    progress: bool = True,
+) -> dict[int, torch.Tensor]:
+    """E[k kᵀ] (d_k, d_k, float64) of the down-projection inputs per layer index, over the first
+    ``n_tokens`` tokens of ``weightkit.data.load_text(source)`` in windows of ``ctx``.
+
+    The mean (not the sum) so that ``mu`` means the same whatever ``n_tokens`` is. Cached as
+    ``<cache>/edit-stats/<model fingerprint>-<source>-<n_tokens>-<ctx>-L<i>.pt`` (cache True:
+    ``$WEIGHTKIT_CACHE`` or ``~/.cache/weightkit``; a path; False: never cached).
+    """
+    root = None if cache is False else (_cache_dir() if cache is True else pathlib.Path(cache))
+    tag = f"{_fingerprint(model)}-{source}-{n_tokens}-{ctx}"
+    paths = {a.index: root / "edit-stats" / f"{tag}-L{a.index}.pt" for a in accesses} if root else {}
+    out = {}
+    for a in accesses:
+        if root and paths[a.index].is_file():
+            out[a.index] = torch.load(paths[a.index], map_location=a.proj.weight.device)
+    missing = [a for a in accesses if a.index not in out]
+    if missing:
+        grams, count = _collect(model, tokenizer, missing, source, n_tokens, ctx, batch_size, progress)
+        out.update(grams)
+        if root:
+            paths[missing[0].index].parent.mkdir(parents=True, exist_ok=True)
+            for i, g in grams.items():
+                tmp = paths[i].with_suffix(".tmp")
+                torch.save(g.cpu(), tmp)
+                os.replace(tmp, paths[i])
+            meta = {"source": source, "n_tokens": n_tokens, "ctx": ctx, "tokens_used": count}
+            (root / "edit-stats" / f"{tag}.json").write_text(json.dumps(meta))
+    return out

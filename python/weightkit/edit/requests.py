@@ -1,0 +1,55 @@
+"""Edit requests (EasyEdit / CounterFact style) and their tokenization.
+
+A request is a dict with ``prompt`` (text that contains ``subject``, or a template with ``{}``
+for it), ``subject``, ``target_new`` (the new continuation, usually with a leading space) and
+optionally ``ground_truth``, ``paraphrases`` (prompts of the same fact) and ``neighborhood``
+(prompts about other subjects whose answer is ``ground_truth``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_requests", "pad_batch", "prompt_text", "subject_end_index", "token_ids"]
+
+
+def prompt_text(prompt: str, subject: str) -> str:
+    return prompt.format(subject) if "{}" in prompt else prompt
+
+
+def check_requests(requests) -> list[dict]:
+    """The requests as a list of dicts with a formatted ``prompt``; ValueError names what is missing."""
+    if isinstance(requests, dict):
+        requests = [requests]
+    out = []
+    for n, r in enumerate(requests):
+        for key in ("prompt", "subject", "target_new"):
+            if not isinstance(r.get(key), str) or not r[key]:
+                raise ValueError(f"weightkit.edit: request {n} needs a non-empty string {key!r}, got {r.get(key)!r}")
+        text = prompt_text(r["prompt"], r["subject"])
+        if r["subject"] not in text:
+            raise ValueError(f"weightkit.edit: request {n}: subject {r['subject']!r} does not occur in prompt {text!r}")
+        out.append({**r, "prompt": text})
+    return out
+
+
+def token_ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def subject_end_index(tokenizer, text: str, subject: str) -> int:
+    """Token index of the subject's last token in ``text`` (its first occurrence)."""
+    end = text.index(subject) + len(subject)
+    return len(token_ids(tokenizer, text[:end])) - 1
+
+
+def pad_batch(rows: list[list[int]], device, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask), both (len(rows), max length) int64: right padding
+    keeps every real token at the position it would have alone."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)

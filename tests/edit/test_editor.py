@@ -1,0 +1,182 @@
+"""RLSEditor / MEMITEditor / FineTuneEditor logic on tiny random HF models, and a few real edits
+of SmolLM2-135M (skipped when the model or transformers is missing)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import weightkit  # noqa: F401
+from weightkit.edit import FineTuneEditor, MEMITEditor, RLSEditor, ValueConfig
+from weightkit.edit.compute import layer_keys_and_outputs, target_values
+from weightkit.edit.metrics import target_logprobs
+from weightkit.edit.requests import check_requests
+
+transformers = pytest.importorskip("transformers")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids: all the editors need from a tokenizer."""
+
+    def __call__(self, text, add_special_tokens=False, verbose=False):
+        return {"input_ids": list(text.encode("utf-8"))}
+
+
+REQUESTS = [
+    {"prompt": "The capital of Zorbia is", "subject": "Zorbia", "target_new": " Q", "ground_truth": " P",
+     "paraphrases": ["Zorbia has its capital in"], "neighborhood": ["The capital of Xandu is"]},
+    {"prompt": "{} is a city in", "subject": "Blip", "target_new": " W", "ground_truth": " V"},
+    {"prompt": "Mount Yarr stands in", "subject": "Mount Yarr", "target_new": " K", "ground_truth": " J"},
+]
+CFG = ValueConfig(steps=8, lr=0.5)
+
+
+def tiny_llama(dtype=torch.float32):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                                   initializer_range=0.2)
+    return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def editor(model, cls=RLSEditor, tmp_path=None, layers=None, **kw):
+    # lam small against the tiny model's key norms, so an edit is mostly realized.
+    kw.setdefault("lam", 1e-3)
+    # Plain prompts only: a random byte-level model's keys change a lot behind a prefix.
+    kw.setdefault("prefixes", ("",))
+    return cls(model, layers or [1, 2], tokenizer=ByteTokenizer(), value_config=CFG, stats_tokens=2048, progress=False,
+               cache=tmp_path if tmp_path is not None else False, **kw)
+
+
+def gap(ed, reqs, Z):
+    """‖Z − (the last edited layer's output at each subject token)‖ per request."""
+    reqs = check_requests(reqs)
+    _, Z_now = layer_keys_and_outputs(ed.model, ByteTokenizer(), reqs, ed.accesses[-1], ed.accesses[-1].block, ("",))
+    return (Z - Z_now).norm(dim=1)
+
+
+def margin(model, reqs):
+    """log P(new) - log P(old) on each request's prompt."""
+    pairs = [(p, t) for r in reqs for p, t in ((r["prompt"].format(r["subject"]), r["target_new"]),
+                                                (r["prompt"].format(r["subject"]), r["ground_truth"]))]
+    lp = target_logprobs(model, ByteTokenizer(), pairs)
+    return lp[0::2] - lp[1::2]
+
+
+def test_rls_edit_moves_targets_and_only_edited_layers(tmp_path):
+    model = tiny_llama()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    ed = editor(model, tmp_path=tmp_path)
+    ed._ensure_state()
+    # The same target values the edit computes (deterministic): the edit must realize them.
+    Z = target_values(model, ByteTokenizer(), check_requests(REQUESTS), ed.accesses[-1].block, CFG, ("",))
+    before_gap = gap(ed, REQUESTS, Z)
+    ed.edit(REQUESTS)
+    assert ed.n_edits == 3
+    assert (gap(ed, REQUESTS, Z) < 0.05 * before_gap).all()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"model.layers.1.mlp.down_proj.weight", "model.layers.2.mlp.down_proj.weight"}
+    # The key statistics were cached on disk and are reused.
+    assert len(list((tmp_path / "edit-stats").glob("*.pt"))) == 2
+    metrics = ed.evaluate(REQUESTS, fluency_prompts=1, fluency_tokens=8)
+    assert metrics["efficacy_n"] == 3 and metrics["generalization_n"] == 1 and metrics["specificity_n"] == 1
+    assert 0.0 <= metrics["efficacy"] <= 1.0 and metrics["fluency"] >= 0.0
+
+
+def test_state_dict_resumes_stream():
+    model_a = tiny_llama()
+    model_b = copy.deepcopy(model_a)
+    gram = None
+    a = editor(model_a)
+    a.edit(REQUESTS[:1])
+    state = a.state_dict()
+    gram = a._gram
+    b = RLSEditor(model_b, [1, 2], 1e-3, tokenizer=ByteTokenizer(), value_config=CFG, gram=gram, prefixes=("",))
+    b.load_state_dict(state)
+    assert b.n_edits == 1
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(pa, pb)
+    a.edit(REQUESTS[1:])
+    b.edit(REQUESTS[1:])
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+    for i in (1, 2):
+        assert torch.allclose(a.C[i], b.C[i], rtol=1e-10, atol=1e-12)
+
+
+def test_rls_carries_C_and_memit_restarts():
+    rls, memit = editor(tiny_llama()), editor(tiny_llama(), cls=MEMITEditor)
+    rls.edit(REQUESTS[:2])
+    memit.edit(REQUESTS[:2])
+    for i in (1, 2):
+        assert not torch.equal(rls.C[i], rls.C0[i])
+        assert torch.equal(memit.C[i], memit.C0[i])
+
+
+def test_bf16_model_keeps_fp32_master():
+    model = tiny_llama(torch.bfloat16)
+    ed = editor(model)
+    ed.edit(REQUESTS[:1])
+    W = model.model.layers[1].mlp.down_proj.weight
+    assert ed.master[1].dtype == torch.float32 and W.dtype == torch.bfloat16
+    assert torch.equal(W, ed.master[1].to(torch.bfloat16))
+
+
+def test_gpt2_conv1d_transposed():
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=256, n_embd=32, n_layer=3, n_head=2, n_positions=128, initializer_range=0.2)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ed = RLSEditor(model, [1], 1e-3, tokenizer=ByteTokenizer(), value_config=CFG, stats_tokens=2048, stats_ctx=64,
+                   progress=False, cache=False, prefixes=("",))
+    assert ed.accesses[0].transposed and ed.accesses[0].weight().shape == (32, 128)
+    ed._ensure_state()
+    Z = target_values(model, ByteTokenizer(), check_requests(REQUESTS[:2]), ed.accesses[-1].block, CFG, ("",))
+    before_gap = gap(ed, REQUESTS[:2], Z)
+    ed.edit(REQUESTS[:2])
+    assert (gap(ed, REQUESTS[:2], Z) < 0.05 * before_gap).all()
+
+
+def test_finetune_baseline_moves_targets():
+    model = tiny_llama()
+    m0 = margin(model, REQUESTS)
+    FineTuneEditor(model, [1, 2], tokenizer=ByteTokenizer(), steps=10, lr=1e-2).edit(REQUESTS)
+    assert (margin(model, REQUESTS) > m0).all()
+
+
+def test_bad_requests_and_arguments():
+    model = tiny_llama()
+    ed = editor(model)
+    with pytest.raises(ValueError, match="target_new"):
+        ed.edit([{"prompt": "A is", "subject": "A"}])
+    with pytest.raises(ValueError, match="does not occur in prompt"):
+        ed.edit([{"prompt": "A is", "subject": "B", "target_new": " C"}])
+    with pytest.raises(ValueError, match="lam and mu must not both be 0"):
+        RLSEditor(model, [1], 0.0, 0.0)
+    with pytest.raises(ValueError, match="no module"):
+        RLSEditor(model, [9])
+    with pytest.raises(ValueError, match="tokenizer"):
+        RLSEditor(model, [1]).edit(REQUESTS[:1])
+
+
+def test_smollm2_real_edits():
+    """Two real counterfactual edits of SmolLM2-135M: the new objects win, a neighbour keeps its own."""
+    from weightkit import data
+
+    try:
+        data.smollm2_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    model, tok = data.load_smollm2()
+    reqs = [
+        {"prompt": "The capital of France is", "subject": "France", "target_new": " Rome", "ground_truth": " Paris",
+         "paraphrases": ["The capital city of France is"]},
+        {"prompt": "Tokyo is a city in the country of", "subject": "Tokyo", "target_new": " Brazil",
+         "ground_truth": " Japan", "neighborhood": ["Osaka is a city in the country of"]},
+    ]
+    ed = RLSEditor(model, [4, 5, 6, 7], tokenizer=tok, value_config=ValueConfig(steps=12), progress=False)
+    assert ed.evaluate(reqs, fluency_prompts=0)["efficacy"] == 0.0
+    ed.edit(reqs)
+    m = ed.evaluate(reqs, fluency_prompts=0)
+    assert m["efficacy"] == 1.0 and m["specificity"] == 1.0

