@@ -1,5 +1,5 @@
 """Python wrappers of the ``torch.ops.weightkit`` ops: presets, argument checks, fake kernels."""
 
-from weightkit.ops import newton_schulz, sparse_lowrank
+from weightkit.ops import newton_schulz, palette, sparse_lowrank
 
-__all__ = ["newton_schulz", "sparse_lowrank"]
+__all__ = ["newton_schulz", "palette", "sparse_lowrank"]
