@@ -54,4 +54,11 @@ TORCH_LIBRARY(weightkit, m) {
   // y (..., out) = x (..., in_features) W^T with W as palette_dequantize gives it, x's dtype;
   // decodes in registers for <= 16 tokens, dequantizes and calls GEMM for more.
   m.def("palette_matmul(Tensor x, Tensor packed, Tensor codebook, Tensor scales, int in_features) -> Tensor");
+  // Trellis-coded quantization (QTIP bitshift trellis, L-bit states, bits_per_step new bits per
+  // step of values_per_step weights, 1MAD computed code; layout in csrc/palette/tcq.h).
+  // tcq_encode: Viterbi over each row of W (rows, in) float32 -> (rows, words) int32 streams.
+  m.def("tcq_encode(Tensor W, int L, int bits_per_step, int values_per_step) -> Tensor");
+  // tcq_decode: W (rows, in_features) float32 = scales[:, None] * code(states).
+  m.def("tcq_decode(Tensor packed, Tensor scales, int in_features, int L, int bits_per_step, "
+        "int values_per_step) -> Tensor");
 }

@@ -112,10 +112,12 @@ WK_AVX512 void gemv_rows_avx512(const GemvArgs& a, int64_t r0, int64_t r1, int64
     for (int q = 0; q < NTAB; ++q)
       tab[dim][q] = (16 * (q + 1) <= a.ls) ? _mm512_loadu_ps(a.lut + dim * a.ls + 16 * q) : _mm512_setzero_ps();
   const __m512i mask = _mm512_set1_epi32((1 << C) - 1);
+  // Independent FMA chains per token (ACC of them), so FMA latency is hidden even for one token.
+  constexpr int ACC = NT == 1 ? 4 : NT == 2 ? 2 : 1;
   for (int64_t r = r0; r < r1; ++r) {
     const int32_t* w = a.packed + r * a.nblk * 16;
-    __m512 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+    __m512 acc[NT * ACC];
+    for (int t = 0; t < NT * ACC; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t blk = 0; blk < a.nblk; ++blk) {
       __m512i wv = _mm512_loadu_si512(w + blk * 16);
       const float* xb = a.xs + t0 * D * a.upad + blk * P * 16;
@@ -125,12 +127,18 @@ WK_AVX512 void gemv_rows_avx512(const GemvArgs& a, int64_t r0, int64_t r1, int64
         wv = _mm512_srli_epi32(wv, C);
         for (int dim = 0; dim < D; ++dim) {
           const __m512 v = decode16<C>(i, tab[dim], a.lut + dim * a.ls);
-          for (int t = 0; t < NT; ++t)
-            acc[t] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xb + (t * D + dim) * a.upad + p * 16), acc[t]);
+          for (int t = 0; t < NT; ++t) {
+            __m512& ac = acc[t * ACC + (p * D + dim) % ACC];
+            ac = _mm512_fmadd_ps(v, _mm512_loadu_ps(xb + (t * D + dim) * a.upad + p * 16), ac);
+          }
         }
       }
     }
-    for (int t = 0; t < NT; ++t) a.y[(t0 + t) * a.rows + r] = a.scales[r] * _mm512_reduce_add_ps(acc[t]);
+    for (int t = 0; t < NT; ++t) {
+      __m512 sum = acc[t * ACC];
+      for (int k = 1; k < ACC; ++k) sum = _mm512_add_ps(sum, acc[t * ACC + k]);
+      a.y[(t0 + t) * a.rows + r] = a.scales[r] * _mm512_reduce_add_ps(sum);
+    }
   }
 }
 
@@ -160,10 +168,11 @@ WK_AVX2 void gemv_rows_avx2(const GemvArgs& a, int64_t r0, int64_t r1, int64_t t
   for (int dim = 0; dim < D; ++dim)
     for (int q = 0; q < 2; ++q) tab[dim][q] = _mm256_loadu_ps(a.lut + dim * a.ls + 8 * q);
   const __m256i mask = _mm256_set1_epi32((1 << C) - 1);
+  constexpr int ACC = NT == 1 ? 4 : NT == 2 ? 2 : 1;
   for (int64_t r = r0; r < r1; ++r) {
     const int32_t* w = a.packed + r * a.nblk * 16;
-    __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    __m256 acc[NT * ACC];
+    for (int t = 0; t < NT * ACC; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t blk = 0; blk < a.nblk; ++blk) {
       for (int half = 0; half < 2; ++half) {
         __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + blk * 16 + 8 * half));
@@ -174,13 +183,19 @@ WK_AVX2 void gemv_rows_avx2(const GemvArgs& a, int64_t r0, int64_t r1, int64_t t
           wv = _mm256_srli_epi32(wv, C);
           for (int dim = 0; dim < D; ++dim) {
             const __m256 v = decode8<C>(i, tab[dim], a.lut + dim * a.ls);
-            for (int t = 0; t < NT; ++t)
-              acc[t] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xb + (t * D + dim) * a.upad + p * 16), acc[t]);
+            for (int t = 0; t < NT; ++t) {
+              __m256& ac = acc[t * ACC + (p * D + dim) % ACC];
+              ac = _mm256_fmadd_ps(v, _mm256_loadu_ps(xb + (t * D + dim) * a.upad + p * 16), ac);
+            }
           }
         }
       }
     }
-    for (int t = 0; t < NT; ++t) a.y[(t0 + t) * a.rows + r] = a.scales[r] * hsum256(acc[t]);
+    for (int t = 0; t < NT; ++t) {
+      __m256 sum = acc[t * ACC];
+      for (int k = 1; k < ACC; ++k) sum = _mm256_add_ps(sum, acc[t * ACC + k]);
+      a.y[(t0 + t) * a.rows + r] = a.scales[r] * hsum256(sum);
+    }
   }
 }
 

@@ -13,6 +13,7 @@
 #include "palette/cpu.h"
 #include "palette/hadamard_matrix.h"
 #include "palette/ops.h"
+#include "palette/tcq.h"
 
 namespace weightkit::palette {
 
@@ -171,6 +172,48 @@ at::Tensor palette_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, con
   return at::matmul(x, W.t());
 }
 
+void check_tcq_params(const char* op, int64_t L, int64_t kb, int64_t V) {
+  WK_CHECK(op, V == 1 || V == 2, "values_per_step must be 1 or 2, got ", V);
+  WK_CHECK(op, kb >= 1 && kb <= 8, "bits_per_step must be in [1, 8], got ", kb);
+  WK_CHECK(op, L > kb && L <= 20, "L (trellis state bits) must be in [bits_per_step + 1, 20], got ", L);
+}
+
+at::Tensor tcq_encode_cpu(const at::Tensor& W, int64_t L, int64_t kb, int64_t V) {
+  const char* op = "tcq_encode";
+  check_tcq_params(op, L, kb, V);
+  check_dims(op, W, "W", 2, 2);
+  WK_CHECK(op, W.scalar_type() == at::kFloat, "W must be float32, got ", W.scalar_type());
+  WK_CHECK(op, W.size(1) % V == 0 && W.size(1) > 0, "W's columns must be a positive multiple of values_per_step ",
+           V, ", got ", W.sizes());
+  WK_CHECK(op, at::isfinite(W).all().item<bool>(), "W must be finite (it has NaN or Inf)");
+  const int64_t steps = W.size(1) / V;
+  const at::Tensor Wc = W.contiguous();
+  at::Tensor packed = at::empty({W.size(0), tcq::tcq_words(steps, L, kb)}, W.options().dtype(at::kInt));
+  tcq::encode(Wc.data_ptr<float>(), W.size(0), steps, static_cast<int>(L), static_cast<int>(kb), static_cast<int>(V),
+              packed.data_ptr<int32_t>(), selected_cpu_isa(op));
+  return packed;
+}
+
+at::Tensor tcq_decode_cpu(const at::Tensor& packed, const at::Tensor& scales, int64_t in_features, int64_t L,
+                          int64_t kb, int64_t V) {
+  const char* op = "tcq_decode";
+  check_tcq_params(op, L, kb, V);
+  check_dims(op, packed, "packed", 2, 2);
+  WK_CHECK(op, packed.scalar_type() == at::kInt, "packed must be int32, got ", packed.scalar_type());
+  WK_CHECK(op, in_features > 0 && in_features % V == 0, "in_features must be a positive multiple of "
+           "values_per_step ", V, ", got ", in_features);
+  const int64_t steps = in_features / V, words = tcq::tcq_words(steps, L, kb);
+  WK_CHECK(op, packed.size(1) == words, "packed must have ", words, " columns for ", in_features, " inputs (L=", L,
+           ", bits_per_step=", kb, ", values_per_step=", V, "), got ", packed.sizes());
+  WK_CHECK(op, scales.dim() == 1 && scales.size(0) == packed.size(0) && scales.scalar_type() == at::kFloat,
+           "scales must be float32 of shape (", packed.size(0), "), got ", scales.scalar_type(), " ", scales.sizes());
+  const at::Tensor pc = packed.contiguous(), sc = scales.contiguous();
+  at::Tensor W = at::empty({packed.size(0), in_features}, scales.options());
+  tcq::decode(pc.data_ptr<int32_t>(), packed.size(0), steps, static_cast<int>(L), static_cast<int>(kb),
+              static_cast<int>(V), sc.data_ptr<float>(), W.data_ptr<float>());
+  return W;
+}
+
 }  // namespace
 
 bool use_gemv(const char* op, int64_t tokens) {
@@ -191,4 +234,6 @@ TORCH_LIBRARY_IMPL(weightkit, CPU, m) {
   m.impl("palette_pack", &weightkit::palette::palette_pack_cpu);
   m.impl("palette_dequantize", &weightkit::palette::palette_dequantize_cpu);
   m.impl("palette_matmul", &weightkit::palette::palette_matmul_cpu);
+  m.impl("tcq_encode", &weightkit::palette::tcq_encode_cpu);
+  m.impl("tcq_decode", &weightkit::palette::tcq_decode_cpu);
 }

@@ -10,7 +10,7 @@ import torch
 from weightkit.nn.palette import PaletteLinear
 from weightkit.quant.palette import quantize_model_palette, quantize_weight
 
-KINDS = [("sq", 2), ("sq", 4), ("vq", 2), ("vq", 2.5)]
+KINDS = [("sq", 2), ("sq", 4), ("vq", 2), ("vq", 2.5), ("tcq", 2), ("tcq", 2.5)]
 
 
 @pytest.mark.parametrize("kind,bits", KINDS)

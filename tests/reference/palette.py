@@ -105,3 +105,48 @@ def dequantize_ref(packed, codebook, scales, in_features: int) -> torch.Tensor:
     c = (codebook.shape[0] - 1).bit_length()
     codes = unpack_ref(packed, in_features // d, c)
     return codebook.double()[codes].reshape(packed.shape[0], in_features) * scales.double()[:, None]
+
+
+def tcq_code_ref(state: int, v: int) -> float:
+    """QTIP 1MAD code value of a trellis state (csrc/palette/tcq.h)."""
+    mul, add = (34038481, 76625530) if v == 0 else (2654435761, 2246822519)
+    x = (state * mul + add) & 0xFFFFFFFF
+    s = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
+    return (s - 510.0) / 147.8
+
+
+def tcq_stream_bits(packed_row: torch.Tensor) -> list:
+    """The row's stream as a list of bits (MSB of word 0 first)."""
+    bits = []
+    for w in packed_row.tolist():
+        w &= 0xFFFFFFFF
+        bits += [(w >> (31 - i)) & 1 for i in range(32)]
+    return bits
+
+
+def tcq_decode_ref(packed: torch.Tensor, scales, in_features: int, L: int, kb: int, V: int) -> torch.Tensor:
+    steps = in_features // V
+    out = torch.zeros(packed.shape[0], in_features, dtype=torch.float64)
+    for r in range(packed.shape[0]):
+        bits = tcq_stream_bits(packed[r])
+        for t in range(steps):
+            state = int("".join(map(str, bits[t * kb:t * kb + L])), 2)
+            for v in range(V):
+                out[r, t * V + v] = float(scales[r]) * tcq_code_ref(state, v)
+    return out
+
+
+def tcq_best_error_bruteforce(w: torch.Tensor, L: int, kb: int, V: int) -> float:
+    """Minimum squared error over every stream (2^(L + kb (T-1)) of them): the Viterbi oracle."""
+    steps = w.numel() // V
+    nbits = L + kb * (steps - 1)
+    mask = (1 << L) - 1
+    best = float("inf")
+    for stream in range(1 << nbits):
+        err = 0.0
+        for t in range(steps):
+            state = (stream >> (nbits - L - t * kb)) & mask
+            for v in range(V):
+                err += (float(w[t * V + v]) - tcq_code_ref(state, v)) ** 2
+        best = min(best, err)
+    return best

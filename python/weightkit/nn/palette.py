@@ -68,9 +68,9 @@ class PaletteLinear(nn.Module):
     def rotated_weight(self) -> torch.Tensor:
         """Ŵ in the rotated basis, (out, in) float32."""
         if self.kind == "tcq":
-            from weightkit.ops.palette import tcq_dequantize
-
-            return tcq_dequantize(self.packed, self.scales, self.in_features, **self.tcq_params)
+            p = self.tcq_params
+            return P.tcq_dequantize(self.packed, self.scales, self.in_features, p["L"], p["bits_per_step"],
+                                    p["values_per_step"])
         return P.palette_dequantize(self.packed, self.codebook, self.scales, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

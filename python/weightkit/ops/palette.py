@@ -25,6 +25,9 @@ __all__ = [
     "palette_encode",
     "palette_matmul",
     "palette_pack",
+    "tcq_dequantize",
+    "tcq_encode",
+    "tcq_words",
 ]
 
 #: The small orders m of n = 2^k·m that hadamard_transform supports.
@@ -106,3 +109,32 @@ def _dequantize_fake(packed, codebook, scales, in_features):
 def _matmul_fake(x, packed, codebook, scales, in_features):
     torch._check(x.shape[-1] == in_features, lambda: "weightkit.palette_matmul: x must have in_features columns")
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+def tcq_encode(W: torch.Tensor, L: int, bits_per_step: int, values_per_step: int) -> torch.Tensor:
+    """Viterbi-encode each row of W (rows, in) float32 on the bitshift trellis; returns the
+    (rows, tcq_words(in / values_per_step, L, bits_per_step)) int32 bit streams."""
+    return torch.ops.weightkit.tcq_encode(W, int(L), int(bits_per_step), int(values_per_step))
+
+
+def tcq_dequantize(packed: torch.Tensor, scales: torch.Tensor, in_features: int, L: int, bits_per_step: int,
+                   values_per_step: int) -> torch.Tensor:
+    """W (rows, in_features) float32 = scales[:, None]·code(trellis states)."""
+    return torch.ops.weightkit.tcq_decode(packed, scales, int(in_features), int(L), int(bits_per_step),
+                                          int(values_per_step))
+
+
+def tcq_words(steps: int, L: int, bits_per_step: int) -> int:
+    """int32 words of one row's stream: L + bits_per_step·(steps − 1) bits, plus one spare word."""
+    bits = L + bits_per_step * (steps - 1) if steps > 0 else 0
+    return (bits + 31) // 32 + 1
+
+
+@torch.library.register_fake("weightkit::tcq_encode")
+def _tcq_encode_fake(W, L, bits_per_step, values_per_step):
+    return W.new_empty((W.shape[0], tcq_words(W.shape[1] // values_per_step, L, bits_per_step)), dtype=torch.int32)
+
+
+@torch.library.register_fake("weightkit::tcq_decode")
+def _tcq_decode_fake(packed, scales, in_features, L, bits_per_step, values_per_step):
+    return scales.new_empty((packed.shape[0], in_features))

@@ -72,8 +72,8 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tc
     if kind == "tcq":
         from weightkit.quant import tcq as T
 
-        params = T.tcq_params(bits, **tcq)
-        out["packed"] = T.tcq_encode(Wn, **params)
+        params = T.tcq_params(bits, tcq.get("L"))
+        out["packed"] = T.tcq_encode(Wn, **params, progress=tcq.get("progress"))
         out["codebook"] = torch.zeros(0, 1)
         out["tcq_params"] = params
         return out
