@@ -78,6 +78,38 @@ void check_packed(const char* op, const at::Tensor& packed, const at::Tensor& co
   check_same_device(op, packed, "packed", scales, "scales");
 }
 
+void check_tcq_params(const char* op, int64_t L, int64_t kb, int64_t V) {
+  WK_CHECK(op, V == 1 || V == 2, "values_per_step must be 1 or 2, got ", V);
+  WK_CHECK(op, kb >= 1 && kb <= 8, "bits_per_step must be in [1, 8], got ", kb);
+  WK_CHECK(op, L > kb && L <= 20, "L (trellis state bits) must be in [bits_per_step + 1, 20], got ", L);
+}
+
+int64_t check_tcq_encode_args(const char* op, const at::Tensor& W, int64_t L, int64_t kb, int64_t V) {
+  check_tcq_params(op, L, kb, V);
+  check_dims(op, W, "W", 2, 2);
+  WK_CHECK(op, W.scalar_type() == at::kFloat, "W must be float32, got ", W.scalar_type());
+  WK_CHECK(op, W.size(1) % V == 0 && W.size(1) > 0, "W's columns must be a positive multiple of values_per_step ",
+           V, ", got ", W.sizes());
+  WK_CHECK(op, at::isfinite(W).all().item<bool>(), "W must be finite (it has NaN or Inf)");
+  return W.size(1) / V;
+}
+
+int64_t check_tcq_decode_args(const char* op, const at::Tensor& packed, const at::Tensor& scales,
+                              int64_t in_features, int64_t L, int64_t kb, int64_t V) {
+  check_tcq_params(op, L, kb, V);
+  check_dims(op, packed, "packed", 2, 2);
+  WK_CHECK(op, packed.scalar_type() == at::kInt, "packed must be int32, got ", packed.scalar_type());
+  WK_CHECK(op, in_features > 0 && in_features % V == 0, "in_features must be a positive multiple of "
+           "values_per_step ", V, ", got ", in_features);
+  const int64_t steps = in_features / V, words = tcq::tcq_words(steps, L, kb);
+  WK_CHECK(op, packed.size(1) == words, "packed must have ", words, " columns for ", in_features, " inputs (L=", L,
+           ", bits_per_step=", kb, ", values_per_step=", V, "), got ", packed.sizes());
+  WK_CHECK(op, scales.dim() == 1 && scales.size(0) == packed.size(0) && scales.scalar_type() == at::kFloat,
+           "scales must be float32 of shape (", packed.size(0), "), got ", scales.scalar_type(), " ", scales.sizes());
+  check_same_device(op, packed, "packed", scales, "scales");
+  return steps;
+}
+
 namespace {
 
 at::Tensor hadamard_transform_cpu(const at::Tensor& x, const std::optional<at::Tensor>& signs, double scale) {
@@ -172,21 +204,9 @@ at::Tensor palette_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, con
   return at::matmul(x, W.t());
 }
 
-void check_tcq_params(const char* op, int64_t L, int64_t kb, int64_t V) {
-  WK_CHECK(op, V == 1 || V == 2, "values_per_step must be 1 or 2, got ", V);
-  WK_CHECK(op, kb >= 1 && kb <= 8, "bits_per_step must be in [1, 8], got ", kb);
-  WK_CHECK(op, L > kb && L <= 20, "L (trellis state bits) must be in [bits_per_step + 1, 20], got ", L);
-}
-
 at::Tensor tcq_encode_cpu(const at::Tensor& W, int64_t L, int64_t kb, int64_t V) {
   const char* op = "tcq_encode";
-  check_tcq_params(op, L, kb, V);
-  check_dims(op, W, "W", 2, 2);
-  WK_CHECK(op, W.scalar_type() == at::kFloat, "W must be float32, got ", W.scalar_type());
-  WK_CHECK(op, W.size(1) % V == 0 && W.size(1) > 0, "W's columns must be a positive multiple of values_per_step ",
-           V, ", got ", W.sizes());
-  WK_CHECK(op, at::isfinite(W).all().item<bool>(), "W must be finite (it has NaN or Inf)");
-  const int64_t steps = W.size(1) / V;
+  const int64_t steps = check_tcq_encode_args(op, W, L, kb, V);
   const at::Tensor Wc = W.contiguous();
   at::Tensor packed = at::empty({W.size(0), tcq::tcq_words(steps, L, kb)}, W.options().dtype(at::kInt));
   tcq::encode(Wc.data_ptr<float>(), W.size(0), steps, static_cast<int>(L), static_cast<int>(kb), static_cast<int>(V),
@@ -197,16 +217,7 @@ at::Tensor tcq_encode_cpu(const at::Tensor& W, int64_t L, int64_t kb, int64_t V)
 at::Tensor tcq_decode_cpu(const at::Tensor& packed, const at::Tensor& scales, int64_t in_features, int64_t L,
                           int64_t kb, int64_t V) {
   const char* op = "tcq_decode";
-  check_tcq_params(op, L, kb, V);
-  check_dims(op, packed, "packed", 2, 2);
-  WK_CHECK(op, packed.scalar_type() == at::kInt, "packed must be int32, got ", packed.scalar_type());
-  WK_CHECK(op, in_features > 0 && in_features % V == 0, "in_features must be a positive multiple of "
-           "values_per_step ", V, ", got ", in_features);
-  const int64_t steps = in_features / V, words = tcq::tcq_words(steps, L, kb);
-  WK_CHECK(op, packed.size(1) == words, "packed must have ", words, " columns for ", in_features, " inputs (L=", L,
-           ", bits_per_step=", kb, ", values_per_step=", V, "), got ", packed.sizes());
-  WK_CHECK(op, scales.dim() == 1 && scales.size(0) == packed.size(0) && scales.scalar_type() == at::kFloat,
-           "scales must be float32 of shape (", packed.size(0), "), got ", scales.scalar_type(), " ", scales.sizes());
+  const int64_t steps = check_tcq_decode_args(op, packed, scales, in_features, L, kb, V);
   const at::Tensor pc = packed.contiguous(), sc = scales.contiguous();
   at::Tensor W = at::empty({packed.size(0), in_features}, scales.options());
   tcq::decode(pc.data_ptr<int32_t>(), packed.size(0), steps, static_cast<int>(L), static_cast<int>(kb),

@@ -25,6 +25,12 @@ int code_bits_of(const char* op, const at::Tensor& codebook);
 void check_packed(const char* op, const at::Tensor& packed, const at::Tensor& codebook, const at::Tensor& scales,
                   int64_t in_features, int c);
 
+// Checks of the trellis ops; return the number of steps per row.
+void check_tcq_params(const char* op, int64_t L, int64_t kb, int64_t V);
+int64_t check_tcq_encode_args(const char* op, const at::Tensor& W, int64_t L, int64_t kb, int64_t V);
+int64_t check_tcq_decode_args(const char* op, const at::Tensor& packed, const at::Tensor& scales,
+                              int64_t in_features, int64_t L, int64_t kb, int64_t V);
+
 // GEMV or dequantize + GEMM for this many tokens (WEIGHTKIT_PALETTE_PATH=gemv|dense forces one).
 bool use_gemv(const char* op, int64_t tokens);
 
