@@ -112,13 +112,27 @@ WK_AVX512 void step_avx512(const float* cost, float* m, int32_t* bi, const float
                            const float* w, float* next) {
   const int64_t J = S >> kb;
   prefix_min_avx512(cost, m, bi, J, 1 << kb);
-  if (kb > 4 || S < 16) {
+  if (S < 16) {
     add_dist_generic(m, tab, S, kb, V, w, next);
+    return;
+  }
+  const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(V > 1 ? w[1] : 0.f);
+  if (kb >= 4) {
+    // 16 consecutive states share one prefix: broadcast it.
+    for (int64_t s = 0; s < S; s += 16) {
+      const __m512 mv = _mm512_set1_ps(m[s >> kb]);
+      __m512 e = _mm512_sub_ps(w0, _mm512_loadu_ps(tab + s));
+      __m512 d = _mm512_fmadd_ps(e, e, mv);
+      if (V > 1) {
+        e = _mm512_sub_ps(w1, _mm512_loadu_ps(tab + S + s));
+        d = _mm512_fmadd_ps(e, e, d);
+      }
+      _mm512_storeu_ps(next + s, d);
+    }
     return;
   }
   // 16 consecutive states share 16 >> kb prefixes: expand them with one permute.
   __m512i pat = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), kb);
-  const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(V > 1 ? w[1] : 0.f);
   const int64_t step_j = 16 >> kb;
   for (int64_t s = 0; s < S; s += 16) {
     // m has J >= 16 >> kb entries left; a masked load keeps the read in bounds.

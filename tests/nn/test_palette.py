@@ -64,3 +64,12 @@ def test_quantize_model_report():
     assert all(isinstance(model[i], PaletteLinear) for i in (0, 2))
     assert all(r["rel_error"] < 0.15 and r["stored_bits"] > 4 for r in report)
     assert ((model(x) - ref).norm() / ref.norm()).item() < 0.2
+
+
+def test_quantize_model_with_plan():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 8))
+    report = quantize_model_palette(model, quantizer="mixed", plan={"0": ("tcq", 3), "2": ("vq", 2)}, L=10)
+    assert [(r["quantizer"], r["bits"]) for r in report] == [("tcq", 3.0), ("vq", 2.0)]
+    assert model[0].kind == "tcq" and model[2].kind == "vq"
+    with pytest.raises(ValueError, match="needs a plan"):
+        quantize_model_palette(torch.nn.Linear(64, 4), quantizer="mixed")
