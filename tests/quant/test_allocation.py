@@ -109,3 +109,8 @@ def test_sensitivity_and_importance_on_tiny_model():
     imp = block_importance(model, tokens, ctx=64)
     assert len(imp) == 3 and all(0 <= v <= 2 for v in imp)
     assert set(outlier_counts(layers)) == set(layers)
+
+
+def test_half_variants_have_errors_between():
+    opts = {o.bits: o.error for o in default_options(("tcq",), (2, 2.25, 2.5))}
+    assert opts[2] > opts[2.25] > opts[2.5]

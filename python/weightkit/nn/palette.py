@@ -23,7 +23,7 @@ class PaletteLinear(nn.Module):
 
     Buffers: ``signs`` (in,) float32 ±1, ``scales`` (out,) float32, ``codebook`` (2^c, d) float32
     (sq / vq; empty for tcq), ``packed`` int32 codes (sq / vq: (out, words) palette layout; tcq:
-    (out, words) trellis bit streams). ``kind`` ("sq", "vq", "tcq"), ``bits`` (bits per weight of
+    (out, words) trellis bit streams; tcq half variants: (1, words) with both halves' streams). ``kind`` ("sq", "vq", "tcq"), ``bits`` (bits per weight of
     the codes) and the trellis parameters travel in the extra state, so ``state_dict`` round trips
     are exact.
     """
@@ -69,6 +69,14 @@ class PaletteLinear(nn.Module):
         """Ŵ in the rotated basis, (out, in) float32."""
         if self.kind == "tcq":
             p = self.tcq_params
+            if "split" in p:  # half variant: two trellis rates over the two halves of the rows
+                flat, k, split = self.packed.reshape(-1), p["lo_words"], p["split"]
+                halves = []
+                for part, rows, prm, sc in ((flat[:k], split, p["lo"], self.scales[:split]),
+                                            (flat[k:], self.out_features - split, p["hi"], self.scales[split:])):
+                    halves.append(P.tcq_dequantize(part.reshape(rows, -1), sc.contiguous(), self.in_features,
+                                                   prm["L"], prm["bits_per_step"], prm["values_per_step"]))
+                return torch.cat(halves)
             return P.tcq_dequantize(self.packed, self.scales, self.in_features, p["L"], p["bits_per_step"],
                                     p["values_per_step"])
         return P.palette_dequantize(self.packed, self.codebook, self.scales, self.in_features)

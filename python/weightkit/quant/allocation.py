@@ -56,6 +56,12 @@ GAUSSIAN_ERROR = {
 }
 
 
+# Half variants: half the rows at b - 1/4, half at b + 1/4.
+for _b in (1.75, 2.25, 2.75, 3.25, 3.75):
+    GAUSSIAN_ERROR[("tcq", _b)] = 0.5 * (GAUSSIAN_ERROR[("tcq", _b - 0.25 if (_b - 0.25) % 1 else int(_b - 0.25))]
+                                         + GAUSSIAN_ERROR[("tcq", _b + 0.25 if (_b + 0.25) % 1 else int(_b + 0.25))])
+
+
 def gaussian_error(quantizer: str, bits: float) -> float:
     """Relative MSE of a palette quantizer on Gaussian data (GAUSSIAN_ERROR)."""
     key = (quantizer, float(bits) if bits % 1 else int(bits))

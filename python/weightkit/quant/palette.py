@@ -3,7 +3,9 @@ it looks Gaussian, normalize it by its RMS, and code it with one quantizer of th
 
 * ``"sq"``: Lloyd-Max scalar codebook, 2–8 bits;
 * ``"vq"``: 2-D k-means codebook, 1.5–4 bits in 0.5 steps (c = 2·bits bits per pair);
-* ``"tcq"``: QTIP's bitshift trellis with a computed Gaussian code, Viterbi-encoded.
+* ``"tcq"``: QTIP's bitshift trellis with a computed Gaussian code, Viterbi-encoded; 1.5–4 bits in
+  0.5 steps, plus the "half" variants 1.75–3.75 (the first half of the rows at b − ¼, the rest at
+  b + ¼), which give the allocation 0.25-bit steps.
 
 ``quantize_model_palette`` swaps every nn.Linear of a model for a PaletteLinear, with one rate for
 all layers or a per-layer plan from weightkit.quant.allocation.
@@ -28,7 +30,7 @@ __all__ = ["QUANTIZER_RATES", "quantize_weight", "quantize_model_palette", "rate
 QUANTIZER_RATES = {
     "sq": (2, 3, 4, 5, 6, 7, 8),
     "vq": (1.5, 2, 2.5, 3, 3.5, 4),
-    "tcq": (1.5, 2, 2.5, 3, 3.5, 4),
+    "tcq": (1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.25, 3.5, 3.75, 4),
 }
 
 DEFAULT_SKIP = ("*lm_head*", "*embed*")
@@ -72,9 +74,17 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tc
     if kind == "tcq":
         from weightkit.quant import tcq as T
 
+        out["codebook"] = torch.zeros(0, 1)
+        if (4 * float(bits)) % 2 == 1:  # a half variant: two rates over the two halves of the rows
+            split = out_f // 2
+            lo, hi = T.tcq_params(bits - 0.25, tcq.get("L")), T.tcq_params(bits + 0.25, tcq.get("L"))
+            parts = [T.tcq_encode(Wn[:split], **lo), T.tcq_encode(Wn[split:], **hi)]
+            # Streams of the two halves differ in length: stored flat, one after the other.
+            out["packed"] = torch.cat([p.reshape(-1) for p in parts]).reshape(1, -1)
+            out["tcq_params"] = {"split": split, "lo": lo, "hi": hi, "lo_words": parts[0].numel()}
+            return out
         params = T.tcq_params(bits, tcq.get("L"))
         out["packed"] = T.tcq_encode(Wn, **params, progress=tcq.get("progress"))
-        out["codebook"] = torch.zeros(0, 1)
         out["tcq_params"] = params
         return out
     cb = codebooks.lloyd_max(int(bits)) if kind == "sq" else codebooks.vq2d(int(round(2 * bits)))
