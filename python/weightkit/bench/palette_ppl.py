@@ -29,7 +29,8 @@ UNIFORM = [
 
 
 def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12, configs=None,
-              mixed_bits=(2.5,), log=print) -> dict:
+              mixed_bits=(2.5,), baseline: bool = True, uniform_tcq: bool = True, sensitivity: dict | None = None,
+              log=print) -> dict:
     """Runs the sweep, rewriting ``out_path`` (JSON) after every configuration."""
     torch.manual_seed(0)
     model, tok = wk.data.load_smollm2()
@@ -61,9 +62,10 @@ def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12,
         log(f"{label}: ppl {ppl:.3f} bits {rec['bits']:.3f} (stored {rec['stored_bits']:.3f}) "
             f"rel.err {rec['rel_error']:.4f} quantize {rec['quantize_s']:.0f}s")
 
-    evaluate("fp (Q4_1 dequantized)", "none", [])
+    if baseline:
+        evaluate("fp (Q4_1 dequantized)", "none", [])
     # The comparison the allocation is for: one TCQ rate for all layers, then the mixed plan.
-    for bits in mixed_bits:
+    for bits in mixed_bits if uniform_tcq else ():
         rep = quantize_model_palette(model, bits=bits, quantizer="tcq", L=tcq_L, progress=True)
         evaluate(f"tcq-{bits}", "tcq", rep)
         model, _ = wk.data.load_smollm2()
@@ -73,9 +75,11 @@ def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12,
     sizes = [layers[n].weight.numel() for n in names]
     for bits in mixed_bits:
         t0 = time.perf_counter()
-        sens = allocation.noise_sensitivity(model, calib_ids, layers, rel_mse=0.05, ctx=n_calib, progress=True)
+        sens = sensitivity or allocation.noise_sensitivity(model, calib_ids, layers, rel_mse=0.05, ctx=n_calib,
+                                                           progress=True)
         results["sensitivity"] = sens
-        results["sensitivity_s"] = time.perf_counter() - t0
+        if sensitivity is None:
+            results["sensitivity_s"] = time.perf_counter() - t0
         results["block_importance"] = allocation.block_importance(model, calib_ids, ctx=n_calib)
         options = allocation.default_options(("tcq",))
         plan_opts = allocation.allocate(sizes, [sens[n] for n in names], options, bits)
@@ -106,8 +110,33 @@ def _hist(plan: dict) -> dict:
     return out
 
 
-if __name__ == "__main__":
-    import sys
+def merge(paths, out_path) -> dict:
+    """One sweep JSON from several partial ones (runs concatenated, other keys from the first)."""
+    merged = None
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        if merged is None:
+            merged = data
+        else:
+            merged["runs"] += data["runs"]
+    Path(out_path).write_text(json.dumps(merged, indent=2) + "\n")
+    return merged
 
-    torch.set_num_threads(2)
-    run_sweep(sys.argv[1] if len(sys.argv) > 1 else "bench/results/cpu-epyc-2t/palette-ppl.json")
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", nargs="?", default="bench/results/cpu-epyc-2t/palette-ppl.json")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="*", help="labels of UNIFORM to run (skips the fp baseline and the mixed plan)")
+    ap.add_argument("--mixed-from", metavar="JSON", help="only the mixed plan, with the sensitivities stored in JSON")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.mixed_from:
+        sens = json.loads(Path(args.mixed_from).read_text())["sensitivity"]
+        run_sweep(args.out, configs=[], baseline=False, uniform_tcq=False, sensitivity=sens)
+    elif args.only:
+        run_sweep(args.out, configs=[c for c in UNIFORM if c[0] in args.only], mixed_bits=(), baseline=False)
+    else:
+        run_sweep(args.out)
