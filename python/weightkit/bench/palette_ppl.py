@@ -95,7 +95,7 @@ def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12,
         evaluate(f"mixed-tcq-{bits}", "mixed", rep, {"plan_bits_hist": _hist(plan)})
         model, _ = wk.data.load_smollm2()
 
-    for label, q, b in (configs or UNIFORM):
+    for label, q, b in (UNIFORM if configs is None else configs):
         rep = quantize_model_palette(model, bits=b, quantizer=q, **({"L": tcq_L} if q == "tcq" else {}),
                                      progress=True)
         evaluate(label, q, rep)
