@@ -66,4 +66,28 @@ TORCH_LIBRARY(weightkit, m) {
   // Cost O(d_k² u + d_k d_v u + u³), independent of earlier edits.
   // Inputs are validated before W or C is written, so a refused call changes nothing.
   m.def("rls_update_(Tensor(a!) W, Tensor(b!) C, Tensor K, Tensor V) -> ()");
+
+  // ---- palette: Hadamard rotation and fractional-bit codebook quantizers (Q-Palette / QTIP) -----
+  // y = scale * (x * signs) H_n^T over the last dim, H_n = H_m (x) H_{2^k} with +-1 entries
+  // (n = 2^k * m, m in {1, 12, 20, 28, 36, 40, 52, 60, 108, 140}); scale = n^-1/2 makes it
+  // orthogonal. x fp32/bf16/fp16/fp64 (computed in fp32), signs (n,) float or None.
+  m.def("hadamard_transform(Tensor x, Tensor? signs, float scale) -> Tensor");
+  // Index (int32, (rows, in / d)) of the nearest codeword of a (2^c, d) float32 codebook (d = 1:
+  // scalar, d = 2: pairs) for each unit of W (rows, in) float32.
+  m.def("palette_encode(Tensor W, Tensor codebook) -> Tensor");
+  // Packs c-bit codes idx (rows, units) int32 into (rows, 16 * blocks) int32 words, 32 // c codes
+  // a word (layout in csrc/palette/cpu.h).
+  m.def("palette_pack(Tensor idx, int code_bits) -> Tensor");
+  // W (out, in_features) float32 = scales[:, None] * codebook[codes] from packed codes.
+  m.def("palette_dequantize(Tensor packed, Tensor codebook, Tensor scales, int in_features) -> Tensor");
+  // y (..., out) = x (..., in_features) W^T with W as palette_dequantize gives it, x's dtype;
+  // decodes in registers for <= 16 tokens, dequantizes and calls GEMM for more.
+  m.def("palette_matmul(Tensor x, Tensor packed, Tensor codebook, Tensor scales, int in_features) -> Tensor");
+  // Trellis-coded quantization (QTIP bitshift trellis, L-bit states, bits_per_step new bits per
+  // step of values_per_step weights, 1MAD computed code; layout in csrc/palette/tcq.h).
+  // tcq_encode: Viterbi over each row of W (rows, in) float32 -> (rows, words) int32 streams.
+  m.def("tcq_encode(Tensor W, int L, int bits_per_step, int values_per_step) -> Tensor");
+  // tcq_decode: W (rows, in_features) float32 = scales[:, None] * code(states).
+  m.def("tcq_decode(Tensor packed, Tensor scales, int in_features, int L, int bits_per_step, "
+        "int values_per_step) -> Tensor");
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 FAMILIES = {
     "newton_schulz": "weightkit.bench.newton_schulz",
     "optim": "weightkit.bench.optim",
+    "palette": "weightkit.bench.palette",
     "rls": "weightkit.bench.rls",
     "sparse_lowrank": "weightkit.bench.sparse_lowrank",
     "trit_plane": "weightkit.bench.trit_plane",

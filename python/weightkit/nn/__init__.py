@@ -2,7 +2,9 @@
 quantized replacements for nn.Linear."""
 
 from weightkit.nn.gpt import GPT
+from weightkit.nn.palette import PaletteLinear
 from weightkit.nn.sparse_lowrank import SparseLowRankLinear, ddp_ignore_support_buffers, to_sparse_lowrank
 from weightkit.nn.trit_plane import TritPlaneLinear
 
-__all__ = ["GPT", "SparseLowRankLinear", "TritPlaneLinear", "ddp_ignore_support_buffers", "to_sparse_lowrank"]
+__all__ = ["GPT", "PaletteLinear", "SparseLowRankLinear", "TritPlaneLinear", "ddp_ignore_support_buffers",
+           "to_sparse_lowrank"]

@@ -1,5 +1,5 @@
 """Python wrappers of the ``torch.ops.weightkit`` ops: presets, argument checks, fake kernels."""
 
-from weightkit.ops import newton_schulz, rls, sparse_lowrank, trit_plane
+from weightkit.ops import newton_schulz, palette, rls, sparse_lowrank, trit_plane
 
-__all__ = ["newton_schulz", "rls", "sparse_lowrank", "trit_plane"]
+__all__ = ["newton_schulz", "palette", "rls", "sparse_lowrank", "trit_plane"]

@@ -16,9 +16,10 @@ from weightkit.quant import baselines
 
 __all__ = ["DEFAULT_SKIP", "METHODS", "LayerReport", "QuantReport", "quantize_model"]
 
-#: Methods: "ptqtp" swaps in TritPlaneLinear; the others write their dequantized weight into the
-#: nn.Linear (fake quantization, for accuracy comparisons).
-METHODS = ("ptqtp", "rtn_ternary", "twn", "int4", "int3")
+#: Methods: "ptqtp" swaps in TritPlaneLinear, "palette" PaletteLinear (weightkit.quant.palette);
+#: the others write their dequantized weight into the nn.Linear (fake quantization, for accuracy
+#: comparisons).
+METHODS = ("ptqtp", "palette", "rtn_ternary", "twn", "int4", "int3")
 
 #: Module-name globs left in full precision unless ``skip`` says otherwise: output heads and
 #: embeddings (the usual practice of PTQ papers, PTQTP included).
@@ -105,13 +106,21 @@ def quantize_model(
     progress: bool = True,
     max_iters: int = 50,
     tol: float = 1e-4,
+    bits: float = 2.5,
+    quantizer: str = "tcq",
+    plan: dict | None = None,
+    **palette_options,
 ) -> QuantReport:
     """Quantize every ``nn.Linear`` of ``model`` in place (names matching ``skip`` globs excepted,
     default :data:`DEFAULT_SKIP`).
 
     ``method``: "ptqtp" (TritPlaneLinear, ``group_size`` / ``max_iters`` / ``tol`` as in
     :func:`weightkit.ops.trit_plane.ptqtp_quantize`), "rtn_ternary", "twn", "int4" or "int3"
-    (RTN, asymmetric, ``group_size`` columns per group). Returns a :class:`QuantReport`.
+    (RTN, asymmetric, ``group_size`` columns per group), or "palette": a Hadamard rotation and one
+    palette quantizer per layer (``quantizer`` "tcq" | "vq" | "sq" at ``bits``, or "mixed" with a
+    per-layer ``plan`` from :mod:`weightkit.quant.allocation`; ``palette_options`` go to
+    :func:`weightkit.quant.palette.quantize_model_palette`, e.g. the trellis size ``L``).
+    Returns a :class:`QuantReport`.
     """
     if method not in METHODS:
         raise ValueError(f"weightkit.quant.quantize_model: method must be one of {METHODS}, got {method!r}")
@@ -119,6 +128,14 @@ def quantize_model(
         raise ValueError(f"weightkit.quant.quantize_model: group_size must be an int >= 1, got {group_size!r}")
     patterns = tuple(DEFAULT_SKIP if skip is None else skip)
     report = QuantReport(method=method, group_size=group_size)
+    if method == "palette":
+        from weightkit.quant.palette import quantize_model_palette
+
+        layers = quantize_model_palette(model, bits=bits, quantizer=quantizer, plan=plan, skip=patterns,
+                                        progress=progress, **palette_options)
+        report.layers = [LayerReport(r["name"], tuple(r["shape"]), r["rel_error"], r["stored_bits"], r["seconds"],
+                                     r["norm"]) for r in layers]
+        return report
     targets = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear):

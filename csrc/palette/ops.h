@@ -1,0 +1,37 @@
+// Device-independent pieces of the palette glue, shared by ops.cpp (CPU) and ops_cuda.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <mutex>
+#include <optional>
+
+namespace weightkit::palette {
+
+// Token counts up to this use the decode-in-register GEMV; more dequantize once and call GEMM.
+constexpr int64_t kGemvMaxTokens = 16;
+
+// Checks x and signs of hadamard_transform; returns the small order m of n = 2^k * m.
+int check_hadamard_args(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& signs);
+
+// H_m as an int8 (m, m) CPU tensor of +-1.
+const at::Tensor& small_hadamard_tensor(int m);
+
+// c for a (2^c, d) float32 codebook, after checking it.
+int code_bits_of(const char* op, const at::Tensor& codebook);
+
+// Shapes and dtypes of packed codes (out, words) int32, scales (out,) float32 against in_features.
+void check_packed(const char* op, const at::Tensor& packed, const at::Tensor& codebook, const at::Tensor& scales,
+                  int64_t in_features, int c);
+
+// Checks of the trellis ops; return the number of steps per row.
+void check_tcq_params(const char* op, int64_t L, int64_t kb, int64_t V);
+int64_t check_tcq_encode_args(const char* op, const at::Tensor& W, int64_t L, int64_t kb, int64_t V);
+int64_t check_tcq_decode_args(const char* op, const at::Tensor& packed, const at::Tensor& scales,
+                              int64_t in_features, int64_t L, int64_t kb, int64_t V);
+
+// GEMV or dequantize + GEMM for this many tokens (WEIGHTKIT_PALETTE_PATH=gemv|dense forces one).
+bool use_gemv(const char* op, int64_t tokens);
+
+}  // namespace weightkit::palette

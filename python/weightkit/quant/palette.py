@@ -1,0 +1,141 @@
+"""Palette quantizers (Q-Palette style): rotate each weight row by a random Hadamard transform so
+it looks Gaussian, normalize it by its RMS, and code it with one quantizer of the palette:
+
+* ``"sq"``: Lloyd-Max scalar codebook, 2–8 bits;
+* ``"vq"``: 2-D k-means codebook, 1.5–4 bits in 0.5 steps (c = 2·bits bits per pair);
+* ``"tcq"``: QTIP's bitshift trellis with a computed Gaussian code, Viterbi-encoded; 1.5–4 bits in
+  0.5 steps, plus the "half" variants 1.75–3.75 (the first half of the rows at b − ¼, the rest at
+  b + ¼), which give the allocation 0.25-bit steps.
+
+``quantize_model_palette`` swaps every nn.Linear of a model for a PaletteLinear, with one rate for
+all layers or a per-layer plan from weightkit.quant.allocation.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import sys
+import time
+
+import torch
+from torch import nn
+
+from weightkit.ops import palette as P
+from weightkit.quant import codebooks
+
+__all__ = ["QUANTIZER_RATES", "quantize_weight", "quantize_model_palette", "rate_of"]
+
+#: Supported bits per weight of each quantizer.
+QUANTIZER_RATES = {
+    "sq": (2, 3, 4, 5, 6, 7, 8),
+    "vq": (1.5, 2, 2.5, 3, 3.5, 4),
+    "tcq": (1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.25, 3.5, 3.75, 4),
+}
+
+DEFAULT_SKIP = ("*lm_head*", "*embed*")
+
+
+def _check_rate(kind: str, bits: float) -> None:
+    if kind not in QUANTIZER_RATES:
+        raise ValueError(f"quantizer must be one of {sorted(QUANTIZER_RATES)}, got {kind!r}")
+    if float(bits) not in [float(b) for b in QUANTIZER_RATES[kind]]:
+        raise ValueError(f"bits={bits} is not a rate of the {kind!r} quantizer; supported: {QUANTIZER_RATES[kind]}")
+
+
+def rate_of(layer) -> float:
+    """Stored bits per weight of a PaletteLinear: codes + one fp32 scale per row + signs (1 bit)."""
+    n_w = layer.in_features * layer.out_features
+    code_bits = layer.packed.numel() * 32 + layer.codebook.numel() * 32
+    return (code_bits + 32 * layer.out_features + layer.in_features) / n_w
+
+
+def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tcq) -> dict:
+    """Quantize W (out, in) float to the palette format.
+
+    Returns a dict of CPU tensors: ``signs`` (in,), ``scales`` (out,), ``codebook`` (2^c, d) (empty
+    (0, 1) for tcq), ``packed`` int32, ``tcq_params`` (tcq only). The Hadamard width (in) must be
+    2^k·m with a supported m (weightkit.ops.palette.HADAMARD_ORDERS).
+    """
+    _check_rate(kind, bits)
+    if W.dim() != 2:
+        raise ValueError(f"W must be 2-D (out, in), got shape {tuple(W.shape)}")
+    out_f, in_f = W.shape
+    if P.hadamard_order(in_f) is None:
+        raise ValueError(f"in_features={in_f} is not 2^k·m with m in {P.HADAMARD_ORDERS}")
+    Wf = W.detach().float().cpu()
+    if not torch.isfinite(Wf).all():
+        raise ValueError("W must be finite (it has NaN or Inf)")
+    signs = P.hadamard_signs(in_f, seed)
+    Wr = P.hadamard_transform(Wf, signs)
+    scales = Wr.pow(2).mean(1).sqrt().clamp_min(1e-12)
+    Wn = Wr / scales[:, None]
+    out = {"signs": signs, "scales": scales}
+    if kind == "tcq":
+        from weightkit.quant import tcq as T
+
+        out["codebook"] = torch.zeros(0, 1)
+        if (4 * float(bits)) % 2 == 1:  # a half variant: two rates over the two halves of the rows
+            split = out_f // 2
+            lo, hi = T.tcq_params(bits - 0.25, tcq.get("L")), T.tcq_params(bits + 0.25, tcq.get("L"))
+            parts = [T.tcq_encode(Wn[:split], **lo), T.tcq_encode(Wn[split:], **hi)]
+            # Streams of the two halves differ in length: stored flat, one after the other.
+            out["packed"] = torch.cat([p.reshape(-1) for p in parts]).reshape(1, -1)
+            out["tcq_params"] = {"split": split, "lo": lo, "hi": hi, "lo_words": parts[0].numel()}
+            return out
+        params = T.tcq_params(bits, tcq.get("L"))
+        out["packed"] = T.tcq_encode(Wn, **params, progress=tcq.get("progress"))
+        out["tcq_params"] = params
+        return out
+    cb = codebooks.lloyd_max(int(bits)) if kind == "sq" else codebooks.vq2d(int(round(2 * bits)))
+    if kind == "vq" and in_f % 2:
+        raise ValueError(f"the 2-D VQ needs an even in_features, got {in_f}")
+    c = (cb.shape[0] - 1).bit_length()
+    out["codebook"] = cb
+    out["packed"] = P.palette_pack(P.palette_encode(Wn, cb), c)
+    return out
+
+
+def _linears(model: nn.Module, skip):
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not any(fnmatch.fnmatchcase(n, p) for p in skip)]
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str = "tcq", plan: dict | None = None,
+                           skip=DEFAULT_SKIP, seed: int = 0, progress: bool = False, **tcq) -> list[dict]:
+    """Replace the model's nn.Linear layers (names not matching ``skip`` globs) by PaletteLinear.
+
+    ``plan`` maps a layer name to (quantizer, bits) and overrides ``quantizer``/``bits`` for it
+    (weightkit.quant.allocation builds one; ``quantizer="mixed"`` requires it). Returns one report
+    dict per layer: name, shape, quantizer, bits, stored_bits (with scales and signs), rel_error
+    (‖W − Ŵ‖/‖W‖), norm, seconds.
+    """
+    from weightkit.nn.palette import PaletteLinear
+
+    if quantizer == "mixed" and plan is None:
+        raise ValueError("quantizer='mixed' needs a plan (see weightkit.quant.allocation.allocate)")
+    layers = _linears(model, skip)
+    report = []
+    for i, (name, lin) in enumerate(layers):
+        kind, b = (plan or {}).get(name, (quantizer, bits))
+        t0 = time.perf_counter()
+        layer = PaletteLinear.from_linear(lin, kind, b, seed=seed + i, **(tcq if kind == "tcq" else {}))
+        layer = layer.to(dtype=torch.float32)
+        W = lin.weight.detach().float()
+        err = (layer.dequantize().to(W.device) - W).norm().item()
+        norm = W.norm().item()
+        _set_module(model, name, layer)
+        report.append({"name": name, "shape": tuple(W.shape), "quantizer": kind, "bits": float(b),
+                       "stored_bits": rate_of(layer), "rel_error": err / max(norm, 1e-30), "norm": norm,
+                       "seconds": time.perf_counter() - t0})
+        if progress:
+            print(f"\r[palette] {i + 1}/{len(layers)} {name} {kind}-{b}", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return report

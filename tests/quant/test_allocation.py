@@ -1,0 +1,116 @@
+"""Bit allocation: the DP equals brute force; the Lagrangian sweep meets the budget; sensitivity
+and importance run on a tiny model."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from weightkit.quant.allocation import (
+    Option,
+    allocate,
+    allocate_lagrangian,
+    block_importance,
+    default_options,
+    noise_sensitivity,
+    outlier_counts,
+    predicted_loss,
+)
+
+
+def brute_force(sizes, sens, options, budget):
+    best, best_plan = float("inf"), None
+    for plan in itertools.product(options, repeat=len(sizes)):
+        if sum(n * o.bits for n, o in zip(sizes, plan)) <= budget * sum(sizes) + 1e-9:
+            loss = predicted_loss(sens, plan)
+            if loss < best:
+                best, best_plan = loss, plan
+    return best, best_plan
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dp_equals_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    L = 5
+    sizes = [int(s) * 64 for s in torch.randint(1, 9, (L,), generator=g)]
+    sens = (torch.rand(L, generator=g) * 10).tolist()
+    options = default_options(("tcq", "sq"), (1.5, 2, 2.5, 3, 4))
+    budget = 2.0 + float(torch.rand(1, generator=g)) * 1.5
+    best, _ = brute_force(sizes, sens, options, budget)
+    plan = allocate(sizes, sens, options, budget)
+    assert sum(n * o.bits for n, o in zip(sizes, plan)) <= budget * sum(sizes) + 1e-9
+    assert predicted_loss(sens, plan) == pytest.approx(best, rel=1e-12)
+
+
+def test_dp_with_per_layer_options():
+    sizes = [100, 300, 200]
+    sens = [1.0, 5.0, 0.5]
+    per_layer = [[Option("a", 2, 0.1 + 0.01 * i), Option("b", 4, 0.01)] for i in range(3)]
+    plan = allocate(sizes, sens, per_layer, 3.0)
+    cands = [p for p in itertools.product(*per_layer) if sum(n * o.bits for n, o in zip(sizes, p)) <= 3.0 * 600]
+    assert predicted_loss(sens, plan) == pytest.approx(min(predicted_loss(sens, p) for p in cands))
+
+
+def test_lagrangian_meets_budget_and_is_close():
+    g = torch.Generator().manual_seed(9)
+    sizes = [int(s) * 64 for s in torch.randint(1, 9, (6,), generator=g)]
+    sens = (torch.rand(6, generator=g) * 10).tolist()
+    options = default_options(("tcq",))
+    plan = allocate_lagrangian(sizes, sens, options, 2.5)
+    assert sum(n * o.bits for n, o in zip(sizes, plan)) <= 2.5 * sum(sizes)
+    exact = allocate(sizes, sens, options, 2.5)
+    assert predicted_loss(sens, plan) <= 1.5 * predicted_loss(sens, exact)
+
+
+def test_more_sensitive_layers_get_more_bits():
+    sizes = [1000] * 4
+    plan = allocate(sizes, [1.0, 10.0, 100.0, 1000.0], default_options(("tcq",)), 2.5)
+    bits = [o.bits for o in plan]
+    assert bits == sorted(bits) and bits[0] < bits[-1]
+
+
+def test_budget_too_small():
+    with pytest.raises(ValueError, match="below the cheapest plan"):
+        allocate([10, 10], [1, 1], default_options(("tcq",)), 1.0)
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 32)
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(32, 32) for _ in range(3)])
+        self.head = torch.nn.Linear(32, 50)
+
+    def forward(self, input_ids, output_hidden_states=False):
+        h = self.emb(input_ids)
+        hs = [h]
+        for b in self.blocks:
+            h = h + torch.tanh(b(h))
+            hs.append(h)
+        out = type("Out", (), {})()
+        out.logits = self.head(h)
+        out.hidden_states = tuple(hs)
+        return out
+
+
+def test_sensitivity_and_importance_on_tiny_model():
+    torch.manual_seed(0)
+    model = TinyLM()
+    with torch.no_grad():
+        model.blocks[1].weight.mul_(5)  # a layer that matters more
+    tokens = torch.randint(0, 50, (256,))
+    layers = {f"blocks.{i}": b for i, b in enumerate(model.blocks)}
+    before = {k: v.weight.clone() for k, v in layers.items()}
+    sens = noise_sensitivity(model, tokens, layers, ctx=64)
+    assert all(torch.equal(before[k], layers[k].weight) for k in layers)  # weights restored
+    assert all(v >= 0 for v in sens.values()) and sens["blocks.1"] > sens["blocks.0"]
+    imp = block_importance(model, tokens, ctx=64)
+    assert len(imp) == 3 and all(0 <= v <= 2 for v in imp)
+    assert set(outlier_counts(layers)) == set(layers)
+
+
+def test_half_variants_have_errors_between():
+    opts = {o.bits: o.error for o in default_options(("tcq",), (2, 2.25, 2.5))}
+    assert opts[2] > opts[2.25] > opts[2.5]

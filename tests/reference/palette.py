@@ -1,0 +1,152 @@
+"""float64 references of the palette family: small Hadamard matrices built independently of the
+C++ (same Paley / Sylvester conventions), the full transform as a dense matrix, and decoding."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _chi_prime(a: int, q: int) -> int:
+    a %= q
+    if a == 0:
+        return 0
+    return 1 if pow(a, (q - 1) // 2, q) == 1 else -1
+
+
+def _gf25():
+    """GF(25) = GF(5)[x]/(x^2 - 2): elements a0 + 5 a1; returns (sub, chi)."""
+
+    def mul(a, b):
+        a0, a1, b0, b1 = a % 5, a // 5, b % 5, b // 5
+        return (a0 * b0 + 2 * a1 * b1) % 5 + 5 * ((a0 * b1 + a1 * b0) % 5)
+
+    def chi(a):
+        if a == 0:
+            return 0
+        r, base, e = 1, a, 12
+        while e:
+            if e & 1:
+                r = mul(r, base)
+            base, e = mul(base, base), e >> 1
+        return 1 if r == 1 else -1
+
+    def sub(a, b):
+        return (a % 5 - b % 5) % 5 + 5 * ((a // 5 - b // 5) % 5)
+
+    return sub, chi
+
+
+def _jacobsthal(q: int) -> torch.Tensor:
+    if q == 25:
+        sub, chi = _gf25()
+        return torch.tensor([[chi(sub(j, i)) for j in range(q)] for i in range(q)], dtype=torch.float64)
+    return torch.tensor([[_chi_prime(j - i, q) for j in range(q)] for i in range(q)], dtype=torch.float64)
+
+
+def paley1(q: int) -> torch.Tensor:
+    Q = _jacobsthal(q)
+    S = torch.zeros(q + 1, q + 1, dtype=torch.float64)
+    S[0, 1:] = 1
+    S[1:, 0] = -1
+    S[1:, 1:] = Q
+    return S + torch.eye(q + 1, dtype=torch.float64)
+
+
+def paley2(q: int) -> torch.Tensor:
+    C = torch.zeros(q + 1, q + 1, dtype=torch.float64)
+    C[0, 1:] = 1
+    C[1:, 0] = 1
+    C[1:, 1:] = _jacobsthal(q)
+    A = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    B = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
+    return torch.kron(C, A) + torch.kron(torch.eye(q + 1, dtype=torch.float64), B)
+
+
+def small_hadamard(m: int) -> torch.Tensor:
+    """H_m (m, m) float64 of ±1."""
+    if m == 1:
+        return torch.ones(1, 1, dtype=torch.float64)
+    if m == 40:
+        return torch.kron(torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64), paley1(19))
+    return {12: lambda: paley1(11), 20: lambda: paley1(19), 28: lambda: paley2(13), 36: lambda: paley2(17),
+            52: lambda: paley2(25), 60: lambda: paley1(59), 108: lambda: paley1(107),
+            140: lambda: paley1(139)}[m]()
+
+
+def hadamard_matrix(n: int, m: int) -> torch.Tensor:
+    """H_n = H_m ⊗ H_{n/m} (Sylvester), float64."""
+    P = n // m
+    Hp = torch.ones(1, 1, dtype=torch.float64)
+    while Hp.shape[0] < P:
+        Hp = torch.kron(torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64), Hp)
+    return torch.kron(small_hadamard(m), Hp)
+
+
+def hadamard_transform_ref(x: torch.Tensor, signs, scale: float, m: int) -> torch.Tensor:
+    """scale·(x ⊙ signs)·H_nᵀ in float64."""
+    xd = x.double()
+    if signs is not None:
+        xd = xd * signs.double()
+    return xd @ hadamard_matrix(x.shape[-1], m).T * scale
+
+
+def unpack_ref(packed: torch.Tensor, units: int, code_bits: int) -> torch.Tensor:
+    """Codes (rows, units) int64 from the packed layout (csrc/palette/cpu.h)."""
+    P = 32 // code_bits
+    words = packed.to(torch.int64) & 0xFFFFFFFF
+    u = torch.arange(units)
+    blk, rem = u // (16 * P), u % (16 * P)
+    word = words[:, blk * 16 + rem % 16]
+    return (word >> (code_bits * (rem // 16))) & ((1 << code_bits) - 1)
+
+
+def dequantize_ref(packed, codebook, scales, in_features: int) -> torch.Tensor:
+    d = codebook.shape[1]
+    c = (codebook.shape[0] - 1).bit_length()
+    codes = unpack_ref(packed, in_features // d, c)
+    return codebook.double()[codes].reshape(packed.shape[0], in_features) * scales.double()[:, None]
+
+
+def tcq_code_ref(state: int, v: int) -> float:
+    """QTIP 1MAD code value of a trellis state (csrc/palette/tcq.h)."""
+    mul, add = (34038481, 76625530) if v == 0 else (2654435761, 2246822519)
+    x = (state * mul + add) & 0xFFFFFFFF
+    s = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24)
+    return (s - 510.0) / 147.8
+
+
+def tcq_stream_bits(packed_row: torch.Tensor) -> list:
+    """The row's stream as a list of bits (MSB of word 0 first)."""
+    bits = []
+    for w in packed_row.tolist():
+        w &= 0xFFFFFFFF
+        bits += [(w >> (31 - i)) & 1 for i in range(32)]
+    return bits
+
+
+def tcq_decode_ref(packed: torch.Tensor, scales, in_features: int, L: int, kb: int, V: int) -> torch.Tensor:
+    steps = in_features // V
+    out = torch.zeros(packed.shape[0], in_features, dtype=torch.float64)
+    for r in range(packed.shape[0]):
+        bits = tcq_stream_bits(packed[r])
+        for t in range(steps):
+            state = int("".join(map(str, bits[t * kb:t * kb + L])), 2)
+            for v in range(V):
+                out[r, t * V + v] = float(scales[r]) * tcq_code_ref(state, v)
+    return out
+
+
+def tcq_best_error_bruteforce(w: torch.Tensor, L: int, kb: int, V: int) -> float:
+    """Minimum squared error over every stream (2^(L + kb (T-1)) of them): the Viterbi oracle."""
+    steps = w.numel() // V
+    nbits = L + kb * (steps - 1)
+    mask = (1 << L) - 1
+    best = float("inf")
+    for stream in range(1 << nbits):
+        err = 0.0
+        for t in range(steps):
+            state = (stream >> (nbits - L - t * kb)) & mask
+            for v in range(V):
+                err += (float(w[t * V + v]) - tcq_code_ref(state, v)) ** 2
+        best = min(best, err)
+    return best
