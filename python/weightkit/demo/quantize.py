@@ -82,7 +82,14 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     base, tokenizer, ppl, what = _subject(device, quick, shared)
     if tokenizer is not None:
         shared["lm"] = (base, tokenizer, ppl)  # the edit stage reuses the loaded model
-    methods = ["ptqtp", "rtn_ternary"] if quick else ["ptqtp", "rtn_ternary", "twn", "int3", "int4"]
+    # (label, quantize_model arguments). Palette: the fast nearest-codeword quantizers; the
+    # trellis (TCQ) needs a Viterbi pass over every weight, minutes on 2 CPU cores
+    # (bench/bench_palette.py runs it).
+    methods = [("ptqtp", {"method": "ptqtp"}), ("rtn_ternary", {"method": "rtn_ternary"})]
+    if not quick:
+        methods += [("palette sq 4-bit", {"method": "palette", "quantizer": "sq", "bits": 4}),
+                    ("palette vq 3-bit", {"method": "palette", "quantizer": "vq", "bits": 3}),
+                    ("int4 rtn", {"method": "int4"})]
     base_ppl = ppl(base)
     shared["base_ppl"] = base_ppl
     n_weights = sum(m.weight.numel() for n, m in base.named_modules()
@@ -90,9 +97,9 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     rows = [["unquantized (fp32)", 32.0, round(base_ppl, 3), 0.0, 0.0, 0.0, round(n_weights * 4 / 2**20, 1)]]
     points = {"unquantized": (32.0, base_ppl)}
     speed = None
-    for method in progress(methods, desc="quantize", label=str):
+    for method, kwargs in progress(methods, desc="quantize", label=lambda m: m[0]):
         model = copy.deepcopy(base)
-        rep = wk.quant.quantize_model(model, method=method, group_size=128, progress=False)
+        rep = wk.quant.quantize_model(model, group_size=128, progress=False, **kwargs)
         p = ppl(model)
         size_mib = rep.bits_per_weight * rep.num_weights / 8 / 2**20
         rows.append([method, round(rep.bits_per_weight, 3), round(p, 3), round(100 * (p / base_ppl - 1), 1),
@@ -106,9 +113,10 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
         columns=["method", "bits/weight", "perplexity", "vs unquantized %", "rel. weight error", "quantize s",
                  "quantized linears MiB"],
         rows=rows,
-        note="Linear layers only (embeddings and head stay as they are); group size 128. ptqtp stores packed "
-             "trit-planes and runs multiplication-free; the baselines are written back as dequantized weights "
-             "(accuracy comparison only).",
+        note="Linear layers only (embeddings and head stay as they are). ptqtp: two trit-planes, fp16 scales per "
+             "128 columns, packed, multiplication-free matmul; palette: Hadamard rotation + Lloyd-Max scalar (sq) "
+             "or 2-D k-means (vq) codes, decoded in registers; rtn_ternary / int4: round-to-nearest baselines "
+             "written back as dequantized weights (accuracy comparison only). Bits include scales and padding.",
     ))
     numbers = {"subject": what, "points": points, "rows": rows}
     if speed is not None:
