@@ -160,3 +160,15 @@ def test_trit_plane_linear_cuda():
     q = TritPlaneLinear.from_linear(lin)
     x = torch.randn(3, 300, device="cuda")
     torch.testing.assert_close(q(x), torch.nn.functional.linear(x, q.dequantize(), lin.bias), rtol=1e-4, atol=1e-4)
+
+
+def test_quantize_model_palette_method_swaps_in_palette_layers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.ReLU(), torch.nn.Linear(256, 512))
+    x = torch.randn(5, 512)
+    y = model(x)
+    report = wk.quant.quantize_model(model, method="palette", quantizer="sq", bits=4, progress=False)
+    assert [type(m).__name__ for m in model] == ["PaletteLinear", "ReLU", "PaletteLinear"]
+    assert len(report.layers) == 2 and report.method == "palette"
+    assert 4.0 <= report.bits_per_weight < 4.6  # 4-bit codes plus per-row scales and block padding
+    assert ((model(x) - y).norm() / y.norm()).item() < 0.2
