@@ -88,8 +88,7 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     methods = [("ptqtp", {"method": "ptqtp"}), ("rtn_ternary", {"method": "rtn_ternary"})]
     if not quick:
         methods += [("palette sq 4-bit", {"method": "palette", "quantizer": "sq", "bits": 4}),
-                    ("palette vq 3-bit", {"method": "palette", "quantizer": "vq", "bits": 3}),
-                    ("int4 rtn", {"method": "int4"})]
+                    ("palette vq 3-bit", {"method": "palette", "quantizer": "vq", "bits": 3})]
     base_ppl = ppl(base)
     shared["base_ppl"] = base_ppl
     n_weights = sum(m.weight.numel() for n, m in base.named_modules()
@@ -115,7 +114,7 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
         rows=rows,
         note="Linear layers only (embeddings and head stay as they are). ptqtp: two trit-planes, fp16 scales per "
              "128 columns, packed, multiplication-free matmul; palette: Hadamard rotation + Lloyd-Max scalar (sq) "
-             "or 2-D k-means (vq) codes, decoded in registers; rtn_ternary / int4: round-to-nearest baselines "
+             "or 2-D k-means (vq) codes, decoded in registers; rtn_ternary: the round-to-nearest ternary baseline "
              "written back as dequantized weights (accuracy comparison only). Bits include scales and padding.",
     ))
     numbers = {"subject": what, "points": points, "rows": rows}

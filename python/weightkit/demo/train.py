@@ -23,7 +23,7 @@ def _train_state_mib(model: torch.nn.Module, opt: torch.optim.Optimizer) -> floa
 
 
 def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, progress, shared: dict) -> None:
-    d, layers, steps, ctx, batch = (64, 2, 60, 64, 16) if quick else (128, 4, 300, 64, 16)
+    d, layers, steps, ctx, batch = (64, 2, 60, 64, 16) if quick else (128, 4, 200, 64, 16)
     tokens = wk.data.encode(wk.data.load_text("pydoc"))
     train, val = wk.data.train_val_split(tokens, 8192 if quick else 16384)
     train, val = train.to(device), val.to(device)
