@@ -214,8 +214,7 @@ void check_sddmm_args(const SlDevice& dev, const at::Tensor& a, const at::Tensor
   check_same_device(op, a, "a", row_ptr, "row_ptr");
   check_same_device(op, a, "a", col_idx, "col_idx");
   check_support_dtypes(op, row_ptr, col_idx, a.size(1));
-  const std::string problem = dev.validate_support(row_ptr, col_idx, a.size(1), b.size(1));
-  WK_CHECK(op, problem.empty(), "invalid sparse support: ", problem);
+  check_support(op, dev, row_ptr, col_idx, a.size(1), b.size(1));
 }
 
 // ------------------------------------------------------------------------------ CPU

@@ -189,21 +189,13 @@ def _memory_cases(quick: bool):
     }]
 
 
-def _vm_hwm_bytes() -> int:
-    """This process's peak resident set size (VmHWM) in bytes."""
+def _proc_status_bytes(field: str) -> int:
+    """A size field of /proc/self/status (``VmHWM``: peak resident set, ``VmRSS``: current), in bytes."""
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
-
-
-def _vm_rss_bytes() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmRSS in /proc/self/status")
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def _peak_child(kind, d, r, T):
@@ -224,9 +216,9 @@ def _peak_child(kind, d, r, T):
     x.grad = None
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")
-    before = _vm_rss_bytes()
+    before = _proc_status_bytes("VmRSS")
     module(x).backward(g)
-    print(_vm_hwm_bytes() - before)
+    print(_proc_status_bytes("VmHWM") - before)
 
 
 def _peak_step_bytes(kind, dev, d, r, T) -> int:
