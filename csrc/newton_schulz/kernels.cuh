@@ -18,9 +18,11 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace weightkit::newton_schulz_cuda {
 
-enum class DType { F32, BF16, F16 };
+using DType = weightkit::DType;
 
 // out[b] = in[b] / (||in[b]||_F * norm_scale + eps) for each of the `batch` matrices of
 // `per_matrix` elements. Squares are summed in fp32 per thread and in fp64 across blocks; the

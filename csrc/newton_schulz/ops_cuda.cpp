@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/cuda_glue.h"
 #include "newton_schulz/kernels.cuh"
 #include "newton_schulz/ops.h"
 
@@ -19,15 +20,6 @@ namespace weightkit::newton_schulz {
 namespace {
 
 namespace kern = weightkit::newton_schulz_cuda;
-
-kern::DType kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return kern::DType::F32;
-    case at::kBFloat16: return kern::DType::BF16;
-    case at::kHalf: return kern::DType::F16;
-    default: TORCH_INTERNAL_ASSERT(false, "weightkit: no CUDA kernel dtype for ", t);
-  }
-}
 
 // Our symmetric-product kernel has not yet been measured against cuBLAS, so it is opt-in:
 // WEIGHTKIT_NS_SYRK=1.

@@ -10,9 +10,11 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace weightkit::palette_cuda {
 
-enum class DType { F32, BF16, F16 };
+using DType = weightkit::DType;
 
 // Largest n hadamard_rows takes (fp32 row in shared memory, 96 KiB).
 constexpr int64_t kHadamardMaxN = 24576;

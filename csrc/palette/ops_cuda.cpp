@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "common/checks.h"
+#include "common/cuda_glue.h"
 #include "palette/kernels.cuh"
 #include "palette/ops.h"
 #include "palette/tcq.h"
@@ -21,15 +22,6 @@ namespace weightkit::palette {
 namespace {
 
 namespace kern = weightkit::palette_cuda;
-
-kern::DType kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return kern::DType::F32;
-    case at::kBFloat16: return kern::DType::BF16;
-    case at::kHalf: return kern::DType::F16;
-    default: TORCH_INTERNAL_ASSERT(false, "weightkit: no CUDA Hadamard kernel for ", t);
-  }
-}
 
 // H_m on each device, copied once.
 const at::Tensor& device_hadamard(int m, const at::Device& device) {

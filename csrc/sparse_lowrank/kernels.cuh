@@ -11,9 +11,11 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace weightkit::sparse_lowrank_cuda {
 
-enum class DType { F32, BF16, F16 };
+using DType = weightkit::DType;
 
 // S (rows x cols) in CSR on the device: row_ptr int32 or int64, col_idx int16 or int32.
 struct Csr {

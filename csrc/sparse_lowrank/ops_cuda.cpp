@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/cuda_glue.h"
 #include "sparse_lowrank/kernels.cuh"
 #include "sparse_lowrank/ops.h"
 
@@ -19,15 +20,6 @@ namespace weightkit::sparse_lowrank {
 namespace {
 
 namespace kern = weightkit::sparse_lowrank_cuda;
-
-kern::DType kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return kern::DType::F32;
-    case at::kBFloat16: return kern::DType::BF16;
-    case at::kHalf: return kern::DType::F16;
-    default: TORCH_INTERNAL_ASSERT(false, "weightkit: no CUDA sparse kernel for ", t);
-  }
-}
 
 kern::Csr cuda_csr(const at::Tensor& row_ptr, const at::Tensor& col_idx, const float* values, int64_t rows,
                    int64_t cols) {

@@ -22,11 +22,13 @@
 
 #include "trit_plane/layout.h"
 
+#include "common/dtype.h"
+
 namespace weightkit::trit_plane_cuda {
 
 using trit_plane::Layout;
 
-enum class DType { F32, BF16, F16 };
+using DType = weightkit::DType;
 
 // W: (out, in) fp32 contiguous, finite. packed is zeroed here (cudaMemsetAsync) and filled;
 // scales written. *overflow (device int, zeroed here) becomes 1 when a scale overflows float16.

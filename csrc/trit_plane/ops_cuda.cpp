@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "common/checks.h"
+#include "common/cuda_glue.h"
 #include "trit_plane/kernels.cuh"
 #include "trit_plane/ops.h"
 
@@ -19,15 +20,6 @@ namespace weightkit::trit_plane {
 namespace {
 
 namespace kern = weightkit::trit_plane_cuda;
-
-kern::DType kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return kern::DType::F32;
-    case at::kBFloat16: return kern::DType::BF16;
-    case at::kHalf: return kern::DType::F16;
-    default: TORCH_INTERNAL_ASSERT(false, "weightkit: no CUDA kernel dtype for ", t);
-  }
-}
 
 const uint16_t* scale_bits(const at::Tensor& scales) {
   return reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::Half>());
