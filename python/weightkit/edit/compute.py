@@ -5,7 +5,9 @@ token, averaged over the prompt behind a few short prefixes (d_k floats). Target
 added to the last edited layer's output at the subject's last token, optimized with Adam so the
 model predicts ``target_new`` (NLL over the prefixed prompts), plus a KL term that keeps the
 model's next-token distribution after "{subject} is a" and a weight decay on δ; ‖δ‖ is clamped to
-``clamp`` · ‖h‖ after every step. All requests of a batch are optimized together (one δ each).
+``clamp`` · ‖h‖ after every step. All requests of a batch are optimized together (one δ each);
+the layers below the edited block run once per batch and the head only at the scored positions
+(weightkit.edit.partial_forward).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from weightkit.edit.model_access import LayerAccess
+from weightkit.edit.partial_forward import UpperForward, block_output
 from weightkit.edit.requests import pad_batch, subject_end_index, token_ids
 
 __all__ = ["ValueConfig", "PREFIXES", "layer_keys_and_outputs", "target_values"]
@@ -32,14 +35,6 @@ class ValueConfig:
     kl_weight: float = 0.0625
     weight_decay: float = 0.5  # on ‖δ‖² / ‖h‖²
     stop_nll: float = 0.05  # stop when the mean target NLL (nats per token) is below this
-
-
-def _block_output(out):
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _with_block_output(out, hidden):
-    return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
 
 class _Stop(Exception):
@@ -73,7 +68,7 @@ def layer_keys_and_outputs(model, tokenizer, requests, access: LayerAccess, out_
         got["k"] = args[0][idx, at].float()
 
     def out_hook(module, args, out):
-        got["z"] = _block_output(out)[idx, at].float()
+        got["z"] = block_output(out)[idx, at].float()
         raise _Stop
 
     handles = [access.proj.register_forward_pre_hook(key_hook), out_block.register_forward_hook(out_hook)]
@@ -126,46 +121,43 @@ def target_values(model, tokenizer, requests, out_block: nn.Module, cfg: ValueCo
     lab_pos = torch.tensor(lab_pos, device=device)
     lab_tok = torch.tensor(lab_tok, device=device)
 
-    d_model = None
-    state = {"delta": None, "h": None}
+    every = torch.arange(n, device=device)
+    # Logits needed: the target tokens of the NLL rows, then the last token of each KL row.
+    need_row = torch.cat([lab_row, n_nll + torch.arange(u, device=device)])
+    need_pos = torch.cat([lab_pos, kl_last])
+    n_lab = lab_row.numel()
 
-    def hook(module, args, out):
-        hidden = _block_output(out)
-        if state["h"] is None:
-            state["h"] = hidden[torch.arange(n, device=device), at].detach().float()
-        if state["delta"] is None:
-            return out
-        add = torch.zeros_like(hidden)
-        add[torch.arange(n, device=device), at] = state["delta"][owner].to(hidden.dtype)
-        return _with_block_output(out, hidden + add)
-
-    handle = out_block.register_forward_hook(hook)
     params = [q for q in model.parameters() if q.requires_grad]
     for q in params:
         q.requires_grad_(False)
     was_training = model.training
     model.eval()
     try:
+        fwd = UpperForward(model, out_block, ids, mask)
+        h = fwd.hidden[every, at].float()
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            kl_ref = torch.log_softmax(logits[n_nll + torch.arange(u, device=device), kl_last].float(), -1)
-        h = state["h"]
+            kl_ref = torch.log_softmax(fwd(lambda hidden: hidden, need_row, need_pos)[n_lab:].float(), -1)
         d_model = h.shape[1]
-        h_plain = h[: n_nll].reshape(u, p, d_model)[:, 0]
+        h_plain = h[:n_nll].reshape(u, p, d_model)[:, 0]
         h_norm = h_plain.norm(dim=1, keepdim=True)
         delta = torch.zeros(u, d_model, device=device, requires_grad=True)
-        state["delta"] = delta
+
+        def add_delta(hidden):
+            add = torch.zeros_like(hidden)
+            add[every, at] = delta[owner].to(hidden.dtype)
+            return hidden + add
+
         opt = torch.optim.Adam([delta], lr=cfg.lr)
         for _ in range(cfg.steps):
             opt.zero_grad()
             with torch.enable_grad():  # callers may hold no_grad; only δ gets a gradient
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-                logp = torch.log_softmax(logits[lab_row, lab_pos].float(), -1)
+                logits = fwd(add_delta, need_row, need_pos).float()
+                logp = torch.log_softmax(logits[:n_lab], -1)
                 tok_nll = -logp.gather(1, lab_tok[:, None])[:, 0]
                 # Mean NLL per request: average over its prefixes' target tokens.
                 per_req = torch.zeros(u, device=device).index_add_(0, owner[lab_row], tok_nll)
                 per_req = per_req / torch.bincount(owner[lab_row], minlength=u).clamp_min(1)
-                kl_logp = torch.log_softmax(logits[n_nll + torch.arange(u, device=device), kl_last].float(), -1)
+                kl_logp = torch.log_softmax(logits[n_lab:], -1)
                 kl = torch.nn.functional.kl_div(kl_logp, kl_ref, log_target=True, reduction="none").sum(-1)
                 decay = (delta.norm(dim=1) / h_norm[:, 0]) ** 2
                 loss = (per_req + cfg.kl_weight * kl + cfg.weight_decay * decay).sum()
@@ -178,7 +170,6 @@ def target_values(model, tokenizer, requests, out_block: nn.Module, cfg: ValueCo
                 norm = delta.norm(dim=1, keepdim=True).clamp_min(1e-12)
                 delta.mul_(torch.clamp(limit / norm, max=1.0))
     finally:
-        handle.remove()
         for q in params:
             q.requires_grad_(True)
         model.train(was_training)

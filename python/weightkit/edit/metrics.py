@@ -14,6 +14,7 @@ from collections import Counter
 
 import torch
 
+from weightkit.edit.partial_forward import logits_at
 from weightkit.edit.requests import check_requests, pad_batch, token_ids
 
 __all__ = ["evaluate_requests", "target_logprobs"]
@@ -32,12 +33,13 @@ def target_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: 
             rows.append(p + t)
             spans.append((len(p), len(t)))
         ids, mask = pad_batch(rows, device)
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
-        for i, (start, length) in enumerate(spans):
-            pos = torch.arange(start - 1, start + length - 1, device=device)
-            tok = ids[i, start : start + length]
-            out.append(logp[i, pos, tok].double().sum())
-    return torch.stack(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
+        # Logits only where a target token is predicted: position t predicts token t + 1.
+        row = torch.tensor([i for i, (_, n) in enumerate(spans) for _ in range(n)], device=device)
+        pos = torch.tensor([s - 1 + j for s, n in spans for j in range(n)], device=device)
+        logp = torch.log_softmax(logits_at(model, ids, mask, row, pos).float(), -1)
+        tok_lp = logp.gather(1, ids[row, pos + 1][:, None])[:, 0].double()
+        out.append(torch.zeros(len(chunk), dtype=torch.float64, device=device).index_add_(0, row, tok_lp))
+    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.float64)
 
 
 def _ngram_entropy(tokens: list[int]) -> float:
