@@ -44,6 +44,7 @@ def tiny_llama(dtype=torch.float32):
 def editor(model, cls=RLSEditor, tmp_path=None, layers=None, **kw):
     # lam small against the tiny model's key norms, so an edit is mostly realized.
     kw.setdefault("lam", 1e-3)
+    kw.setdefault("mu", 1.0)
     # Plain prompts only: a random byte-level model's keys change a lot behind a prefix.
     kw.setdefault("prefixes", ("",))
     return cls(model, layers or [1, 2], tokenizer=ByteTokenizer(), value_config=CFG, stats_tokens=2048, progress=False,
@@ -93,7 +94,7 @@ def test_state_dict_resumes_stream():
     a.edit(REQUESTS[:1])
     state = a.state_dict()
     gram = a._gram
-    b = RLSEditor(model_b, [1, 2], 1e-3, tokenizer=ByteTokenizer(), value_config=CFG, gram=gram, prefixes=("",))
+    b = RLSEditor(model_b, [1, 2], 1e-3, 1.0, tokenizer=ByteTokenizer(), value_config=CFG, gram=gram, prefixes=("",))
     b.load_state_dict(state)
     assert b.n_edits == 1
     for pa, pb in zip(model_a.parameters(), model_b.parameters()):
@@ -128,7 +129,7 @@ def test_gpt2_conv1d_transposed():
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=256, n_embd=32, n_layer=3, n_head=2, n_positions=128, initializer_range=0.2)
     model = transformers.GPT2LMHeadModel(cfg).eval()
-    ed = RLSEditor(model, [1], 1e-3, tokenizer=ByteTokenizer(), value_config=CFG, stats_tokens=2048, stats_ctx=64,
+    ed = RLSEditor(model, [1], 1e-3, 1.0, tokenizer=ByteTokenizer(), value_config=CFG, stats_tokens=2048, stats_ctx=64,
                    progress=False, cache=False, prefixes=("",))
     assert ed.accesses[0].transposed and ed.accesses[0].weight().shape == (32, 128)
     ed._ensure_state()
@@ -136,6 +137,42 @@ def test_gpt2_conv1d_transposed():
     before_gap = gap(ed, REQUESTS[:2], Z)
     ed.edit(REQUESTS[:2])
     assert (gap(ed, REQUESTS[:2], Z) < 0.05 * before_gap).all()
+
+
+def test_sentence_gram_counts_real_tokens_only(tmp_path):
+    """key_gram over a sentence list: padding is not counted, and it equals the Gram of each
+    sentence run alone; anchor sentences mix into the editor's anchor with anchor_weight."""
+    from weightkit.edit.model_access import key_gram, layer_access
+
+    model = tiny_llama()
+    acc = layer_access(model, [1, 2])
+    sentences = ["Zorbia is a country.", "Blip is a city in Zorbia.", "Q."]
+    got = key_gram(model, ByteTokenizer(), acc, source=sentences, cache=tmp_path, progress=False)
+    keys = {1: [], 2: []}
+    hooks = [a.proj.register_forward_pre_hook(lambda m, args, i=a.index: keys[i].append(args[0][0].double()))
+             for a in acc]
+    with torch.no_grad():
+        for s in sentences:
+            model(input_ids=torch.tensor([list(s.encode())]))
+    for h in hooks:
+        h.remove()
+    for i in (1, 2):
+        K = torch.cat(keys[i])
+        # fp32 forward in a padded batch vs alone: rounding-level differences only.
+        torch.testing.assert_close(got[i], K.T @ K / K.shape[0], rtol=1e-4, atol=1e-6)
+    # Cached under a hash of the sentences: a second call reads the files.
+    assert len(list((tmp_path / "edit-stats").glob("*sentences-*.pt"))) == 2
+    assert torch.equal(key_gram(model, ByteTokenizer(), acc, source=sentences, cache=tmp_path, progress=False)[1], got[1])
+
+    ed = editor(model, anchor_sentences=sentences, anchor_weight=0.25, tmp_path=tmp_path)
+    ed._ensure_state()
+    text = key_gram(model, ByteTokenizer(), acc, source="pydoc", n_tokens=2048, ctx=512, cache=tmp_path, progress=False)
+    for i in (1, 2):
+        torch.testing.assert_close(ed._gram[i], 0.75 * text[i] + 0.25 * got[i])
+    with pytest.raises(ValueError, match="anchor_weight must be in"):
+        editor(model, anchor_weight=1.5)
+    with pytest.raises(ValueError, match="sentence list is empty"):
+        key_gram(model, ByteTokenizer(), acc, source=[], cache=False, progress=False)
 
 
 def test_finetune_baseline_moves_targets():

@@ -29,3 +29,19 @@ def test_counterfactual_requests():
             assert truth[(r["relation"], subject)] == r["ground_truth"] and subject != r["subject"]
     assert all(r["neighborhood"] for r in reqs if r["relation"] == "continent")
     assert F.counterfactual_requests(picked, fs, seed=1) == reqs
+
+
+def test_held_out_facts_and_sentences():
+    fs = F.facts()
+    picked = [f for f in fs if f["relation"] == "city_country"][:20]
+    reqs = F.counterfactual_requests(picked, fs, seed=0)
+    held = F.held_out_facts(fs, reqs)
+    prompts = "\n".join(p for r in reqs for p in [r["prompt"], *r["paraphrases"], *r["neighborhood"]])
+    assert held and all(f["subject"] not in prompts for f in held)
+    # Every edited subject and every neighbour subject is left out.
+    assert not {f["subject"] for f in picked} & {f["subject"] for f in held}
+    assert len(held) < len(fs) - len(picked)
+    sents = F.fact_sentences(held, limit=50)
+    assert len(sents) == 50 and sents == F.fact_sentences(held, limit=50)
+    by_sentence = {F.STATEMENTS[f["relation"]].format(f["subject"], f["object"]): f for f in held}
+    assert all(s in by_sentence and s.endswith(".") for s in sents)

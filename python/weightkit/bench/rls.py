@@ -138,7 +138,8 @@ def _synthetic(d_k: int, d_v: int, n_steps: int, lam: float = 1.0, mu: float = 1
 
 
 def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: int, ppl_tokens: int,
-          progress: bool, memit: bool = True) -> tuple[list[dict], dict]:
+          progress: bool, memit: bool = True, anchor_facts: int = 1500, anchor_weight: float = 0.5,
+          stop_nll: float = 0.5) -> tuple[list[dict], dict]:
     from weightkit import data
     from weightkit.edit import MEMITEditor, RLSEditor, ValueConfig
     from weightkit.edit import facts as F
@@ -152,9 +153,12 @@ def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: i
     known = F.known_facts(model, tok, all_facts, limit=n_edits, batch=max(32, n_edits))
     facts_s = time.perf_counter() - t0
     reqs = F.counterfactual_requests(known, all_facts)
+    # Anchor sentences: true statements of facts no request's prompts mention (not evaluated).
+    anchor = F.fact_sentences(F.held_out_facts(all_facts, reqs), limit=anchor_facts) if anchor_facts else []
     ppl_tok = data.eval_tokens(tok, "pydoc", ppl_tokens)
     out = {"n_requested": n_edits, "n_known": len(known), "layers": list(layers), "batch_size": batch_size,
-           "lam": lam, "mu": mu, "value_steps": steps, "known_facts_s": round(facts_s, 1),
+           "lam": lam, "mu": mu, "value_steps": steps, "stop_nll": stop_nll, "known_facts_s": round(facts_s, 1),
+           "anchor": {"text": "pydoc, 32 768 tokens", "fact_sentences": len(anchor), "weight": anchor_weight},
            "relations": {r: sum(q["relation"] == r for q in reqs) for r in F.RELATIONS}}
 
     def metrics(ed, edited):
@@ -166,14 +170,15 @@ def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: i
         m["n_edits"] = edited
         return m
 
-    cfg = ValueConfig(steps=steps)
-    unedited = RLSEditor(model, layers, lam, mu, tokenizer=tok, value_config=cfg, progress=progress)
+    cfg = ValueConfig(steps=steps, stop_nll=stop_nll)
+    opts = dict(tokenizer=tok, value_config=cfg, progress=progress, anchor_sentences=anchor, anchor_weight=anchor_weight)
+    unedited = RLSEditor(model, layers, lam, mu, **opts)
     out["unedited"] = metrics(unedited, 0)
     arms = [("rls", RLSEditor)] + ([("memit_sequential", MEMITEditor)] if memit else [])
     times = {}
     for name, cls in arms:
         model.load_state_dict(state0)
-        ed = cls(model, layers, lam, mu, tokenizer=tok, value_config=cfg, batch_size=batch_size, progress=progress)
+        ed = cls(model, layers, lam, mu, batch_size=batch_size, **opts)
         ed._ensure_state()  # key statistics (cached on disk) are not edit time
         t0 = time.perf_counter()
         chunks = range(0, len(reqs), batch_size)
@@ -186,6 +191,7 @@ def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: i
         times[name] = (time.perf_counter() - t0) * 1e3 / max(1, len(reqs))
         out[name] = metrics(ed, len(reqs))
         out[name]["per_edit_ms"] = times[name]
+        print(f"{name}: {json.dumps(out[name])}", file=sys.stderr, flush=True)
     model.load_state_dict(state0)
     cases = []
     if "memit_sequential" in times:
@@ -204,7 +210,7 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".") -> dict:
     cases, extra = _synthetic(d_k, d_v, 1100 if quick else 10000, device=device)
     skipped = []
     try:
-        c, e = _real(16 if quick else 1000, [4, 5, 6, 7], 16, 1.0, 1.0, 20, 4096 if quick else 16384, progress=True)
+        c, e = _real(16 if quick else 1000, [4, 5, 6, 7], 16, 1.0, 1000.0, 20, 4096 if quick else 16384, progress=True)
         cases += c
         extra.update(e)
     except (ImportError, FileNotFoundError) as exc:
@@ -236,8 +242,12 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", default="4,5,6,7", help="SmolLM2 layers to edit")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lam", type=float, default=1.0)
-    parser.add_argument("--mu", type=float, default=1.0)
+    parser.add_argument("--mu", type=float, default=1000.0)
     parser.add_argument("--value-steps", type=int, default=20)
+    parser.add_argument("--stop-nll", type=float, default=0.5, help="value optimization stops below this target NLL")
+    parser.add_argument("--anchor-facts", type=int, default=1500, help="held-out fact statements in the anchor (0: "
+                        "pydoc text only)")
+    parser.add_argument("--anchor-weight", type=float, default=0.5)
     parser.add_argument("--ppl-tokens", type=int, default=None, help="pydoc tokens for perplexity (default 16 384)")
     parser.add_argument("--no-memit", action="store_true", help="real stream: skip the MEMIT-style baseline")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -259,7 +269,8 @@ def main(argv=None) -> int:
         c, e = _real(args.edits or (16 if args.quick else 1000), [int(x) for x in args.layers.split(",")],
                      args.batch_size, args.lam, args.mu, args.value_steps,
                      args.ppl_tokens or (4096 if args.quick else 16384),
-                     progress=True, memit=not args.no_memit)
+                     progress=True, memit=not args.no_memit, anchor_facts=args.anchor_facts,
+                     anchor_weight=args.anchor_weight, stop_nll=args.stop_nll)
         cases += c
         extra.update(e)
     path = Path(args.json or common.results_path(FAMILY, args.device, quick=args.quick))

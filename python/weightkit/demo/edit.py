@@ -14,8 +14,8 @@ import weightkit as wk
 from weightkit.bench.common import pyplot
 from weightkit.demo.stage import StageResult, StageSkipped, Table
 
-#: The down-projections edited (MLPs 4–7 of 30), targets optimized at layer 7's output.
-LAYERS = (4, 5, 6, 7)
+#: The down-projections edited (MLPs 3–8 of 30), targets optimized at layer 8's output.
+LAYERS = (3, 4, 5, 6, 7, 8)
 
 
 def _lm(device, quick, shared):
@@ -39,13 +39,17 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     model, tokenizer, ppl = _lm(device, quick, shared)
     n_edits, chunk = (4, 4) if quick else (8, 4)
     all_facts = facts_mod.facts()
-    known = facts_mod.known_facts(model, tokenizer, all_facts, limit=n_edits)
+    # Small check batches: the check stops once n_edits known facts are found.
+    known = facts_mod.known_facts(model, tokenizer, all_facts, limit=n_edits, batch=4 * n_edits)
     requests = facts_mod.counterfactual_requests(known, all_facts=all_facts)
     # The quantize stage measured the same model on the same tokens.
     ppl_before = shared["base_ppl"] if "lm" in shared and "base_ppl" in shared else ppl(model)
     before = evaluate_requests(model, tokenizer, requests, fluency_prompts=4)
-    # Key statistics from 8K pydoc tokens (the editor's default is 32K): a demo-sized anchor.
-    editor = RLSEditor(model, list(LAYERS), tokenizer=tokenizer, stats_tokens=8192, progress=False)
+    # Anchor: key statistics of 8K pydoc tokens (the editor's default is 32K, demo-sized here) and
+    # of 500 true statements of facts that no request's prompts mention (bench/bench_rls.py: 1 500).
+    anchor = facts_mod.fact_sentences(facts_mod.held_out_facts(all_facts, requests), limit=500)
+    editor = RLSEditor(model, list(LAYERS), tokenizer=tokenizer, stats_tokens=8192, anchor_sentences=anchor,
+                       progress=False)
     history = []
     seconds = 0.0
     for start in progress(range(0, len(requests), chunk), desc="edit", label=lambda s: f"edits {s}+"):
@@ -65,7 +69,8 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     rows.append(["perplexity (pydoc)", round(ppl_before, 3), round(ppl_after, 3), ""])
     result.tables.append(Table(
         title=f"RLSEdit: {len(requests)} sequential counterfactual edits of facts the model knew "
-              f"(down-projections of layers {list(LAYERS)}, batches of {chunk})",
+              f"(down-projections of layers {list(LAYERS)}, batches of {chunk}, mu {editor.mu:g}, anchor: pydoc "
+              f"text + {len(anchor)} held-out fact statements)",
         columns=["metric", "before", "after", "prompts"],
         rows=rows,
         note=f"{seconds / max(len(requests), 1):.2f} s per edit (keys, value optimization and the RLS update; the "

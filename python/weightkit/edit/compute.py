@@ -34,7 +34,9 @@ class ValueConfig:
     clamp: float = 0.75  # ‖δ‖ ≤ clamp · ‖h‖ (MEMIT's clamp_norm_factor)
     kl_weight: float = 0.0625
     weight_decay: float = 0.5  # on ‖δ‖² / ‖h‖²
-    stop_nll: float = 0.05  # stop when the mean target NLL (nats per token) is below this
+    # Stop when every request's mean target NLL (nats per token) is below this. MEMIT uses 0.05;
+    # on SmolLM2, 0.5 gave the same efficacy / specificity in half the steps.
+    stop_nll: float = 0.5
 
 
 class _Stop(Exception):

@@ -17,7 +17,7 @@ import torch
 
 from weightkit.edit.metrics import target_logprobs
 
-__all__ = ["RELATIONS", "counterfactual_requests", "facts", "known_facts"]
+__all__ = ["RELATIONS", "counterfactual_requests", "fact_sentences", "facts", "held_out_facts", "known_facts"]
 
 #: relation -> (prompt templates, first the edit prompt, then paraphrases; ``{}`` is the subject).
 RELATIONS = {
@@ -25,6 +25,14 @@ RELATIONS = {
     "capital": ("The capital of {} is", "The capital city of {} is", "{}'s capital city is named"),
     "continent": ("{} is a country in the continent of", "{} is located on the continent of", "The country {} lies in"),
     "currency": ("The currency of {} is the", "The official currency of {} is the", "In {}, people pay with the"),
+}
+
+#: relation -> a plain statement of a fact ("{subject}", "{object}" with its leading space).
+STATEMENTS = {
+    "city_country": "{} is a city in the country of{}.",
+    "capital": "The capital of {} is{}.",
+    "continent": "{} is a country in the continent of{}.",
+    "currency": "The currency of {} is the{}.",
 }
 
 _CONTINENTS = {
@@ -131,3 +139,19 @@ def counterfactual_requests(fs: list[dict], all_facts: list[dict] | None = None,
             "relation": f["relation"],
         })
     return out
+
+
+def held_out_facts(fs: list[dict], requests: list[dict]) -> list[dict]:
+    """The facts of ``fs`` whose subject occurs in no prompt of ``requests`` (edit prompts,
+    paraphrases, neighbourhood prompts): facts an evaluation of those requests never looks at."""
+    seen = "\n".join(p for r in requests for p in [r["prompt"], *(r.get("paraphrases") or []),
+                                                     *(r.get("neighborhood") or [])])
+    return [f for f in fs if f["subject"] not in seen]
+
+
+def fact_sentences(fs: list[dict], limit: int | None = None, seed: int = 0) -> list[str]:
+    """Plain statements of the facts ("Lyon is a city in the country of France."), a seeded sample
+    of ``limit`` of them (all when None): anchor text for RLSEditor(anchor_sentences=...)."""
+    fs = list(fs)
+    random.Random(seed).shuffle(fs)
+    return [STATEMENTS[f["relation"]].format(f["subject"], f["object"]) for f in fs[:limit]]

@@ -97,19 +97,32 @@ class _StopForward(Exception):
     """Raised by the hook of the last needed layer: the layers above it are never run."""
 
 
-@torch.no_grad()
-def _collect(model, tokenizer, accesses, source: str, n_tokens: int, ctx: int, batch_size: int, progress: bool):
-    from weightkit.data import eval_tokens
+def _rows(tokenizer, source, n_tokens: int, ctx: int) -> list[list[int]]:
+    """Token rows of a statistics source: windows of ``ctx`` over the first ``n_tokens`` tokens of a
+    ``weightkit.data.load_text`` name, or one row per sentence of a list."""
+    if isinstance(source, str):
+        from weightkit.data import eval_tokens
 
-    tokens = eval_tokens(tokenizer, source, n_tokens)
+        tokens = eval_tokens(tokenizer, source, n_tokens)
+        return [tokens[s : s + ctx].tolist() for s in range(0, tokens.numel() - ctx + 1, ctx)]
+    from weightkit.edit.requests import token_ids
+
+    return [ids for ids in (token_ids(tokenizer, text) for text in source) if ids]
+
+
+@torch.no_grad()
+def _collect(model, rows: list[list[int]], accesses, batch_size: int, progress: bool):
+    from weightkit.edit.requests import pad_batch
+
     device = next(model.parameters()).device
     d = {a.index: a.d_k for a in accesses}
     grams = {i: torch.zeros(k, k, dtype=torch.float64, device=device) for i, k in d.items()}
     last = accesses[-1].index
+    current = {}
 
     def hook_for(i):
         def hook(module, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            x = args[0][current["mask"]].double()  # real tokens only, not padding
             grams[i].addmm_(x.T, x)
             if i == last:
                 raise _StopForward
@@ -117,22 +130,23 @@ def _collect(model, tokenizer, accesses, source: str, n_tokens: int, ctx: int, b
         return hook
 
     handles = [a.proj.register_forward_pre_hook(hook_for(a.index)) for a in accesses]
-    windows = [tokens[s : s + ctx] for s in range(0, tokens.numel() - ctx + 1, ctx)]
-    batches = [windows[b : b + batch_size] for b in range(0, len(windows), batch_size)]
+    batches = [rows[b : b + batch_size] for b in range(0, len(rows), batch_size)]
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="key statistics", unit="batch")
     try:
         for batch in batches:
+            ids, mask = pad_batch(batch, device)
+            current["mask"] = mask.bool()
             try:
-                model(input_ids=torch.stack(batch).to(device), use_cache=False)
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
             except _StopForward:
                 pass
     finally:
         for h in handles:
             h.remove()
-    count = len(windows) * ctx
+    count = sum(len(r) for r in rows)
     return {i: g / count for i, g in grams.items()}, count
 
 
@@ -140,7 +154,7 @@ def key_gram(
     model: nn.Module,
     tokenizer,
     accesses: list[LayerAccess],
-    source: str = "pydoc",
+    source: str | list[str] = "pydoc",
     n_tokens: int = 32768,
     ctx: int = 512,
     batch_size: int = 4,
@@ -148,14 +162,26 @@ def key_gram(
     progress: bool = True,
 ) -> dict[int, torch.Tensor]:
     """E[k kᵀ] (d_k, d_k, float64) of the down-projection inputs per layer index, over the first
-    ``n_tokens`` tokens of ``weightkit.data.load_text(source)`` in windows of ``ctx``.
+    ``n_tokens`` tokens of ``weightkit.data.load_text(source)`` in windows of ``ctx``, or, when
+    ``source`` is a list of sentences, over every token of each sentence run alone (``n_tokens``
+    and ``ctx`` unused; ``batch_size`` × 8 sentences per forward).
 
-    The mean (not the sum) so that ``mu`` means the same whatever ``n_tokens`` is. Cached as
-    ``<cache>/edit-stats/<model fingerprint>-<source>-<n_tokens>-<ctx>-L<i>.pt`` (cache True:
-    ``$WEIGHTKIT_CACHE`` or ``~/.cache/weightkit``; a path; False: never cached).
+    The mean (not the sum) so that ``mu`` means the same whatever the number of tokens is. Cached
+    as ``<cache>/edit-stats/<model fingerprint>-<source>-<n_tokens>-<ctx>-L<i>.pt`` (a sentence
+    list is named by a hash of its text; cache True: ``$WEIGHTKIT_CACHE`` or
+    ``~/.cache/weightkit``; a path; False: never cached).
     """
+    sentences = not isinstance(source, str)
+    if sentences:
+        source = [str(t) for t in source]
+        if not source:
+            raise ValueError("weightkit.edit.key_gram: the sentence list is empty")
+        name = "sentences-" + hashlib.sha1("\n".join(source).encode()).hexdigest()[:12]
+        n_tokens, ctx, batch_size = 0, 0, 8 * batch_size
+    else:
+        name = source
     root = None if cache is False else (_cache_dir() if cache is True else pathlib.Path(cache))
-    tag = f"{_fingerprint(model)}-{source}-{n_tokens}-{ctx}"
+    tag = f"{_fingerprint(model)}-{name}-{n_tokens}-{ctx}"
     paths = {a.index: root / "edit-stats" / f"{tag}-L{a.index}.pt" for a in accesses} if root else {}
     out = {}
     for a in accesses:
@@ -163,7 +189,8 @@ def key_gram(
             out[a.index] = torch.load(paths[a.index], map_location=a.proj.weight.device)
     missing = [a for a in accesses if a.index not in out]
     if missing:
-        grams, count = _collect(model, tokenizer, missing, source, n_tokens, ctx, batch_size, progress)
+        rows = _rows(tokenizer, source, n_tokens, ctx)
+        grams, count = _collect(model, rows, missing, batch_size, progress)
         out.update(grams)
         if root:
             paths[missing[0].index].parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +198,6 @@ def key_gram(
                 tmp = paths[i].with_suffix(".tmp")
                 torch.save(g.cpu(), tmp)
                 os.replace(tmp, paths[i])
-            meta = {"source": source, "n_tokens": n_tokens, "ctx": ctx, "tokens_used": count}
+            meta = {"source": name, "n_tokens": n_tokens, "ctx": ctx, "tokens_used": count}
             (root / "edit-stats" / f"{tag}.json").write_text(json.dumps(meta))
     return out
