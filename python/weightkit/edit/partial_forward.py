@@ -5,7 +5,8 @@
 - :class:`UpperForward`: runs the layers *above* one block again and again on the same batch.
   Value optimization adds a residual δ at the last edited layer's output and runs the model ~20
   times; the layers below that block never see δ, so their output is computed once and replayed.
-  On SmolLM2 with the edit at layer 7 of 30 this and :func:`logits_at` make a step ~1.5× cheaper.
+  On SmolLM2 (edits at layers 3–8 of 30), this, :func:`logits_at` and the looser stopping rule
+  of ValueConfig together took an edit from ~2.8 s to 1.6 s on 2 CPU cores.
 
 Both work for any model whose base model (``model.base_model``) returns ``last_hidden_state``
 after the final norm and keeps its layers in an ``nn.ModuleList`` (Llama, Qwen, Mistral, GPT-2).
