@@ -66,9 +66,10 @@ class RLSEditor(_Editor):
     ``anchor_sentences`` (optional, e.g. statements of facts that must stay as they are) join the
     anchor: E[kkᵀ] becomes (1 − anchor_weight)·E_text + anchor_weight·E_sentences. General text
     such as Python docs says little about, say, cities, so without such sentences an edit of one
-    city's country leaks onto other cities of that country (see docs/design-notes.md). Each batch of u requests is one
-    float64 Woodbury step per layer (``weightkit.ops.rls.rls_update_``): constant cost per edit
-    and memory d_k² float64 per layer, whatever the number of earlier edits.
+    city's country leaks onto other cities of that country (see docs/design-notes.md).
+    Each batch of u requests is one float64 Woodbury step per layer
+    (``weightkit.ops.rls.rls_update_``): constant cost per edit and memory d_k² float64 per layer,
+    whatever the number of earlier edits.
 
     model: a HF causal LM (Llama / Qwen / Mistral / GPT-2 by ``config.model_type``, else pass
     ``templates=(down-proj name, layer name)`` with ``{}`` for the index); layers: the indices
