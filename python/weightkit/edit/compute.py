@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from weightkit.edit.model_access import LayerAccess
-from weightkit.edit.partial_forward import UpperForward, block_output
+from weightkit.edit.partial_forward import StopForward, UpperForward, block_output
 from weightkit.edit.requests import pad_batch, subject_end_index, token_ids
 
 __all__ = ["ValueConfig", "PREFIXES", "layer_keys_and_outputs", "target_values"]
@@ -37,10 +37,6 @@ class ValueConfig:
     # Stop when every request's mean target NLL (nats per token) is below this. MEMIT uses 0.05;
     # on SmolLM2, 0.5 gave the same efficacy / specificity in half the steps.
     stop_nll: float = 0.5
-
-
-class _Stop(Exception):
-    pass
 
 
 def _prefixed_rows(tokenizer, requests, prefixes):
@@ -71,12 +67,12 @@ def layer_keys_and_outputs(model, tokenizer, requests, access: LayerAccess, out_
 
     def out_hook(module, args, out):
         got["z"] = block_output(out)[idx, at].float()
-        raise _Stop
+        raise StopForward
 
     handles = [access.proj.register_forward_pre_hook(key_hook), out_block.register_forward_hook(out_hook)]
     try:
         model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except _Stop:
+    except StopForward:
         pass
     finally:
         for h in handles:

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from weightkit.edit.partial_forward import StopForward
+from weightkit.edit.requests import pad_batch, token_ids
+
 __all__ = ["LayerAccess", "TEMPLATES", "key_gram", "layer_access"]
 
 #: model_type -> (down-projection module template, layer module template).
@@ -93,10 +96,6 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-class _StopForward(Exception):
-    """Raised by the hook of the last needed layer: the layers above it are never run."""
-
-
 def _rows(tokenizer, source, n_tokens: int, ctx: int) -> list[list[int]]:
     """Token rows of a statistics source: windows of ``ctx`` over the first ``n_tokens`` tokens of a
     ``weightkit.data.load_text`` name, or one row per sentence of a list."""
@@ -105,15 +104,11 @@ def _rows(tokenizer, source, n_tokens: int, ctx: int) -> list[list[int]]:
 
         tokens = eval_tokens(tokenizer, source, n_tokens)
         return [tokens[s : s + ctx].tolist() for s in range(0, tokens.numel() - ctx + 1, ctx)]
-    from weightkit.edit.requests import token_ids
-
     return [ids for ids in (token_ids(tokenizer, text) for text in source) if ids]
 
 
 @torch.no_grad()
 def _collect(model, rows: list[list[int]], accesses, batch_size: int, progress: bool):
-    from weightkit.edit.requests import pad_batch
-
     device = next(model.parameters()).device
     d = {a.index: a.d_k for a in accesses}
     grams = {i: torch.zeros(k, k, dtype=torch.float64, device=device) for i, k in d.items()}
@@ -125,7 +120,7 @@ def _collect(model, rows: list[list[int]], accesses, batch_size: int, progress: 
             x = args[0][current["mask"]].double()  # real tokens only, not padding
             grams[i].addmm_(x.T, x)
             if i == last:
-                raise _StopForward
+                raise StopForward  # the layers above the last needed one never run
 
         return hook
 
@@ -141,7 +136,7 @@ def _collect(model, rows: list[list[int]], accesses, batch_size: int, progress: 
             current["mask"] = mask.bool()
             try:
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         for h in handles:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["UpperForward", "block_output", "logits_at", "with_block_output"]
+__all__ = ["StopForward", "UpperForward", "block_output", "logits_at", "with_block_output"]
 
 
 def block_output(out) -> torch.Tensor:
@@ -39,17 +39,16 @@ def _head(model: nn.Module) -> nn.Module:
     return head
 
 
-def logits_at(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor,
-              **base_kwargs) -> torch.Tensor:
+def logits_at(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Logits (len(rows), vocab) in the model's dtype at ``(rows[i], pos[i])`` of the batch
     ``ids`` / ``mask`` (n, T) int64; rows and pos int64 of the same length."""
     head = _head(model)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False, **base_kwargs).last_hidden_state
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     return head(hidden[rows, pos])
 
 
-class _StopForward(Exception):
-    pass
+class StopForward(Exception):
+    """Raised by a forward hook once what it needs is captured: the layers above never run."""
 
 
 class _Replay(nn.Module):
@@ -87,20 +86,21 @@ class UpperForward:
     """
 
     def __init__(self, model: nn.Module, block: nn.Module, ids: torch.Tensor, mask: torch.Tensor):
-        self.model, self.head = model, _head(model)
+        _head(model)  # refuse a model without an LM head before any work
+        self.model = model
         self.parent, self.attr, self.index = _layer_list(model, block)
         self.ids, self.mask = ids, mask
         saved = {}
 
         def hook(module, args, out):
             saved["out"] = out
-            raise _StopForward
+            raise StopForward
 
         handle = block.register_forward_hook(hook)
         try:
             with torch.no_grad():
                 model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
-        except _StopForward:
+        except StopForward:
             pass
         finally:
             handle.remove()
