@@ -13,6 +13,7 @@ namespace weightkit::palette_cpu {
 
 #define WK_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define WK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define WK_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 #define WK_INLINE inline __attribute__((always_inline))
 
 namespace {
@@ -246,6 +247,115 @@ void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
+// ------------------------------------------------- 2-D VQ with 7- or 8-bit codes: bf16 pairs
+//
+// 128 or 256 codewords are too many for the 16/32-entry permute lookups above, and an AVX-512
+// gather per component costs ~20 cycles per 16 codes on Zen 4. Instead each codeword is one
+// 32-bit word holding its two components as bf16, the whole table lives in 8 or 16 ZMM registers,
+// a lookup is a tree of 32-entry permutes selected by the code's high bits, and one VDPBF16PS
+// multiplies the decoded pair by the matching pair of activations (also rounded to bf16) and
+// accumulates both products in fp32. The bf16 rounding (relative 2^-9) is far below the error of
+// a 4-bit quantizer, and torch's bf16 F.linear rounds its activations the same way.
+
+// fp32 -> bf16 bits, round to nearest even (NaN stays NaN).
+inline uint16_t bf16_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  if ((b & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  return static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+inline uint32_t bf16_pair(float lo, float hi) {
+  return static_cast<uint32_t>(bf16_bits(lo)) | (static_cast<uint32_t>(bf16_bits(hi)) << 16);
+}
+
+// xp: (T, upad) activation pairs as bf16 pairs, zero-padded; tab: 2^C codeword pairs.
+struct PairGemvArgs {
+  const uint32_t* xp;
+  int64_t T, upad;
+  const int32_t* packed;
+  int64_t rows, nblk;
+  const uint32_t* tab;
+  const float* scales;
+  float* y;
+};
+
+template <int C>
+WK_AVX512BF16 WK_INLINE __m512i lookup_pairs(__m512i i, const __m512i* t) {
+  constexpr int NR = (1 << C) / 32;  // 32-entry permutes: 4 (C = 7) or 8 (C = 8)
+  __m512i r[NR];
+  for (int j = 0; j < NR; ++j) r[j] = _mm512_permutex2var_epi32(t[2 * j], i, t[2 * j + 1]);
+  // Bits 5, 6 (and 7) of the code pick among the permutes' results.
+  for (int bit = 5, n = NR; n > 1; ++bit, n /= 2) {
+    const __mmask16 m = _mm512_test_epi32_mask(i, _mm512_set1_epi32(1 << bit));
+    for (int j = 0; j < n / 2; ++j) r[j] = _mm512_mask_blend_epi32(m, r[2 * j], r[2 * j + 1]);
+  }
+  return r[0];
+}
+
+template <int C, int NT>
+WK_AVX512BF16 void gemv_pairs_avx512bf16(const PairGemvArgs& a, int64_t r0, int64_t r1, int64_t t0) {
+  constexpr int P = 32 / C;
+  constexpr int NREG = (1 << C) / 16;
+  __m512i tab[NREG];
+  for (int q = 0; q < NREG; ++q) tab[q] = _mm512_loadu_si512(a.tab + 16 * q);
+  const __m512i mask = _mm512_set1_epi32((1 << C) - 1);
+  constexpr int ACC = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int32_t* w = a.packed + r * a.nblk * 16;
+    __m512 acc[NT * ACC];
+    for (int t = 0; t < NT * ACC; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t blk = 0; blk < a.nblk; ++blk) {
+      __m512i wv = _mm512_loadu_si512(w + blk * 16);
+      const uint32_t* xb = a.xp + t0 * a.upad + blk * P * 16;
+#pragma GCC unroll 4
+      for (int p = 0; p < P; ++p) {
+        const __m512i i = _mm512_and_si512(wv, mask);
+        wv = _mm512_srli_epi32(wv, C);
+        const __m512bh v = (__m512bh)lookup_pairs<C>(i, tab);
+        for (int t = 0; t < NT; ++t) {
+          __m512& ac = acc[t * ACC + p % ACC];
+          ac = _mm512_dpbf16_ps(ac, v, (__m512bh)_mm512_loadu_si512(xb + t * a.upad + p * 16));
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      __m512 sum = acc[t * ACC];
+      for (int k = 1; k < ACC; ++k) sum = _mm512_add_ps(sum, acc[t * ACC + k]);
+      a.y[(t0 + t) * a.rows + r] = a.scales[r] * _mm512_reduce_add_ps(sum);
+    }
+  }
+}
+
+template <int C>
+void gemv_pairs_rows(const PairGemvArgs& a, int64_t r0, int64_t r1) {
+  for (int64_t t0 = 0; t0 < a.T; t0 += 4) {
+    switch (std::min<int64_t>(4, a.T - t0)) {
+      case 1: gemv_pairs_avx512bf16<C, 1>(a, r0, r1, t0); break;
+      case 2: gemv_pairs_avx512bf16<C, 2>(a, r0, r1, t0); break;
+      case 3: gemv_pairs_avx512bf16<C, 3>(a, r0, r1, t0); break;
+      default: gemv_pairs_avx512bf16<C, 4>(a, r0, r1, t0); break;
+    }
+  }
+}
+
+void gemv_pairs(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c,
+                const float* codebook, const float* scales, float* y) {
+  const int P = codes_per_word(c);
+  const int64_t nblk = num_blocks(units, c), upad = nblk * 16 * P;
+  std::vector<uint32_t> xp(static_cast<size_t>(T * upad), 0u);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t u = 0; u < units; ++u) xp[t * upad + u] = bf16_pair(x[(t * units + u) * 2], x[(t * units + u) * 2 + 1]);
+  std::vector<uint32_t> tab(size_t(1) << c);
+  for (size_t k = 0; k < tab.size(); ++k) tab[k] = bf16_pair(codebook[2 * k], codebook[2 * k + 1]);
+  const PairGemvArgs a{xp.data(), T, upad, packed, rows, nblk, tab.data(), scales, y};
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(nblk * 16, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    if (c == 7) gemv_pairs_rows<7>(a, r0, r1);
+    else gemv_pairs_rows<8>(a, r0, r1);
+  });
+}
+
 template <int D>
 void gemv_dispatch_c(int c, CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
   switch (c) {
@@ -345,6 +455,8 @@ void dequantize(const int32_t* packed, int64_t rows, int64_t units, int c, int d
 
 void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c, int d,
           const float* codebook, const float* scales, float* y, CpuIsa isa) {
+  if (d == 2 && c >= 7 && isa == CpuIsa::Avx512 && cpu_features().avx512_bf16)
+    return gemv_pairs(x, T, packed, rows, units, c, codebook, scales, y);
   const int P = codes_per_word(c);
   const int64_t nblk = num_blocks(units, c), upad = nblk * 16 * P;
   // Activations split by component and zero-padded, so every block reads whole vectors.
