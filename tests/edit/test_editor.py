@@ -10,7 +10,7 @@ import torch
 
 import weightkit  # noqa: F401
 from weightkit.edit import FineTuneEditor, MEMITEditor, RLSEditor, ValueConfig
-from weightkit.edit.compute import layer_keys_and_outputs, target_values
+from weightkit.edit.compute import layer_keys_and_outputs, subject_keys, target_values
 from weightkit.edit.metrics import target_logprobs
 from weightkit.edit.requests import check_requests
 
@@ -173,6 +173,43 @@ def test_sentence_gram_counts_real_tokens_only(tmp_path):
         editor(model, anchor_weight=1.5)
     with pytest.raises(ValueError, match="sentence list is empty"):
         key_gram(model, ByteTokenizer(), acc, source=[], cache=False, progress=False)
+
+
+PRESERVE = [{"prompt": "The capital of Xandu is", "subject": "Xandu"},
+            {"prompt": "{} is a city in", "subject": "Blop"},
+            {"prompt": "Mount Yurr stands in", "subject": "Mount Yurr"}]
+
+
+def test_preserved_keys_join_the_anchor_and_hold_still(tmp_path):
+    """subject_keys computes keys exactly as an edit does; preserve adds weight·KᵀK to C0's
+    inverse, and a heavy weight keeps the preserved keys' outputs where they were."""
+    model = tiny_llama()
+    ed = editor(model, preserve=PRESERVE, preserve_weight=1e4, tmp_path=tmp_path, prefixes=("", "A. "))
+    keys = subject_keys(model, ByteTokenizer(), check_requests(PRESERVE, need_target=False), ed.accesses, ("", "A. "))
+    for a in ed.accesses:
+        K, _ = layer_keys_and_outputs(model, ByteTokenizer(), check_requests(PRESERVE, need_target=False), a,
+                                      ed.accesses[-1].block, ("", "A. "))
+        torch.testing.assert_close(keys[a.index], K)
+    ed._ensure_state()
+    for a in ed.accesses:
+        K = keys[a.index].double()
+        A = 1e-3 * torch.eye(a.d_k, dtype=torch.float64) + ed._gram[a.index] + 1e4 * K.T @ K
+        torch.testing.assert_close(ed.C0[a.index] @ A, torch.eye(a.d_k, dtype=torch.float64), atol=1e-6, rtol=0)
+
+    def moved(**kw):
+        m = copy.deepcopy(model)
+        e = editor(m, tmp_path=tmp_path, prefixes=("", "A. "), **kw)
+        before = [a.weight().clone() for a in e.accesses]
+        e.edit(REQUESTS)
+        return max(((a.weight() - w0).double() @ keys[a.index].double().T).norm().item()
+                   for a, w0 in zip(e.accesses, before))
+
+    free, held = moved(), moved(preserve=PRESERVE, preserve_weight=1e4)
+    assert held < 0.05 * free, (held, free)
+    with pytest.raises(ValueError, match="preserve_weight must be a number >= 0"):
+        editor(model, preserve=PRESERVE, preserve_weight=-1.0)
+    with pytest.raises(ValueError, match="request 0 needs a non-empty string 'subject'"):
+        editor(model, preserve=[{"prompt": "A is"}])
 
 
 def test_finetune_baseline_moves_targets():

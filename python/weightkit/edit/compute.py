@@ -21,7 +21,7 @@ from weightkit.edit.model_access import LayerAccess
 from weightkit.edit.partial_forward import StopForward, UpperForward, block_output
 from weightkit.edit.requests import pad_batch, subject_end_index, token_ids
 
-__all__ = ["ValueConfig", "PREFIXES", "layer_keys_and_outputs", "target_values"]
+__all__ = ["ValueConfig", "PREFIXES", "layer_keys_and_outputs", "subject_keys", "target_values"]
 
 #: Short neutral prefixes that keys and values are averaged over ("" is the plain prompt, first).
 PREFIXES = ("", "Here is a fact. ")
@@ -81,6 +81,49 @@ def layer_keys_and_outputs(model, tokenizer, requests, access: LayerAccess, out_
     K = got["k"].reshape(u, p, -1).mean(1)
     Z = got["z"].reshape(u, p, -1)[:, 0]
     return K, Z
+
+
+@torch.no_grad()
+def subject_keys(model, tokenizer, items, accesses: list[LayerAccess], prefixes=PREFIXES, batch_size: int = 64,
+                 progress: bool = False) -> dict[int, torch.Tensor]:
+    """Keys of ``items`` (dicts with ``prompt`` and ``subject``, e.g. facts to keep) at every
+    layer of ``accesses``, computed exactly as an edit's keys are: layer index -> (len(items),
+    d_k) float32, the down-projection input at the subject's last token, mean over ``prefixes``.
+    Layers above the last access never run."""
+    device = next(model.parameters()).device
+    p, last = len(prefixes), accesses[-1].index
+    out = {a.index: [] for a in accesses}
+    current = {}
+
+    def hook_for(i):
+        def hook(module, args):
+            k = args[0][current["idx"], current["at"]].float()
+            out[i].append(k.reshape(-1, p, k.shape[-1]).mean(1))
+            if i == last:
+                raise StopForward
+
+        return hook
+
+    batches = range(0, len(items), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="preserved keys", unit="batch")
+    handles = [a.proj.register_forward_pre_hook(hook_for(a.index)) for a in accesses]
+    try:
+        for b in batches:
+            rows, pos = _prefixed_rows(tokenizer, items[b : b + batch_size], prefixes)
+            ids, mask = pad_batch(rows, device)
+            current["idx"] = torch.arange(len(rows), device=device)
+            current["at"] = torch.tensor(pos, device=device)
+            try:
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+            except StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return {i: torch.cat(ks) for i, ks in out.items()}
 
 
 def target_values(model, tokenizer, requests, out_block: nn.Module, cfg: ValueConfig, prefixes=PREFIXES):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from weightkit.edit.compute import PREFIXES, ValueConfig, layer_keys_and_outputs, target_values
+from weightkit.edit.compute import PREFIXES, ValueConfig, layer_keys_and_outputs, subject_keys, target_values
 from weightkit.edit.metrics import evaluate_requests
 from weightkit.edit.model_access import key_gram, layer_access
 from weightkit.edit.requests import check_requests, pad_batch, token_ids
@@ -99,6 +99,8 @@ class RLSEditor(_Editor):
         stats_ctx: int = 512,
         anchor_sentences=None,
         anchor_weight: float = 0.5,
+        preserve=None,
+        preserve_weight: float = 1.0,
         cache=True,
         progress: bool = True,
     ):
@@ -112,9 +114,13 @@ class RLSEditor(_Editor):
             raise ValueError("weightkit.edit.RLSEditor: prefixes[0] must be '' (the plain prompt)")
         if not 0 <= anchor_weight <= 1:
             raise ValueError(f"weightkit.edit.RLSEditor: anchor_weight must be in [0, 1], got {anchor_weight!r}")
+        if not isinstance(preserve_weight, (int, float)) or not preserve_weight >= 0:
+            raise ValueError(f"weightkit.edit.RLSEditor: preserve_weight must be a number >= 0, got {preserve_weight!r}")
         self.lam, self.mu = float(lam), float(mu)
         self.anchor_sentences = list(anchor_sentences) if anchor_sentences else []
         self.anchor_weight = float(anchor_weight)
+        self.preserve = check_requests(preserve, need_target=False) if preserve else []
+        self.preserve_weight = float(preserve_weight)
         self.value_config = value_config or ValueConfig()
         self.prefixes = tuple(prefixes)
         self._gram = gram
@@ -133,11 +139,19 @@ class RLSEditor(_Editor):
                 extra = key_gram(self.model, self._tok(), self.accesses, **stats)
                 w = self.anchor_weight
                 self._gram = {i: (1 - w) * g + w * extra[i] for i, g in self._gram.items()}
+        kept = {}
+        if self.preserve and self.preserve_weight > 0:
+            kept = subject_keys(self.model, self._tok(), self.preserve, self.accesses, self.prefixes,
+                                progress=self._stats["progress"])
         for a in self.accesses:
             if a.index not in self._gram:
                 raise ValueError(f"weightkit.edit.RLSEditor: gram has no entry for layer {a.index}")
             W = a.weight()
-            self.C0[a.index] = rls_init(self._gram[a.index].to(W.device), self.lam, self.mu)
+            G = self.mu * self._gram[a.index].to(W.device, torch.float64)
+            if a.index in kept:
+                K = kept[a.index].to(W.device, torch.float64)
+                G.addmm_(K.T, K, alpha=self.preserve_weight)
+            self.C0[a.index] = rls_init(G, self.lam, 1.0)
             if a.index not in self.C:
                 self.C[a.index] = self.C0[a.index].clone()
             if a.index not in self.master:

@@ -17,7 +17,7 @@ import torch
 
 from weightkit.edit.metrics import target_logprobs
 
-__all__ = ["RELATIONS", "STATEMENTS", "counterfactual_requests", "fact_sentences", "facts", "held_out_facts", "known_facts"]
+__all__ = ["RELATIONS", "STATEMENTS", "counterfactual_requests", "fact_prompts", "fact_sentences", "facts", "held_out_facts", "known_facts"]
 
 #: relation -> (prompt templates, first the edit prompt, then paraphrases; ``{}`` is the subject).
 RELATIONS = {
@@ -155,3 +155,11 @@ def fact_sentences(fs: list[dict], limit: int | None = None, seed: int = 0) -> l
     fs = list(fs)
     random.Random(seed).shuffle(fs)
     return [STATEMENTS[f["relation"]].format(f["subject"], f["object"]) for f in fs[:limit]]
+
+
+def fact_prompts(fs: list[dict], limit: int | None = None, seed: int = 0) -> list[dict]:
+    """Edit prompts of the facts as ``{"prompt", "subject"}``, a seeded sample of ``limit`` of them
+    (all when None): facts whose subject keys RLSEditor(preserve=...) keeps where they are."""
+    fs = list(fs)
+    random.Random(seed).shuffle(fs)
+    return [{"prompt": RELATIONS[f["relation"]][0].format(f["subject"]), "subject": f["subject"]} for f in fs[:limit]]

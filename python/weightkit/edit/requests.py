@@ -17,13 +17,14 @@ def prompt_text(prompt: str, subject: str) -> str:
     return prompt.format(subject) if "{}" in prompt else prompt
 
 
-def check_requests(requests) -> list[dict]:
-    """The requests as a list of dicts with a formatted ``prompt``; ValueError names what is missing."""
+def check_requests(requests, need_target: bool = True) -> list[dict]:
+    """The requests as a list of dicts with a formatted ``prompt``; ValueError names what is missing.
+    ``need_target`` False: ``target_new`` is not required (prompts whose subject keys are kept)."""
     if isinstance(requests, dict):
         requests = [requests]
     out = []
     for n, r in enumerate(requests):
-        for key in ("prompt", "subject", "target_new"):
+        for key in ("prompt", "subject", "target_new")[: 3 if need_target else 2]:
             if not isinstance(r.get(key), str) or not r[key]:
                 raise ValueError(f"weightkit.edit: request {n} needs a non-empty string {key!r}, got {r.get(key)!r}")
         text = prompt_text(r["prompt"], r["subject"])
