@@ -28,6 +28,10 @@ from weightkit.bench import common
 
 FAMILY = "rls"
 
+#: The real stream's settings, shared by `weightkit bench` and the CLI (whose flags override them).
+REAL = dict(layers=(3, 4, 5, 6, 7, 8), batch_size=16, lam=1.0, mu=1000.0, value_steps=20, stop_nll=0.5,
+            anchor_facts=1500, anchor_weight=0.5, preserve=3000, preserve_weight=1.0, preserve_population=50_000)
+
 
 def _windows(n_steps: int) -> list[int]:
     return [t for t in (100, 1000, 10000) if t <= n_steps]
@@ -137,9 +141,9 @@ def _synthetic(d_k: int, d_v: int, n_steps: int, lam: float = 1.0, mu: float = 1
     return cases, extra
 
 
-def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: int, ppl_tokens: int,
-          progress: bool, memit: bool = True, anchor_facts: int = 1500, anchor_weight: float = 0.5,
-          stop_nll: float = 0.5) -> tuple[list[dict], dict]:
+def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers, batch_size: int, lam: float,
+          mu: float, value_steps: int, stop_nll: float, anchor_facts: int, anchor_weight: float, preserve: int,
+          preserve_weight: float, preserve_population: int) -> tuple[list[dict], dict]:
     from weightkit import data
     from weightkit.edit import MEMITEditor, RLSEditor, ValueConfig
     from weightkit.edit import facts as F
@@ -149,16 +153,19 @@ def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: i
     state0 = {k: v.clone() for k, v in model.state_dict().items()}
     all_facts = F.facts()
     t0 = time.perf_counter()
-    # Small chunks: the check stops soon after `limit` known facts are found.
-    known = F.known_facts(model, tok, all_facts, limit=n_edits, batch=max(32, n_edits))
+    known = _known_facts_cached(model, tok, all_facts, n_edits)
     facts_s = time.perf_counter() - t0
     reqs = F.counterfactual_requests(known, all_facts)
-    # Anchor sentences: true statements of facts no request's prompts mention (not evaluated).
+    # Anchor sentences and preserved keys: facts no request's prompts mention (never evaluated);
+    # the preserved ones from a larger pool (cities down to `preserve_population` inhabitants).
     anchor = F.fact_sentences(F.held_out_facts(all_facts, reqs), limit=anchor_facts) if anchor_facts else []
+    kept = F.fact_prompts(F.held_out_facts(F.facts(preserve_population), reqs), limit=preserve) if preserve else None
     ppl_tok = data.eval_tokens(tok, "pydoc", ppl_tokens)
     out = {"n_requested": n_edits, "n_known": len(known), "layers": list(layers), "batch_size": batch_size,
-           "lam": lam, "mu": mu, "value_steps": steps, "stop_nll": stop_nll, "known_facts_s": round(facts_s, 1),
+           "lam": lam, "mu": mu, "value_steps": value_steps, "stop_nll": stop_nll, "known_facts_s": round(facts_s, 1),
            "anchor": {"text": "pydoc, 32 768 tokens", "fact_sentences": len(anchor), "weight": anchor_weight},
+           "preserve": {"fact_prompts": len(kept or []), "weight": preserve_weight,
+                        "min_city_population": preserve_population},
            "relations": {r: sum(q["relation"] == r for q in reqs) for r in F.RELATIONS}}
 
     def metrics(ed, edited):
@@ -170,8 +177,9 @@ def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: i
         m["n_edits"] = edited
         return m
 
-    cfg = ValueConfig(steps=steps, stop_nll=stop_nll)
-    opts = dict(tokenizer=tok, value_config=cfg, progress=progress, anchor_sentences=anchor, anchor_weight=anchor_weight)
+    cfg = ValueConfig(steps=value_steps, stop_nll=stop_nll)
+    opts = dict(tokenizer=tok, value_config=cfg, progress=progress, anchor_sentences=anchor, anchor_weight=anchor_weight,
+                preserve=kept, preserve_weight=preserve_weight)
     unedited = RLSEditor(model, layers, lam, mu, **opts)
     out["unedited"] = metrics(unedited, 0)
     arms = [("rls", RLSEditor)] + ([("memit_sequential", MEMITEditor)] if memit else [])
@@ -197,10 +205,26 @@ def _real(n_edits: int, layers, batch_size: int, lam: float, mu: float, steps: i
     if "memit_sequential" in times:
         cases.append({"case": f"smollm2-stream-{len(reqs)}-edits-per-edit", "baseline": "MEMIT-style sequential",
                       "ours_ms": times["rls"], "baseline_ms": times["memit_sequential"],
-                      "notes": f"wall time per edit incl. value optimization ({steps} Adam steps, batches of "
+                      "notes": f"wall time per edit incl. value optimization ({value_steps} Adam steps, batches of "
                                f"{batch_size}); efficacy rls {out['rls']['efficacy']:.3f} vs memit "
                                f"{out['memit_sequential']['efficacy']:.3f}"})
     return cases, {"smollm2_stream": out}
+
+
+def _known_facts_cached(model, tok, all_facts, n: int) -> list[dict]:
+    """weightkit.edit.facts.known_facts(limit=n), cached next to the key statistics (minutes for
+    1 000 facts on a CPU) under the model's fingerprint."""
+    from weightkit.edit import facts as F
+    from weightkit.edit.model_access import _cache_dir, _fingerprint
+
+    path = _cache_dir() / "edit-stats" / f"{_fingerprint(model)}-known-facts-{len(all_facts)}-{n}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    # Small chunks: the check stops soon after `n` known facts are found.
+    known = F.known_facts(model, tok, all_facts, limit=n, batch=max(32, n))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(known))
+    return known
 
 
 def run(*, device="cpu", quick: bool = False, progress=None, root=".") -> dict:
@@ -210,7 +234,7 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".") -> dict:
     cases, extra = _synthetic(d_k, d_v, 1100 if quick else 10000, device=device)
     skipped = []
     try:
-        c, e = _real(16 if quick else 1000, [4, 5, 6, 7], 16, 1.0, 1000.0, 20, 4096 if quick else 16384, progress=True)
+        c, e = _real(16 if quick else 1000, 4096 if quick else 16384, progress=True, memit=True, **REAL)
         cases += c
         extra.update(e)
     except (ImportError, FileNotFoundError) as exc:
@@ -239,15 +263,22 @@ def main(argv=None) -> int:
                         "already in the JSON file are kept")
     parser.add_argument("--steps", type=int, default=None, help="synthetic stream length (default 10 000)")
     parser.add_argument("--edits", type=int, default=None, help="real stream: number of edits (default 1 000)")
-    parser.add_argument("--layers", default="4,5,6,7", help="SmolLM2 layers to edit")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lam", type=float, default=1.0)
-    parser.add_argument("--mu", type=float, default=1000.0)
-    parser.add_argument("--value-steps", type=int, default=20)
-    parser.add_argument("--stop-nll", type=float, default=0.5, help="value optimization stops below this target NLL")
-    parser.add_argument("--anchor-facts", type=int, default=1500, help="held-out fact statements in the anchor (0: "
-                        "pydoc text only)")
-    parser.add_argument("--anchor-weight", type=float, default=0.5)
+    parser.add_argument("--layers", default=",".join(map(str, REAL["layers"])), help="SmolLM2 layers to edit")
+    parser.add_argument("--batch-size", type=int, default=REAL["batch_size"])
+    parser.add_argument("--lam", type=float, default=REAL["lam"])
+    parser.add_argument("--mu", type=float, default=REAL["mu"])
+    parser.add_argument("--value-steps", type=int, default=REAL["value_steps"])
+    parser.add_argument("--stop-nll", type=float, default=REAL["stop_nll"],
+                        help="value optimization stops below this target NLL")
+    parser.add_argument("--anchor-facts", type=int, default=REAL["anchor_facts"],
+                        help="held-out fact statements in the anchor (0: pydoc text only)")
+    parser.add_argument("--anchor-weight", type=float, default=REAL["anchor_weight"])
+    parser.add_argument("--preserve", type=int, default=REAL["preserve"],
+                        help="held-out facts whose subject keys the anchor keeps (0: none)")
+    parser.add_argument("--preserve-weight", type=float, default=REAL["preserve_weight"],
+                        help="weight of each preserved key relative to an edit's")
+    parser.add_argument("--preserve-population", type=int, default=REAL["preserve_population"],
+                        help="preserved facts: cities down to this many inhabitants")
     parser.add_argument("--ppl-tokens", type=int, default=None, help="pydoc tokens for perplexity (default 16 384)")
     parser.add_argument("--no-memit", action="store_true", help="real stream: skip the MEMIT-style baseline")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -266,11 +297,10 @@ def main(argv=None) -> int:
         cases += c
         extra.update(e)
     if args.only in (None, "real"):
-        c, e = _real(args.edits or (16 if args.quick else 1000), [int(x) for x in args.layers.split(",")],
-                     args.batch_size, args.lam, args.mu, args.value_steps,
-                     args.ppl_tokens or (4096 if args.quick else 16384),
-                     progress=True, memit=not args.no_memit, anchor_facts=args.anchor_facts,
-                     anchor_weight=args.anchor_weight, stop_nll=args.stop_nll)
+        settings = {k: getattr(args, k) for k in REAL}
+        settings["layers"] = [int(x) for x in args.layers.split(",")]
+        c, e = _real(args.edits or (16 if args.quick else 1000), args.ppl_tokens or (4096 if args.quick else 16384),
+                     progress=True, memit=not args.no_memit, **settings)
         cases += c
         extra.update(e)
     path = Path(args.json or common.results_path(FAMILY, args.device, quick=args.quick))
