@@ -212,6 +212,24 @@ def test_preserved_keys_join_the_anchor_and_hold_still(tmp_path):
         editor(model, preserve=[{"prompt": "A is"}])
 
 
+def test_retries_update_only_unrealized_requests(monkeypatch):
+    model = tiny_llama()
+    calls = []
+    update = RLSEditor._update
+    monkeypatch.setattr(RLSEditor, "_update", lambda self, chunk: (calls.append(len(chunk)), update(self, chunk)))
+    editor(copy.deepcopy(model), retries=2, retry_nll=1e9).edit(REQUESTS)
+    assert calls == [3]  # every target already below a huge threshold: no retry
+    calls.clear()
+    ed = editor(model, retries=2, retry_nll=-1.0)
+    ed.edit(REQUESTS)
+    assert calls == [3, 3, 3]  # NLL is never below -1: every request retried, at most twice
+    assert ed._unrealized(check_requests(REQUESTS)) == check_requests(REQUESTS)
+    ed.retry_nll = 1e9
+    assert ed._unrealized(check_requests(REQUESTS)) == []
+    with pytest.raises(ValueError, match="retries must be an int >= 0"):
+        editor(model, retries=-1)
+
+
 def test_finetune_baseline_moves_targets():
     model = tiny_llama()
     m0 = margin(model, REQUESTS)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from weightkit.edit.compute import PREFIXES, ValueConfig, layer_keys_and_outputs, subject_keys, target_values
-from weightkit.edit.metrics import evaluate_requests
+from weightkit.edit.metrics import evaluate_requests, target_logprobs
 from weightkit.edit.model_access import key_gram, layer_access
 from weightkit.edit.requests import check_requests, pad_batch, token_ids
 from weightkit.ops.rls import rls_init, rls_update_
@@ -67,6 +67,13 @@ class RLSEditor(_Editor):
     anchor: E[kkᵀ] becomes (1 − anchor_weight)·E_text + anchor_weight·E_sentences. General text
     such as Python docs says little about, say, cities, so without such sentences an edit of one
     city's country leaks onto other cities of that country (see docs/design-notes.md).
+    ``preserve`` (optional, dicts with ``prompt`` and ``subject``, e.g. held-out facts from
+    ``weightkit.edit.facts.fact_prompts``) aims straight at that leak: the subject keys of those
+    prompts, computed as an edit's keys are, join the anchor with ``preserve_weight`` each (an
+    edit's key weighs 1), i.e. C0 = (lam·I + mu·E[kkᵀ] + preserve_weight·K_pᵀK_p)⁻¹; their outputs
+    then stay where the unedited model put them. ``retries`` > 0: after a batch, requests whose
+    target still has a mean NLL per token above ``retry_nll`` on their prompt get another RLS step
+    (fresh keys and values), at most ``retries`` times.
     Each batch of u requests is one float64 Woodbury step per layer
     (``weightkit.ops.rls.rls_update_``): constant cost per edit and memory d_k² float64 per layer,
     whatever the number of earlier edits.
@@ -101,6 +108,8 @@ class RLSEditor(_Editor):
         anchor_weight: float = 0.5,
         preserve=None,
         preserve_weight: float = 1.0,
+        retries: int = 0,
+        retry_nll: float = 1.0,
         cache=True,
         progress: bool = True,
     ):
@@ -121,6 +130,9 @@ class RLSEditor(_Editor):
         self.anchor_weight = float(anchor_weight)
         self.preserve = check_requests(preserve, need_target=False) if preserve else []
         self.preserve_weight = float(preserve_weight)
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"weightkit.edit.RLSEditor: retries must be an int >= 0, got {retries!r}")
+        self.retries, self.retry_nll = retries, float(retry_nll)
         self.value_config = value_config or ValueConfig()
         self.prefixes = tuple(prefixes)
         self._gram = gram
@@ -166,6 +178,22 @@ class RLSEditor(_Editor):
     @torch.no_grad()
     def _apply(self, chunk):
         self._ensure_state()
+        self._update(chunk)
+        for _ in range(self.retries):
+            chunk = self._unrealized(chunk)
+            if not chunk:
+                break
+            self._update(chunk)
+
+    def _unrealized(self, chunk: list[dict]) -> list[dict]:
+        """The requests whose target's mean NLL per token on the prompt is still above retry_nll."""
+        tok = self._tok()
+        lp = target_logprobs(self.model, tok, [(r["prompt"], r["target_new"]) for r in chunk])
+        n_tok = torch.tensor([len(token_ids(tok, r["target_new"])) for r in chunk], dtype=torch.float64)
+        return [r for r, nll in zip(chunk, (-lp / n_tok).tolist()) if nll > self.retry_nll]
+
+    def _update(self, chunk: list[dict]) -> None:
+        """One RLS step per edited layer for the keys and target values of ``chunk``."""
         tok, out_block = self._tok(), self.accesses[-1].block
         Z = target_values(self.model, tok, chunk, out_block, self.value_config, self.prefixes)
         for i, a in enumerate(self.accesses):
