@@ -178,7 +178,7 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=
     settings = dict(warmup=2, repeats=7, min_time_s=0.3, max_time_s=3.0 if quick else 8.0, long_call_s=1.0)
     n = 2048 if quick else 4096
     formats = [("sq2", 2, 1), ("sq3", 3, 1), ("sq4", 4, 1), ("vq2", 4, 2), ("vq2.5", 5, 2), ("vq3", 6, 2),
-               ("vq4", 8, 2)]
+               ("vq3.5", 7, 2), ("vq4", 8, 2)]
     cases = gemv_cases(dev, n, settings, formats)
     cases += hadamard_cases(dev, 256 if quick else 4096, n, settings)
     skipped = []

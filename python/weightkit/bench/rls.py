@@ -30,7 +30,8 @@ FAMILY = "rls"
 
 #: The real stream's settings, shared by `weightkit bench` and the CLI (whose flags override them).
 REAL = dict(layers=(3, 4, 5, 6, 7, 8), batch_size=16, lam=1.0, mu=1000.0, value_steps=20, stop_nll=0.5,
-            anchor_facts=1500, anchor_weight=0.5, preserve=3000, preserve_weight=1.0, preserve_population=50_000)
+            anchor_facts=1500, anchor_weight=0.5, preserve=3000, preserve_weight=2.0, preserve_population=50_000,
+            retries=2, retry_nll=0.5)
 
 
 def _windows(n_steps: int) -> list[int]:
@@ -143,7 +144,7 @@ def _synthetic(d_k: int, d_v: int, n_steps: int, lam: float = 1.0, mu: float = 1
 
 def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers, batch_size: int, lam: float,
           mu: float, value_steps: int, stop_nll: float, anchor_facts: int, anchor_weight: float, preserve: int,
-          preserve_weight: float, preserve_population: int) -> tuple[list[dict], dict]:
+          preserve_weight: float, preserve_population: int, retries: int, retry_nll: float) -> tuple[list[dict], dict]:
     from weightkit import data
     from weightkit.edit import MEMITEditor, RLSEditor, ValueConfig
     from weightkit.edit import facts as F
@@ -166,6 +167,7 @@ def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers,
            "anchor": {"text": "pydoc, 32 768 tokens", "fact_sentences": len(anchor), "weight": anchor_weight},
            "preserve": {"fact_prompts": len(kept or []), "weight": preserve_weight,
                         "min_city_population": preserve_population},
+           "retries": retries, "retry_nll": retry_nll,
            "relations": {r: sum(q["relation"] == r for q in reqs) for r in F.RELATIONS}}
 
     def metrics(ed, edited):
@@ -179,9 +181,10 @@ def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers,
 
     cfg = ValueConfig(steps=value_steps, stop_nll=stop_nll)
     opts = dict(tokenizer=tok, value_config=cfg, progress=progress, anchor_sentences=anchor, anchor_weight=anchor_weight,
-                preserve=kept, preserve_weight=preserve_weight)
+                preserve=kept, preserve_weight=preserve_weight, retries=retries, retry_nll=retry_nll)
     unedited = RLSEditor(model, layers, lam, mu, **opts)
     out["unedited"] = metrics(unedited, 0)
+    print(f"unedited: {json.dumps(out['unedited'])}", file=sys.stderr, flush=True)
     arms = [("rls", RLSEditor)] + ([("memit_sequential", MEMITEditor)] if memit else [])
     times = {}
     for name, cls in arms:
@@ -279,6 +282,9 @@ def main(argv=None) -> int:
                         help="weight of each preserved key relative to an edit's")
     parser.add_argument("--preserve-population", type=int, default=REAL["preserve_population"],
                         help="preserved facts: cities down to this many inhabitants")
+    parser.add_argument("--retries", type=int, default=REAL["retries"],
+                        help="extra RLS steps for requests whose target NLL stays above --retry-nll")
+    parser.add_argument("--retry-nll", type=float, default=REAL["retry_nll"])
     parser.add_argument("--ppl-tokens", type=int, default=None, help="pydoc tokens for perplexity (default 16 384)")
     parser.add_argument("--no-memit", action="store_true", help="real stream: skip the MEMIT-style baseline")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
