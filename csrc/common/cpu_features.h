@@ -15,6 +15,7 @@ struct CpuFeatures {
   bool avx2 = false;       // with FMA and F16C, which every AVX2 part we target has
   bool avx512 = false;     // F + BW + VL + DQ, with OS support for the ZMM state
   bool avx512_bf16 = false;
+  bool avx512_vbmi = false;  // byte permutes (vpermi2b, vpmultishiftqb)
   bool amx_bf16 = false;
 };
 

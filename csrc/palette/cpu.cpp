@@ -13,7 +13,6 @@ namespace weightkit::palette_cpu {
 
 #define WK_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define WK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
-#define WK_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 #define WK_INLINE inline __attribute__((always_inline))
 
 namespace {
@@ -247,15 +246,17 @@ void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
-// ------------------------------------------------- 2-D VQ with 7- or 8-bit codes: bf16 pairs
+// ------------------------------------------- 2-D VQ with 7- or 8-bit codes: bf16 byte tables
 //
-// 128 or 256 codewords are too many for the 16/32-entry permute lookups above, and an AVX-512
-// gather per component costs ~20 cycles per 16 codes on Zen 4. Instead each codeword is one
-// 32-bit word holding its two components as bf16, the whole table lives in 8 or 16 ZMM registers,
-// a lookup is a tree of 32-entry permutes selected by the code's high bits, and one VDPBF16PS
-// multiplies the decoded pair by the matching pair of activations (also rounded to bf16) and
-// accumulates both products in fp32. The bf16 rounding (relative 2^-9) is far below the error of
-// a 4-bit quantizer, and torch's bf16 F.linear rounds its activations the same way.
+// 128 or 256 codewords are too many for the 16/32-entry permutes above, and AVX-512 gathers (two
+// per 16 codes, one per component) cost ~20 cycles each on Zen 4. Instead each codeword
+// component is rounded to bf16 and split into a low-byte and a high-byte table of 128/256
+// entries; VPERMI2B looks up 64 codes per instruction in 128 of them (bit 7 of an 8-bit code
+// picks between two such halves), two byte unpacks rebuild the bf16 values, and VDPBF16PS
+// multiplies them by the activations (rounded to bf16 as torch's bf16 F.linear rounds them) and
+// accumulates in fp32. A 16-word block holds 64 codes (4 per word) whose bytes are the lookup
+// indices: directly for 8-bit codes, through VPMULTISHIFTQB for 7-bit ones. The bf16 rounding
+// (relative 2^-9) is far below the error of a 3.5-4 bit quantizer.
 
 // fp32 -> bf16 bits, round to nearest even (NaN stays NaN).
 inline uint16_t bf16_bits(float f) {
@@ -265,58 +266,58 @@ inline uint16_t bf16_bits(float f) {
   return static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 
-inline uint32_t bf16_pair(float lo, float hi) {
-  return static_cast<uint32_t>(bf16_bits(lo)) | (static_cast<uint32_t>(bf16_bits(hi)) << 16);
-}
-
-// xp: (T, upad) activation pairs as bf16 pairs, zero-padded; tab: 2^C codeword pairs.
-struct PairGemvArgs {
-  const uint32_t* xp;
-  int64_t T, upad;
+// xq: (T, nblk, 4, 16) words of two bf16 activations each, ordered as the byte unpacks leave the
+// decoded values (see vq_bytes_activations); tab: (4, 256) bytes, component 0 low / high byte,
+// component 1 low / high byte.
+struct ByteGemvArgs {
+  const uint32_t* xq;
+  int64_t T, nblk;
   const int32_t* packed;
-  int64_t rows, nblk;
-  const uint32_t* tab;
+  int64_t rows;
+  const uint8_t* tab;
   const float* scales;
   float* y;
 };
 
+#define WK_VBMI_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16")))
+
 template <int C>
-WK_AVX512BF16 WK_INLINE __m512i lookup_pairs(__m512i i, const __m512i* t) {
-  constexpr int NR = (1 << C) / 32;  // 32-entry permutes: 4 (C = 7) or 8 (C = 8)
-  __m512i r[NR];
-  for (int j = 0; j < NR; ++j) r[j] = _mm512_permutex2var_epi32(t[2 * j], i, t[2 * j + 1]);
-  // Bits 5, 6 (and 7) of the code pick among the permutes' results.
-  for (int bit = 5, n = NR; n > 1; ++bit, n /= 2) {
-    const __mmask16 m = _mm512_test_epi32_mask(i, _mm512_set1_epi32(1 << bit));
-    for (int j = 0; j < n / 2; ++j) r[j] = _mm512_mask_blend_epi32(m, r[2 * j], r[2 * j + 1]);
+WK_VBMI_BF16 WK_INLINE __m512i byte_plane(__m512i idx, __mmask64 high, const __m512i* t) {
+  const __m512i lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);  // entries 0..127 (7 index bits)
+  if constexpr (C == 7) {
+    return lo;
+  } else {
+    return _mm512_mask_blend_epi8(high, lo, _mm512_permutex2var_epi8(t[2], idx, t[3]));
   }
-  return r[0];
 }
 
 template <int C, int NT>
-WK_AVX512BF16 void gemv_pairs_avx512bf16(const PairGemvArgs& a, int64_t r0, int64_t r1, int64_t t0) {
-  constexpr int P = 32 / C;
-  constexpr int NREG = (1 << C) / 16;
-  __m512i tab[NREG];
-  for (int q = 0; q < NREG; ++q) tab[q] = _mm512_loadu_si512(a.tab + 16 * q);
-  const __m512i mask = _mm512_set1_epi32((1 << C) - 1);
+WK_VBMI_BF16 void gemv_vq_bytes_avx512(const ByteGemvArgs& a, int64_t r0, int64_t r1, int64_t t0) {
+  constexpr int R = C == 8 ? 4 : 2;  // registers per 128/256-byte plane
+  __m512i tab[4][R];
+  for (int q = 0; q < 4; ++q)
+    for (int k = 0; k < R; ++k) tab[q][k] = _mm512_loadu_si512(a.tab + 256 * q + 64 * k);
+  // Bit offsets of the four 7-bit codes of each 32-bit word, per 64-bit lane.
+  const __m512i shifts = _mm512_set1_epi64(0x352E2720150E0700LL);
   constexpr int ACC = NT == 1 ? 4 : NT == 2 ? 2 : 1;
   for (int64_t r = r0; r < r1; ++r) {
     const int32_t* w = a.packed + r * a.nblk * 16;
     __m512 acc[NT * ACC];
     for (int t = 0; t < NT * ACC; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t blk = 0; blk < a.nblk; ++blk) {
-      __m512i wv = _mm512_loadu_si512(w + blk * 16);
-      const uint32_t* xb = a.xp + t0 * a.upad + blk * P * 16;
-#pragma GCC unroll 4
-      for (int p = 0; p < P; ++p) {
-        const __m512i i = _mm512_and_si512(wv, mask);
-        wv = _mm512_srli_epi32(wv, C);
-        const __m512bh v = (__m512bh)lookup_pairs<C>(i, tab);
-        for (int t = 0; t < NT; ++t) {
-          __m512& ac = acc[t * ACC + p % ACC];
-          ac = _mm512_dpbf16_ps(ac, v, (__m512bh)_mm512_loadu_si512(xb + t * a.upad + p * 16));
-        }
+      __m512i idx = _mm512_loadu_si512(w + blk * 16);
+      if constexpr (C == 7) idx = _mm512_multishift_epi64_epi8(shifts, idx);
+      const __mmask64 high = C == 8 ? _mm512_movepi8_mask(idx) : 0;
+      for (int comp = 0; comp < 2; ++comp) {
+        const __m512i lo = byte_plane<C>(idx, high, tab[2 * comp]);
+        const __m512i hi = byte_plane<C>(idx, high, tab[2 * comp + 1]);
+        const __m512bh v[2] = {(__m512bh)_mm512_unpacklo_epi8(lo, hi), (__m512bh)_mm512_unpackhi_epi8(lo, hi)};
+        for (int h = 0; h < 2; ++h)
+          for (int t = 0; t < NT; ++t) {
+            const uint32_t* xb = a.xq + (((t0 + t) * a.nblk + blk) * 4 + 2 * comp + h) * 16;
+            __m512& ac = acc[t * ACC + (2 * comp + h) % ACC];
+            ac = _mm512_dpbf16_ps(ac, v[h], (__m512bh)_mm512_loadu_si512(xb));
+          }
       }
     }
     for (int t = 0; t < NT; ++t) {
@@ -328,31 +329,55 @@ WK_AVX512BF16 void gemv_pairs_avx512bf16(const PairGemvArgs& a, int64_t r0, int6
 }
 
 template <int C>
-void gemv_pairs_rows(const PairGemvArgs& a, int64_t r0, int64_t r1) {
+void gemv_vq_bytes_rows(const ByteGemvArgs& a, int64_t r0, int64_t r1) {
   for (int64_t t0 = 0; t0 < a.T; t0 += 4) {
     switch (std::min<int64_t>(4, a.T - t0)) {
-      case 1: gemv_pairs_avx512bf16<C, 1>(a, r0, r1, t0); break;
-      case 2: gemv_pairs_avx512bf16<C, 2>(a, r0, r1, t0); break;
-      case 3: gemv_pairs_avx512bf16<C, 3>(a, r0, r1, t0); break;
-      default: gemv_pairs_avx512bf16<C, 4>(a, r0, r1, t0); break;
+      case 1: gemv_vq_bytes_avx512<C, 1>(a, r0, r1, t0); break;
+      case 2: gemv_vq_bytes_avx512<C, 2>(a, r0, r1, t0); break;
+      case 3: gemv_vq_bytes_avx512<C, 3>(a, r0, r1, t0); break;
+      default: gemv_vq_bytes_avx512<C, 4>(a, r0, r1, t0); break;
     }
   }
 }
 
-void gemv_pairs(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c,
-                const float* codebook, const float* scales, float* y) {
-  const int P = codes_per_word(c);
-  const int64_t nblk = num_blocks(units, c), upad = nblk * 16 * P;
-  std::vector<uint32_t> xp(static_cast<size_t>(T * upad), 0u);
+// Activations in the order the kernel's byte unpacks produce decoded values: within a block of 64
+// pairs, byte b of the 16 loaded words is unit (b % 4) * 16 + b / 4; unpacklo / unpackhi of 128-bit
+// lane k yield bytes 16k + 0..7 / 16k + 8..15, and bf16 word j of a half pairs bytes
+// 16 (j / 4) + 2 (j % 4) + {0, 1}.
+std::vector<uint32_t> vq_bytes_activations(const float* x, int64_t T, int64_t units, int64_t nblk) {
+  std::vector<uint32_t> xq(static_cast<size_t>(T * nblk * 64), 0u);
+  auto value = [&](int64_t t, int64_t blk, int byte, int comp) -> uint32_t {
+    const int64_t u = blk * 64 + (byte % 4) * 16 + byte / 4;
+    return u < units ? bf16_bits(x[(t * units + u) * 2 + comp]) : 0u;
+  };
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t u = 0; u < units; ++u) xp[t * upad + u] = bf16_pair(x[(t * units + u) * 2], x[(t * units + u) * 2 + 1]);
-  std::vector<uint32_t> tab(size_t(1) << c);
-  for (size_t k = 0; k < tab.size(); ++k) tab[k] = bf16_pair(codebook[2 * k], codebook[2 * k + 1]);
-  const PairGemvArgs a{xp.data(), T, upad, packed, rows, nblk, tab.data(), scales, y};
+    for (int64_t blk = 0; blk < nblk; ++blk)
+      for (int comp = 0; comp < 2; ++comp)
+        for (int h = 0; h < 2; ++h)
+          for (int j = 0; j < 16; ++j) {
+            const int b0 = 16 * (j / 4) + 2 * (j % 4) + 8 * h;
+            xq[((t * nblk + blk) * 4 + 2 * comp + h) * 16 + j] =
+                value(t, blk, b0, comp) | (value(t, blk, b0 + 1, comp) << 16);
+          }
+  return xq;
+}
+
+void gemv_vq_bytes(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c,
+                   const float* codebook, const float* scales, float* y) {
+  const int64_t nblk = num_blocks(units, c);  // 64 codes per block for c = 7 and 8
+  const std::vector<uint32_t> xq = vq_bytes_activations(x, T, units, nblk);
+  std::vector<uint8_t> tab(4 * 256, 0);
+  for (int64_t k = 0; k < (int64_t(1) << c); ++k)
+    for (int comp = 0; comp < 2; ++comp) {
+      const uint16_t v = bf16_bits(codebook[2 * k + comp]);
+      tab[256 * (2 * comp) + k] = static_cast<uint8_t>(v & 0xff);
+      tab[256 * (2 * comp + 1) + k] = static_cast<uint8_t>(v >> 8);
+    }
+  const ByteGemvArgs a{xq.data(), T, nblk, packed, rows, tab.data(), scales, y};
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(nblk * 16, 1));
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-    if (c == 7) gemv_pairs_rows<7>(a, r0, r1);
-    else gemv_pairs_rows<8>(a, r0, r1);
+    if (c == 7) gemv_vq_bytes_rows<7>(a, r0, r1);
+    else gemv_vq_bytes_rows<8>(a, r0, r1);
   });
 }
 
@@ -455,8 +480,8 @@ void dequantize(const int32_t* packed, int64_t rows, int64_t units, int c, int d
 
 void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c, int d,
           const float* codebook, const float* scales, float* y, CpuIsa isa) {
-  if (d == 2 && c >= 7 && isa == CpuIsa::Avx512 && cpu_features().avx512_bf16)
-    return gemv_pairs(x, T, packed, rows, units, c, codebook, scales, y);
+  if (d == 2 && c >= 7 && isa == CpuIsa::Avx512 && cpu_features().avx512_bf16 && cpu_features().avx512_vbmi)
+    return gemv_vq_bytes(x, T, packed, rows, units, c, codebook, scales, y);
   const int P = codes_per_word(c);
   const int64_t nblk = num_blocks(units, c), upad = nblk * 16 * P;
   // Activations split by component and zero-padded, so every block reads whole vectors.

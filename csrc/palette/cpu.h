@@ -41,8 +41,8 @@ void dequantize(const int32_t* packed, int64_t rows, int64_t units, int c, int d
                 const float* scales, float* W);
 
 // y (T x rows) = x (T x units*d) W^T with W the packed codes as above; fp32 throughout, except the
-// 2-D VQ with 7- or 8-bit codes on AVX512-BF16 CPUs (isa avx512): codewords and activations are
-// rounded to bf16 there, products accumulate in fp32 (see gemv_pairs in cpu.cpp).
+// 2-D VQ with 7- or 8-bit codes on CPUs with AVX512-BF16 and VBMI (isa avx512): codewords and
+// activations are rounded to bf16 there, products accumulate in fp32 (gemv_vq_bytes in cpu.cpp).
 void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c, int d,
           const float* codebook, const float* scales, float* y, CpuIsa isa);
 

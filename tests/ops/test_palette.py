@@ -118,9 +118,10 @@ def test_encode_is_nearest(d):
     assert torch.allclose(chosen, dist.min(1).values)
 
 
-def uses_bf16_pairs(c, d, isa):
-    """The 2-D VQ GEMV with 7/8-bit codes rounds codewords and activations to bf16 on AVX512-BF16."""
-    return d == 2 and c >= 7 and isa == "avx512" and weightkit._C.build_info()["cpu_features"]["avx512_bf16"]
+def uses_bf16_tables(c, d, isa):
+    """The 2-D VQ GEMV with 7/8-bit codes rounds codewords and activations to bf16 on AVX512-BF16 + VBMI."""
+    feats = weightkit._C.build_info()["cpu_features"]
+    return d == 2 and c >= 7 and isa == "avx512" and feats["avx512_bf16"] and feats["avx512_vbmi"]
 
 
 @pytest.mark.parametrize("c,d", [(2, 1), (3, 1), (4, 1), (5, 1), (8, 1), (3, 2), (4, 2), (5, 2), (6, 2), (7, 2), (8, 2)])
@@ -132,7 +133,7 @@ def test_matmul_gemv_every_isa(c, d, tokens, cpu_isa, monkeypatch):
     packed = palette_pack(idx, c)
     x = torch.randn(*tokens, in_f)
     y = palette_matmul(x, packed, codebook, scales, in_f)
-    if uses_bf16_pairs(c, d, cpu_isa):  # then exact for the bf16-rounded operands
+    if uses_bf16_tables(c, d, cpu_isa):  # then exact for the bf16-rounded operands
         x, codebook = x.bfloat16().float(), codebook.bfloat16().float()
     ref = x.double() @ dequantize_ref(packed, codebook, scales, in_f).T
     assert y.shape == (*tokens, rows) and y.dtype == x.dtype
