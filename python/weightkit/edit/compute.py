@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from weightkit.edit.model_access import LayerAccess
-from weightkit.edit.partial_forward import StopForward, UpperForward, block_output
+from weightkit.edit.partial_forward import StopForward, UpperForward, block_output, forward_until_stop, hooks
 from weightkit.edit.requests import pad_batch, subject_end_index, token_ids
 
 __all__ = ["ValueConfig", "PREFIXES", "layer_keys_and_outputs", "subject_keys", "target_values"]
@@ -69,14 +69,8 @@ def layer_keys_and_outputs(model, tokenizer, requests, access: LayerAccess, out_
         got["z"] = block_output(out)[idx, at].float()
         raise StopForward
 
-    handles = [access.proj.register_forward_pre_hook(key_hook), out_block.register_forward_hook(out_hook)]
-    try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    with hooks([access.proj.register_forward_pre_hook(key_hook), out_block.register_forward_hook(out_hook)]):
+        forward_until_stop(model, ids, mask)
     u, p = len(requests), len(prefixes)
     K = got["k"].reshape(u, p, -1).mean(1)
     Z = got["z"].reshape(u, p, -1)[:, 0]
@@ -109,20 +103,13 @@ def subject_keys(model, tokenizer, items, accesses: list[LayerAccess], prefixes=
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="preserved keys", unit="batch")
-    handles = [a.proj.register_forward_pre_hook(hook_for(a.index)) for a in accesses]
-    try:
+    with hooks([a.proj.register_forward_pre_hook(hook_for(a.index)) for a in accesses]):
         for b in batches:
             rows, pos = _prefixed_rows(tokenizer, items[b : b + batch_size], prefixes)
             ids, mask = pad_batch(rows, device)
             current["idx"] = torch.arange(len(rows), device=device)
             current["at"] = torch.tensor(pos, device=device)
-            try:
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
-            except StopForward:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+            forward_until_stop(model, ids, mask)
     return {i: torch.cat(ks) for i, ks in out.items()}
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from weightkit.edit.partial_forward import StopForward
+from weightkit.edit.partial_forward import StopForward, forward_until_stop, hooks
 from weightkit.edit.requests import pad_batch, token_ids
 
 __all__ = ["LayerAccess", "TEMPLATES", "key_gram", "layer_access"]
@@ -124,23 +124,16 @@ def _collect(model, rows: list[list[int]], accesses, batch_size: int, progress: 
 
         return hook
 
-    handles = [a.proj.register_forward_pre_hook(hook_for(a.index)) for a in accesses]
     batches = [rows[b : b + batch_size] for b in range(0, len(rows), batch_size)]
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="key statistics", unit="batch")
-    try:
+    with hooks([a.proj.register_forward_pre_hook(hook_for(a.index)) for a in accesses]):
         for batch in batches:
             ids, mask = pad_batch(batch, device)
             current["mask"] = mask.bool()
-            try:
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
-            except StopForward:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+            forward_until_stop(model, ids, mask)
     count = sum(len(r) for r in rows)
     return {i: g / count for i, g in grams.items()}, count
 

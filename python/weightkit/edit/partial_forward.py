@@ -15,11 +15,13 @@ after the final norm and keeps its layers in an ``nn.ModuleList`` (Llama, Qwen, 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-__all__ = ["StopForward", "UpperForward", "block_output", "logits_at", "with_block_output"]
+__all__ = ["StopForward", "UpperForward", "block_output", "forward_until_stop", "hooks", "logits_at",
+           "with_block_output"]
 
 
 def block_output(out) -> torch.Tensor:
@@ -49,6 +51,25 @@ def logits_at(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, rows: tor
 
 class StopForward(Exception):
     """Raised by a forward hook once what it needs is captured: the layers above never run."""
+
+
+@contextmanager
+def hooks(handles):
+    """Removes the given hook handles when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward_until_stop(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """Runs ``model`` on a batch for what its hooks capture; a hook raising StopForward ends the
+    pass there (the layers above it never run)."""
+    try:
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+    except StopForward:
+        pass
 
 
 class _Replay(nn.Module):
