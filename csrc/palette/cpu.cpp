@@ -103,6 +103,23 @@ WK_AVX512 WK_INLINE __m512 decode16(__m512i i, const __m512* t, const float* tab
   }
 }
 
+// Independent accumulator chains per token: ACC of them, so FMA latency is hidden even for one
+// token; NT tokens share each decoded weight vector.
+template <int NT>
+constexpr int accumulators() {
+  return NT == 1 ? 4 : NT == 2 ? 2 : 1;
+}
+
+// y[t * stride] = scale * (sum of token t's ACC accumulators, all lanes), t < NT.
+template <int NT, int ACC>
+WK_AVX512 WK_INLINE void store_row_sums(const __m512* acc, float* y, int64_t stride, float scale) {
+  for (int t = 0; t < NT; ++t) {
+    __m512 sum = acc[t * ACC];
+    for (int k = 1; k < ACC; ++k) sum = _mm512_add_ps(sum, acc[t * ACC + k]);
+    y[t * stride] = scale * _mm512_reduce_add_ps(sum);
+  }
+}
+
 template <int C, int D, int NT>
 WK_AVX512 void gemv_rows_avx512(const GemvArgs& a, int64_t r0, int64_t r1, int64_t t0) {
   constexpr int P = 32 / C;
@@ -112,8 +129,7 @@ WK_AVX512 void gemv_rows_avx512(const GemvArgs& a, int64_t r0, int64_t r1, int64
     for (int q = 0; q < NTAB; ++q)
       tab[dim][q] = (16 * (q + 1) <= a.ls) ? _mm512_loadu_ps(a.lut + dim * a.ls + 16 * q) : _mm512_setzero_ps();
   const __m512i mask = _mm512_set1_epi32((1 << C) - 1);
-  // Independent FMA chains per token (ACC of them), so FMA latency is hidden even for one token.
-  constexpr int ACC = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+  constexpr int ACC = accumulators<NT>();
   for (int64_t r = r0; r < r1; ++r) {
     const int32_t* w = a.packed + r * a.nblk * 16;
     __m512 acc[NT * ACC];
@@ -134,11 +150,7 @@ WK_AVX512 void gemv_rows_avx512(const GemvArgs& a, int64_t r0, int64_t r1, int64
         }
       }
     }
-    for (int t = 0; t < NT; ++t) {
-      __m512 sum = acc[t * ACC];
-      for (int k = 1; k < ACC; ++k) sum = _mm512_add_ps(sum, acc[t * ACC + k]);
-      a.y[(t0 + t) * a.rows + r] = a.scales[r] * _mm512_reduce_add_ps(sum);
-    }
+    store_row_sums<NT, ACC>(acc, a.y + t0 * a.rows + r, a.rows, a.scales[r]);
   }
 }
 
@@ -168,7 +180,7 @@ WK_AVX2 void gemv_rows_avx2(const GemvArgs& a, int64_t r0, int64_t r1, int64_t t
   for (int dim = 0; dim < D; ++dim)
     for (int q = 0; q < 2; ++q) tab[dim][q] = _mm256_loadu_ps(a.lut + dim * a.ls + 8 * q);
   const __m256i mask = _mm256_set1_epi32((1 << C) - 1);
-  constexpr int ACC = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+  constexpr int ACC = accumulators<NT>();
   for (int64_t r = r0; r < r1; ++r) {
     const int32_t* w = a.packed + r * a.nblk * 16;
     __m256 acc[NT * ACC];
@@ -279,7 +291,7 @@ struct ByteGemvArgs {
   float* y;
 };
 
-#define WK_VBMI_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16")))
+#define WK_VBMI_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16,fma,f16c")))
 
 template <int C>
 WK_VBMI_BF16 WK_INLINE __m512i byte_plane(__m512i idx, __mmask64 high, const __m512i* t) {
@@ -299,7 +311,7 @@ WK_VBMI_BF16 void gemv_vq_bytes_avx512(const ByteGemvArgs& a, int64_t r0, int64_
     for (int k = 0; k < R; ++k) tab[q][k] = _mm512_loadu_si512(a.tab + 256 * q + 64 * k);
   // Bit offsets of the four 7-bit codes of each 32-bit word, per 64-bit lane.
   const __m512i shifts = _mm512_set1_epi64(0x352E2720150E0700LL);
-  constexpr int ACC = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+  constexpr int ACC = accumulators<NT>();
   for (int64_t r = r0; r < r1; ++r) {
     const int32_t* w = a.packed + r * a.nblk * 16;
     __m512 acc[NT * ACC];
@@ -320,11 +332,7 @@ WK_VBMI_BF16 void gemv_vq_bytes_avx512(const ByteGemvArgs& a, int64_t r0, int64_
           }
       }
     }
-    for (int t = 0; t < NT; ++t) {
-      __m512 sum = acc[t * ACC];
-      for (int k = 1; k < ACC; ++k) sum = _mm512_add_ps(sum, acc[t * ACC + k]);
-      a.y[(t0 + t) * a.rows + r] = a.scales[r] * _mm512_reduce_add_ps(sum);
-    }
+    store_row_sums<NT, ACC>(acc, a.y + t0 * a.rows + r, a.rows, a.scales[r]);
   }
 }
 
