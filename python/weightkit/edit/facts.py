@@ -17,7 +17,8 @@ import torch
 
 from weightkit.edit.metrics import target_logprobs
 
-__all__ = ["RELATIONS", "STATEMENTS", "counterfactual_requests", "fact_prompts", "fact_sentences", "facts", "held_out_facts", "known_facts"]
+__all__ = ["RELATIONS", "STATEMENTS", "counterfactual_requests", "fact_prompts", "fact_sentences", "facts",
+           "held_out_facts", "known_facts"]
 
 #: relation -> (prompt templates, first the edit prompt, then paraphrases; ``{}`` is the subject).
 RELATIONS = {
