@@ -2,6 +2,7 @@
 #include "palette/cpu.h"
 
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -260,8 +261,8 @@ void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
 
 // ------------------------------------------- 2-D VQ with 7- or 8-bit codes: bf16 byte tables
 //
-// 128 or 256 codewords are too many for the 16/32-entry permutes above, and AVX-512 gathers (two
-// per 16 codes, one per component) cost ~20 cycles each on Zen 4. Instead each codeword
+// 128 or 256 codewords are too many for the 16/32-entry permutes above, and the gather path (two
+// AVX-512 gathers per 16 codes, one per component) is compute-bound. Instead each codeword
 // component is rounded to bf16 and split into a low-byte and a high-byte table of 128/256
 // entries; VPERMI2B looks up 64 codes per instruction in 128 of them (bit 7 of an 8-bit code
 // picks between two such halves), two byte unpacks rebuild the bf16 values, and VDPBF16PS
@@ -270,13 +271,8 @@ void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
 // indices: directly for 8-bit codes, through VPMULTISHIFTQB for 7-bit ones. The bf16 rounding
 // (relative 2^-9) is far below the error of a 3.5-4 bit quantizer.
 
-// fp32 -> bf16 bits, round to nearest even (NaN stays NaN).
-inline uint16_t bf16_bits(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  if ((b & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-  return static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-}
+// fp32 -> bf16 bits, round to nearest even as torch rounds (NaN stays NaN).
+inline uint16_t bf16_bits(float f) { return c10::BFloat16(f).x; }
 
 // xq: (T, nblk, 4, 16) words of two bf16 activations each, ordered as the byte unpacks leave the
 // decoded values (see vq_bytes_activations); tab: (4, 256) bytes, component 0 low / high byte,

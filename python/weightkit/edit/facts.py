@@ -153,14 +153,18 @@ def held_out_facts(fs: list[dict], requests: list[dict]) -> list[dict]:
 def fact_sentences(fs: list[dict], limit: int | None = None, seed: int = 0) -> list[str]:
     """Plain statements of the facts ("Lyon is a city in the country of France."), a seeded sample
     of ``limit`` of them (all when None): anchor text for RLSEditor(anchor_sentences=...)."""
-    fs = list(fs)
-    random.Random(seed).shuffle(fs)
-    return [STATEMENTS[f["relation"]].format(f["subject"], f["object"]) for f in fs[:limit]]
+    return [STATEMENTS[f["relation"]].format(f["subject"], f["object"]) for f in _sample(fs, limit, seed)]
 
 
 def fact_prompts(fs: list[dict], limit: int | None = None, seed: int = 0) -> list[dict]:
     """Edit prompts of the facts as ``{"prompt", "subject"}``, a seeded sample of ``limit`` of them
     (all when None): facts whose subject keys RLSEditor(preserve=...) keeps where they are."""
+    return [{"prompt": RELATIONS[f["relation"]][0].format(f["subject"]), "subject": f["subject"]}
+            for f in _sample(fs, limit, seed)]
+
+
+def _sample(fs: list[dict], limit: int | None, seed: int) -> list[dict]:
+    """A seeded random sample of ``limit`` facts (all of them, shuffled, when None)."""
     fs = list(fs)
     random.Random(seed).shuffle(fs)
-    return [{"prompt": RELATIONS[f["relation"]][0].format(f["subject"]), "subject": f["subject"]} for f in fs[:limit]]
+    return fs[:limit]

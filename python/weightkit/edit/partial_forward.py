@@ -117,14 +117,8 @@ class UpperForward:
             saved["out"] = out
             raise StopForward
 
-        handle = block.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
-        except StopForward:
-            pass
-        finally:
-            handle.remove()
+        with hooks([block.register_forward_hook(hook)]), torch.no_grad():
+            forward_until_stop(model.base_model, ids, mask)
         self.saved = saved["out"]
         self.hidden = block_output(self.saved)
 
