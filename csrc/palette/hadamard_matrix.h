@@ -1,7 +1,7 @@
 // Small Hadamard matrices H_m (entries +-1, H H^T = m I) for the orders the Hadamard transform
 // combines with a power of two (n = 2^k * m). Built, not stored: Paley I for prime q = 3 mod 4
-// (m = q + 1), Paley II for prime powers q = 1 mod 4 (m = 2 (q + 1)), Sylvester doubling for 40.
-// Orders 156 and 172 need Williamson-type matrices, which are not constructed yet.
+// (m = q + 1), Paley II for prime powers q = 1 mod 4 (m = 2 (q + 1)), Sylvester doubling for 40,
+// and the Goethals-Seidel array for 156 = 4 * 39 and 172 = 4 * 43 (see goethals_seidel below).
 #pragma once
 
 #include <array>
@@ -97,6 +97,56 @@ inline std::vector<int8_t> sylvester_double(const std::vector<int8_t>& H, int m)
   return D;
 }
 
+// Goethals-Seidel: four +-1 sequences a, b, c, d of length n whose periodic autocorrelations sum
+// to 0 at every nonzero shift give, with circulants A..D and the back-diagonal R, the order-4n
+// Hadamard matrix
+//   [[  A,    BR,    CR,    DR ],
+//    [ -BR,    A,   DtR,  -CtR ],
+//    [ -CR,  -DtR,    A,   BtR ],
+//    [ -DR,   CtR,  -BtR,    A ]].
+// Our sequences are constant on the orbits of Z_n under multiplication by the subgroup <g> of the
+// units, so each is a sign per orbit: bit j of minus[k] set = sequence k is -1 on orbit j (orbits
+// numbered by their smallest element). Such a quadruple was found by tools/hadamard_gs_search.py
+// (a meet-in-the-middle search over orbit sign patterns, under a second).
+inline std::vector<int8_t> goethals_seidel(int n, int g, const std::array<uint32_t, 4>& minus) {
+  std::vector<int> orbit(n, -1);
+  int n_orbits = 0;
+  for (int x = 0; x < n; ++x) {
+    if (orbit[x] >= 0) continue;
+    int y = x;
+    do {
+      orbit[y] = n_orbits;
+      y = (y * g) % n;
+    } while (y != x);
+    ++n_orbits;
+  }
+  std::array<std::vector<int>, 4> seq;
+  for (int k = 0; k < 4; ++k) {
+    seq[k].resize(n);
+    for (int x = 0; x < n; ++x) seq[k][x] = (minus[k] >> orbit[x]) & 1 ? -1 : 1;
+  }
+  // Block (p, q): which sequence, its sign, and its form: 0 circulant X[i][j] = x[j - i],
+  // 1 XR[i][j] = x[-1 - i - j], 2 XtR[i][j] = x[i + j + 1] (indices mod n).
+  struct Block { int seq, sign, form; };
+  static constexpr Block kArray[4][4] = {
+      {{0, 1, 0}, {1, 1, 1}, {2, 1, 1}, {3, 1, 1}},
+      {{1, -1, 1}, {0, 1, 0}, {3, 1, 2}, {2, -1, 2}},
+      {{2, -1, 1}, {3, -1, 2}, {0, 1, 0}, {1, 1, 2}},
+      {{3, -1, 1}, {2, 1, 2}, {1, -1, 2}, {0, 1, 0}}};
+  const int m = 4 * n;
+  std::vector<int8_t> H(m * m);
+  for (int p = 0; p < 4; ++p)
+    for (int q = 0; q < 4; ++q) {
+      const Block b = kArray[p][q];
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < n; ++j) {
+          const int idx = b.form == 0 ? j - i : b.form == 1 ? -1 - i - j : i + j + 1;
+          H[(p * n + i) * m + q * n + j] = static_cast<int8_t>(b.sign * seq[b.seq][((idx % n) + n) % n]);
+        }
+    }
+  return H;
+}
+
 // H_m row-major (m * m entries of +-1), or empty when m is not a supported order.
 inline std::vector<int8_t> small_hadamard(int m) {
   switch (m) {
@@ -110,12 +160,14 @@ inline std::vector<int8_t> small_hadamard(int m) {
     case 60: return paley1(59);
     case 108: return paley1(107);
     case 140: return paley1(139);
+    case 156: return goethals_seidel(39, 29, {167, 333, 488, 360});
+    case 172: return goethals_seidel(43, 4, {38, 52, 26, 25});
     default: return {};
   }
 }
 
 // The orders small_hadamard builds, for error messages.
-inline const char* supported_orders() { return "1, 12, 20, 28, 36, 40, 52, 60, 108, 140"; }
+inline const char* supported_orders() { return "1, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172"; }
 
 // Splits n = 2^k * m with m a supported order (the largest such m dividing n); returns m, or 0.
 inline int hadamard_split(int64_t n) {

@@ -1,5 +1,6 @@
 """float64 references of the palette family: small Hadamard matrices built independently of the
-C++ (same Paley / Sylvester conventions), the full transform as a dense matrix, and decoding."""
+C++ (same Paley / Sylvester / Goethals–Seidel conventions), the full transform as a dense matrix,
+and decoding."""
 
 from __future__ import annotations
 
@@ -62,6 +63,29 @@ def paley2(q: int) -> torch.Tensor:
     return torch.kron(C, A) + torch.kron(torch.eye(q + 1, dtype=torch.float64), B)
 
 
+def goethals_seidel(n: int, g: int, minus: tuple[int, int, int, int]) -> torch.Tensor:
+    """Order 4n from four length-n ±1 sequences that are constant on the orbits of x -> g·x mod n
+    (bit j of minus[k]: sequence k is -1 on the orbit with the j-th smallest least element)."""
+    reps = sorted({min((x * g**e) % n for e in range(n)) for x in range(n)})
+    orbit_of = {}
+    for j, r in enumerate(reps):
+        y = r
+        while y not in orbit_of:
+            orbit_of[y] = j
+            y = (y * g) % n
+    seqs = [torch.tensor([-1.0 if (mk >> orbit_of[x]) & 1 else 1.0 for x in range(n)], dtype=torch.float64)
+            for mk in minus]
+    idx = torch.arange(n)
+    A, B, C, D = (s[(idx[None, :] - idx[:, None]) % n] for s in seqs)  # circulants X[i, j] = x[j - i]
+    R = torch.eye(n, dtype=torch.float64).flip(1)
+    return torch.cat([
+        torch.cat([A, B @ R, C @ R, D @ R], 1),
+        torch.cat([-B @ R, A, D.T @ R, -C.T @ R], 1),
+        torch.cat([-C @ R, -D.T @ R, A, B.T @ R], 1),
+        torch.cat([-D @ R, C.T @ R, -B.T @ R, A], 1),
+    ], 0)
+
+
 def small_hadamard(m: int) -> torch.Tensor:
     """H_m (m, m) float64 of ±1."""
     if m == 1:
@@ -70,7 +94,8 @@ def small_hadamard(m: int) -> torch.Tensor:
         return torch.kron(torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64), paley1(19))
     return {12: lambda: paley1(11), 20: lambda: paley1(19), 28: lambda: paley2(13), 36: lambda: paley2(17),
             52: lambda: paley2(25), 60: lambda: paley1(59), 108: lambda: paley1(107),
-            140: lambda: paley1(139)}[m]()
+            140: lambda: paley1(139), 156: lambda: goethals_seidel(39, 29, (167, 333, 488, 360)),
+            172: lambda: goethals_seidel(43, 4, (38, 52, 26, 25))}[m]()
 
 
 def hadamard_matrix(n: int, m: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Hadamard rotation and the codebook quantizer ops of the palette family.
 
 ``hadamard_transform(x, signs, scale)``: y = scale·(x ⊙ signs)·H_nᵀ over the last dim with
-H_n = H_m ⊗ H_{2^k} (entries ±1, n = 2^k·m, m ∈ {1, 12, 20, 28, 36, 40, 52, 60, 108, 140});
+H_n = H_m ⊗ H_{2^k} (entries ±1, n = 2^k·m, m ∈ {1, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172});
 ``scale = n**-0.5`` makes it orthogonal. A weight row w and an activation x rotated the same way
 keep their inner product, so rotating W's rows and x at run time gives the same y = x·Wᵀ.
 
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: The small orders m of n = 2^k·m that hadamard_transform supports.
-HADAMARD_ORDERS = (1, 12, 20, 28, 36, 40, 52, 60, 108, 140)
+HADAMARD_ORDERS = (1, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172)
 
 
 def hadamard_order(n: int) -> int | None:
