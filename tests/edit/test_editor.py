@@ -175,6 +175,29 @@ def test_sentence_gram_counts_real_tokens_only(tmp_path):
         key_gram(model, ByteTokenizer(), acc, source=[], cache=False, progress=False)
 
 
+def test_text_gram_offset_reads_a_later_slice(tmp_path):
+    """key_gram(offset=o) is the Gram of tokens [o, o + n_tokens), cached apart from offset 0."""
+    from weightkit.data import eval_tokens
+    from weightkit.edit.model_access import key_gram, layer_access
+
+    model = tiny_llama()
+    acc = layer_access(model, [1])
+    tok = ByteTokenizer()
+    kw = dict(source="pydoc", n_tokens=256, ctx=128, cache=tmp_path, progress=False)
+    first, later = key_gram(model, tok, acc, **kw)[1], key_gram(model, tok, acc, offset=512, **kw)[1]
+    ids = eval_tokens(tok, "pydoc", 256, 512)
+    keys = []
+    hook = acc[0].proj.register_forward_pre_hook(lambda m, args: keys.append(args[0][0].double()))
+    with torch.no_grad():
+        for s in (0, 128):
+            model(input_ids=ids[s : s + 128][None])
+    hook.remove()
+    K = torch.cat(keys)
+    torch.testing.assert_close(later, K.T @ K / K.shape[0], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(first, later)
+    assert len(list((tmp_path / "edit-stats").glob("*-o512-L1.pt"))) == 1
+
+
 PRESERVE = [{"prompt": "The capital of Xandu is", "subject": "Xandu"},
             {"prompt": "{} is a city in", "subject": "Blop"},
             {"prompt": "Mount Yurr stands in", "subject": "Mount Yurr"}]

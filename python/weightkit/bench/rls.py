@@ -142,6 +142,11 @@ def _synthetic(d_k: int, d_v: int, n_steps: int, lam: float = 1.0, mu: float = 1
     return cases, extra
 
 
+#: Perplexity is measured on pydoc tokens [0, ppl_tokens) with ppl_tokens at most this (by default);
+#: the anchor statistics are taken after it.
+PPL_SLICE_MAX = 16384
+
+
 def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers, batch_size: int, lam: float,
           mu: float, value_steps: int, stop_nll: float, anchor_facts: int, anchor_weight: float, preserve: int,
           preserve_weight: float, preserve_population: int, retries: int, retry_nll: float) -> tuple[list[dict], dict]:
@@ -162,9 +167,12 @@ def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers,
     anchor = F.fact_sentences(F.held_out_facts(all_facts, reqs), limit=anchor_facts) if anchor_facts else []
     kept = F.fact_prompts(F.held_out_facts(F.facts(preserve_population), reqs), limit=preserve) if preserve else None
     ppl_tok = data.eval_tokens(tok, "pydoc", ppl_tokens)
+    # The anchor's pydoc statistics start past the perplexity slice: the edits are not protected
+    # on the very tokens they are scored on.
+    stats_offset = max(ppl_tokens, PPL_SLICE_MAX)
     out = {"n_requested": n_edits, "n_known": len(known), "layers": list(layers), "batch_size": batch_size,
            "lam": lam, "mu": mu, "value_steps": value_steps, "stop_nll": stop_nll, "known_facts_s": round(facts_s, 1),
-           "anchor": {"text": "pydoc, 32 768 tokens", "fact_sentences": len(anchor), "weight": anchor_weight},
+           "anchor": {"text": f"pydoc tokens [{stats_offset}, {stats_offset + 32768})", "fact_sentences": len(anchor), "weight": anchor_weight},
            "preserve": {"fact_prompts": len(kept or []), "weight": preserve_weight,
                         "min_city_population": preserve_population},
            "retries": retries, "retry_nll": retry_nll,
@@ -180,7 +188,8 @@ def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers,
         return m
 
     cfg = ValueConfig(steps=value_steps, stop_nll=stop_nll)
-    opts = dict(tokenizer=tok, value_config=cfg, progress=progress, anchor_sentences=anchor, anchor_weight=anchor_weight,
+    opts = dict(tokenizer=tok, value_config=cfg, progress=progress, stats_offset=stats_offset,
+                anchor_sentences=anchor, anchor_weight=anchor_weight,
                 preserve=kept, preserve_weight=preserve_weight, retries=retries, retry_nll=retry_nll)
     unedited = RLSEditor(model, layers, lam, mu, **opts)
     out["unedited"] = metrics(unedited, 0)

@@ -48,8 +48,9 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     # Anchor: key statistics of 8K pydoc tokens (the editor's default is 32K, demo-sized here) and
     # of 500 true statements of facts that no request's prompts mention (bench/bench_rls.py: 1 500).
     anchor = facts_mod.fact_sentences(facts_mod.held_out_facts(all_facts, requests), limit=500)
-    editor = RLSEditor(model, list(LAYERS), tokenizer=tokenizer, stats_tokens=8192, anchor_sentences=anchor,
-                       progress=False)
+    # Its pydoc statistics start past the perplexity slice (tokens [0, 16384)).
+    editor = RLSEditor(model, list(LAYERS), tokenizer=tokenizer, stats_tokens=8192, stats_offset=16384,
+                       anchor_sentences=anchor, progress=False)
     history = []
     seconds = 0.0
     for start in progress(range(0, len(requests), chunk), desc="edit", label=lambda s: f"edits {s}+"):

@@ -62,7 +62,8 @@ class RLSEditor(_Editor):
 
     where mu (default 1000, which measured best on SmolLM2 city/country edits between 1 and 1e5)
     multiplies the *mean* key second moment E[kkᵀ] = K0ᵀK0 / N of ``stats_tokens``
-    tokens of ``stats_source`` text in windows of ``stats_ctx`` (so mu does not depend on N).
+    tokens of ``stats_source`` text from token ``stats_offset`` on, in windows of ``stats_ctx`` (so
+    mu does not depend on N; start past any slice you measure perplexity on).
     ``anchor_sentences`` (optional, e.g. statements of facts that must stay as they are) join the
     anchor: E[kkᵀ] becomes (1 − anchor_weight)·E_text + anchor_weight·E_sentences. General text
     such as Python docs says little about, say, cities, so without such sentences an edit of one
@@ -104,6 +105,7 @@ class RLSEditor(_Editor):
         stats_source: str = "pydoc",
         stats_tokens: int = 32768,
         stats_ctx: int = 512,
+        stats_offset: int = 0,
         anchor_sentences=None,
         anchor_weight: float = 0.5,
         preserve=None,
@@ -136,7 +138,8 @@ class RLSEditor(_Editor):
         self.value_config = value_config or ValueConfig()
         self.prefixes = tuple(prefixes)
         self._gram = gram
-        self._stats = dict(source=stats_source, n_tokens=stats_tokens, ctx=stats_ctx, cache=cache, progress=progress)
+        self._stats = dict(source=stats_source, n_tokens=stats_tokens, ctx=stats_ctx, offset=stats_offset, cache=cache,
+                           progress=progress)
         self.C: dict[int, torch.Tensor] = {}
         self.C0: dict[int, torch.Tensor] = {}
         self.master: dict[int, torch.Tensor] = {}

@@ -96,13 +96,13 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _rows(tokenizer, source, n_tokens: int, ctx: int) -> list[list[int]]:
-    """Token rows of a statistics source: windows of ``ctx`` over the first ``n_tokens`` tokens of a
-    ``weightkit.data.load_text`` name, or one row per sentence of a list."""
+def _rows(tokenizer, source, n_tokens: int, ctx: int, offset: int) -> list[list[int]]:
+    """Token rows of a statistics source: windows of ``ctx`` over tokens ``[offset, offset +
+    n_tokens)`` of a ``weightkit.data.load_text`` name, or one row per sentence of a list."""
     if isinstance(source, str):
         from weightkit.data import eval_tokens
 
-        tokens = eval_tokens(tokenizer, source, n_tokens)
+        tokens = eval_tokens(tokenizer, source, n_tokens, offset)
         return [tokens[s : s + ctx].tolist() for s in range(0, tokens.numel() - ctx + 1, ctx)]
     return [ids for ids in (token_ids(tokenizer, text) for text in source) if ids]
 
@@ -148,14 +148,16 @@ def key_gram(
     batch_size: int = 4,
     cache: bool | str | os.PathLike = True,
     progress: bool = True,
+    offset: int = 0,
 ) -> dict[int, torch.Tensor]:
-    """E[k kᵀ] (d_k, d_k, float64) of the down-projection inputs per layer index, over the first
-    ``n_tokens`` tokens of ``weightkit.data.load_text(source)`` in windows of ``ctx``, or, when
-    ``source`` is a list of sentences, over every token of each sentence run alone (``n_tokens``
-    and ``ctx`` unused; ``batch_size`` × 8 sentences per forward).
+    """E[k kᵀ] (d_k, d_k, float64) of the down-projection inputs per layer index, over tokens
+    ``[offset, offset + n_tokens)`` of ``weightkit.data.load_text(source)`` in windows of ``ctx``
+    (keep them apart from any slice you evaluate perplexity on), or, when ``source`` is a list of
+    sentences, over every token of each sentence run alone (``n_tokens``, ``ctx`` and ``offset``
+    unused; ``batch_size`` × 8 sentences per forward).
 
     The mean (not the sum) so that ``mu`` means the same whatever the number of tokens is. Cached
-    as ``<cache>/edit-stats/<model fingerprint>-<source>-<n_tokens>-<ctx>-L<i>.pt`` (a sentence
+    as ``<cache>/edit-stats/<model fingerprint>-<source>-<n_tokens>-<ctx>[-o<offset>]-L<i>.pt`` (a sentence
     list is named by a hash of its text; cache True: ``$WEIGHTKIT_CACHE`` or
     ``~/.cache/weightkit``; a path; False: never cached).
     """
@@ -165,11 +167,11 @@ def key_gram(
         if not source:
             raise ValueError("weightkit.edit.key_gram: the sentence list is empty")
         name = "sentences-" + hashlib.sha1("\n".join(source).encode()).hexdigest()[:12]
-        n_tokens, ctx, batch_size = 0, 0, 8 * batch_size
+        n_tokens, ctx, offset, batch_size = 0, 0, 0, 8 * batch_size
     else:
         name = source
     root = None if cache is False else (_cache_dir() if cache is True else pathlib.Path(cache))
-    tag = f"{_fingerprint(model)}-{name}-{n_tokens}-{ctx}"
+    tag = f"{_fingerprint(model)}-{name}-{n_tokens}-{ctx}" + (f"-o{offset}" if offset else "")
     paths = {a.index: root / "edit-stats" / f"{tag}-L{a.index}.pt" for a in accesses} if root else {}
     out = {}
     for a in accesses:
@@ -177,7 +179,7 @@ def key_gram(
             out[a.index] = torch.load(paths[a.index], map_location=a.proj.weight.device)
     missing = [a for a in accesses if a.index not in out]
     if missing:
-        rows = _rows(tokenizer, source, n_tokens, ctx)
+        rows = _rows(tokenizer, source, n_tokens, ctx, offset)
         grams, count = _collect(model, rows, missing, batch_size, progress)
         out.update(grams)
         if root:
@@ -186,6 +188,6 @@ def key_gram(
                 tmp = paths[i].with_suffix(".tmp")
                 torch.save(g.cpu(), tmp)
                 os.replace(tmp, paths[i])
-            meta = {"source": name, "n_tokens": n_tokens, "ctx": ctx, "tokens_used": count}
+            meta = {"source": name, "n_tokens": n_tokens, "ctx": ctx, "offset": offset, "tokens_used": count}
             (root / "edit-stats" / f"{tag}.json").write_text(json.dumps(meta))
     return out
