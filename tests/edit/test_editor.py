@@ -235,6 +235,38 @@ def test_preserved_keys_join_the_anchor_and_hold_still(tmp_path):
         editor(model, preserve=[{"prompt": "A is"}])
 
 
+def test_preserve_nearest_appends_the_most_similar_pool_rows(tmp_path):
+    """preserve_nearest=k: each update also fits, with weight preserve_weight, the k pool keys
+    most like each edit key to their unedited outputs; held that way they move less."""
+    model = tiny_llama()
+    ed = editor(model, preserve=PRESERVE, preserve_weight=4.0, preserve_nearest=1, tmp_path=tmp_path)
+    ed._ensure_state()  # no edit: the model stays as it is
+    for a in ed.accesses:
+        P, P_out = ed._pool[a.index]
+        torch.testing.assert_close(P_out, P @ a.weight().double().T)
+        # Edit keys equal to pool rows 2 and 0 (scaled: cosine ignores the norm) pick exactly those.
+        K = torch.stack([3 * P[2], P[0]])
+        V = torch.randn(2, P_out.shape[1], dtype=torch.float64)
+        K2, V2 = ed._with_nearest(a.index, K, V)
+        torch.testing.assert_close(K2, torch.cat([K, 2 * P[[0, 2]]]))
+        torch.testing.assert_close(V2, torch.cat([V, 2 * P_out[[0, 2]]]))
+
+    keys = subject_keys(model, ByteTokenizer(), check_requests(PRESERVE, need_target=False), ed.accesses, ("",))
+
+    def moved(**kw):
+        e = editor(copy.deepcopy(model), tmp_path=tmp_path, preserve=PRESERVE, preserve_weight=4.0, **kw)
+        before = [a.weight().clone() for a in e.accesses]
+        e.edit(REQUESTS)
+        return max(((a.weight() - w0).double() @ keys[a.index].double().T).norm().item()
+                   for a, w0 in zip(e.accesses, before))
+
+    assert moved(preserve_nearest=2) < moved()
+    with pytest.raises(ValueError, match="preserve_nearest needs preserve"):
+        editor(model, preserve_nearest=2)
+    with pytest.raises(ValueError, match="preserve_nearest must be an int >= 0"):
+        editor(model, preserve=PRESERVE, preserve_nearest=-1)
+
+
 def test_retries_update_only_unrealized_requests(monkeypatch):
     model = tiny_llama()
     calls = []

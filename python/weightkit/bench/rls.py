@@ -31,7 +31,7 @@ FAMILY = "rls"
 #: The real stream's settings, shared by `weightkit bench` and the CLI (whose flags override them).
 REAL = dict(layers=(3, 4, 5, 6, 7, 8), batch_size=16, lam=1.0, mu=1000.0, value_steps=20, stop_nll=0.5,
             anchor_facts=1500, anchor_weight=0.5, preserve=3000, preserve_weight=2.0, preserve_population=50_000,
-            retries=2, retry_nll=0.5)
+            preserve_nearest=0, retries=2, retry_nll=0.5)
 
 
 def _windows(n_steps: int) -> list[int]:
@@ -149,7 +149,8 @@ PPL_SLICE_MAX = 16384
 
 def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers, batch_size: int, lam: float,
           mu: float, value_steps: int, stop_nll: float, anchor_facts: int, anchor_weight: float, preserve: int,
-          preserve_weight: float, preserve_population: int, retries: int, retry_nll: float) -> tuple[list[dict], dict]:
+          preserve_weight: float, preserve_population: int, preserve_nearest: int, retries: int,
+          retry_nll: float) -> tuple[list[dict], dict]:
     from weightkit import data
     from weightkit.edit import MEMITEditor, RLSEditor, ValueConfig
     from weightkit.edit import facts as F
@@ -173,7 +174,7 @@ def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers,
     out = {"n_requested": n_edits, "n_known": len(known), "layers": list(layers), "batch_size": batch_size,
            "lam": lam, "mu": mu, "value_steps": value_steps, "stop_nll": stop_nll, "known_facts_s": round(facts_s, 1),
            "anchor": {"text": f"pydoc tokens [{stats_offset}, {stats_offset + 32768})", "fact_sentences": len(anchor), "weight": anchor_weight},
-           "preserve": {"fact_prompts": len(kept or []), "weight": preserve_weight,
+           "preserve": {"fact_prompts": len(kept or []), "weight": preserve_weight, "nearest": preserve_nearest,
                         "min_city_population": preserve_population},
            "retries": retries, "retry_nll": retry_nll,
            "relations": {r: sum(q["relation"] == r for q in reqs) for r in F.RELATIONS}}
@@ -190,7 +191,8 @@ def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers,
     cfg = ValueConfig(steps=value_steps, stop_nll=stop_nll)
     opts = dict(tokenizer=tok, value_config=cfg, progress=progress, stats_offset=stats_offset,
                 anchor_sentences=anchor, anchor_weight=anchor_weight,
-                preserve=kept, preserve_weight=preserve_weight, retries=retries, retry_nll=retry_nll)
+                preserve=kept, preserve_weight=preserve_weight, preserve_nearest=preserve_nearest if kept else 0,
+                retries=retries, retry_nll=retry_nll)
     unedited = RLSEditor(model, layers, lam, mu, **opts)
     out["unedited"] = metrics(unedited, 0)
     print(f"unedited: {json.dumps(out['unedited'])}", file=sys.stderr, flush=True)
@@ -291,6 +293,8 @@ def main(argv=None) -> int:
                         help="weight of each preserved key relative to an edit's")
     parser.add_argument("--preserve-population", type=int, default=REAL["preserve_population"],
                         help="preserved facts: cities down to this many inhabitants")
+    parser.add_argument("--preserve-nearest", type=int, default=REAL["preserve_nearest"],
+                        help="per edit key, the preserved keys most like it join each update (0: off)")
     parser.add_argument("--retries", type=int, default=REAL["retries"],
                         help="extra RLS steps for requests whose target NLL stays above --retry-nll")
     parser.add_argument("--retry-nll", type=float, default=REAL["retry_nll"])

@@ -72,7 +72,11 @@ class RLSEditor(_Editor):
     ``weightkit.edit.facts.fact_prompts``) aims straight at that leak: the subject keys of those
     prompts, computed as an edit's keys are, join the anchor with ``preserve_weight`` each (an
     edit's key weighs 1), i.e. C0 = (lam·I + mu·E[kkᵀ] + preserve_weight·K_pᵀK_p)⁻¹; their outputs
-    then stay where the unedited model put them. ``retries`` > 0: after a batch, requests whose
+    then stay where the unedited model put them. ``preserve_nearest`` = k > 0 aims closer still:
+    at every update, the k preserved keys most similar (cosine) to each edit key join that update
+    as rows whose targets are their unedited outputs, with ``preserve_weight`` each (a key chosen
+    again later gains weight again): the facts an edit is most likely to drag along are the ones
+    held hardest. ``retries`` > 0: after a batch, requests whose
     target still has a mean NLL per token above ``retry_nll`` on their prompt get another RLS step
     (fresh keys and values), at most ``retries`` times.
     Each batch of u requests is one float64 Woodbury step per layer
@@ -110,6 +114,7 @@ class RLSEditor(_Editor):
         anchor_weight: float = 0.5,
         preserve=None,
         preserve_weight: float = 1.0,
+        preserve_nearest: int = 0,
         retries: int = 0,
         retry_nll: float = 1.0,
         cache=True,
@@ -132,6 +137,11 @@ class RLSEditor(_Editor):
         self.anchor_weight = float(anchor_weight)
         self.preserve = check_requests(preserve, need_target=False) if preserve else []
         self.preserve_weight = float(preserve_weight)
+        if not isinstance(preserve_nearest, int) or preserve_nearest < 0:
+            raise ValueError(f"weightkit.edit.RLSEditor: preserve_nearest must be an int >= 0, got {preserve_nearest!r}")
+        if preserve_nearest and not self.preserve:
+            raise ValueError("weightkit.edit.RLSEditor: preserve_nearest needs preserve=... (the pool it picks from)")
+        self.preserve_nearest = preserve_nearest
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"weightkit.edit.RLSEditor: retries must be an int >= 0, got {retries!r}")
         self.retries, self.retry_nll = retries, float(retry_nll)
@@ -143,6 +153,8 @@ class RLSEditor(_Editor):
         self.C: dict[int, torch.Tensor] = {}
         self.C0: dict[int, torch.Tensor] = {}
         self.master: dict[int, torch.Tensor] = {}
+        # preserve_nearest: the pool's keys and their unedited outputs, per layer.
+        self._pool: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _ensure_state(self) -> None:
         if self.C0:
@@ -172,6 +184,9 @@ class RLSEditor(_Editor):
             if a.index not in self.master:
                 # fp32/fp64 weights are updated in place (a view of the live weight).
                 self.master[a.index] = W if W.dtype in (torch.float32, torch.float64) else W.float().clone()
+            if self.preserve_nearest and a.index in kept:
+                P = kept[a.index].to(W.device, torch.float64)
+                self._pool[a.index] = (P, P @ W.double().T)
 
     def _write_back(self, a) -> None:
         live, master = a.weight(), self.master[a.index]
@@ -205,9 +220,21 @@ class RLSEditor(_Editor):
             resid = (Z - Z_now).double() / (len(self.accesses) - i)
             W = self.master[a.index]
             V = K.double() @ W.double().T + resid
+            if a.index in self._pool:
+                K, V = self._with_nearest(a.index, K.double(), V)
             C = self.C[a.index] if self.carry else self.C0[a.index].clone()
             rls_update_(W, C, K, V)
             self._write_back(a)
+
+    def _with_nearest(self, layer: int, K: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V with the rows of the pool keys nearest to each edit key appended (preserve_nearest),
+        scaled by sqrt(preserve_weight) so each weighs preserve_weight in the least squares."""
+        P, P_out = self._pool[layer]
+        unit = lambda M: M / M.norm(dim=1, keepdim=True).clamp_min(1e-30)  # noqa: E731
+        k = min(self.preserve_nearest, P.shape[0])
+        near = (unit(K) @ unit(P).T).topk(k, dim=1).indices.flatten().unique()
+        w = self.preserve_weight**0.5
+        return torch.cat([K, w * P[near]]), torch.cat([V, w * P_out[near]])
 
     def state_dict(self) -> dict:
         """Everything needed to resume the stream: C (float64) and the master weight per layer."""
