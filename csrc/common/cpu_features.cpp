@@ -25,6 +25,7 @@ CpuFeatures detect() {
   if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) {
     f.amx_bf16 = (edx >> 22) & 1u;
     f.avx512_vbmi = f.avx512 && ((ecx >> 1) & 1u);
+    f.avx512_vnni = f.avx512 && ((ecx >> 11) & 1u);
   }
 #endif
   return f;

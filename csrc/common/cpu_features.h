@@ -16,6 +16,7 @@ struct CpuFeatures {
   bool avx512 = false;     // F + BW + VL + DQ, with OS support for the ZMM state
   bool avx512_bf16 = false;
   bool avx512_vbmi = false;  // byte permutes (vpermi2b, vpmultishiftqb)
+  bool avx512_vnni = false;  // u8 x s8 dot products (vpdpbusd)
   bool amx_bf16 = false;
 };
 

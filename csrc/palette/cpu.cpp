@@ -2,10 +2,10 @@
 #include "palette/cpu.h"
 
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -259,130 +259,149 @@ void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
-// ------------------------------------------- 2-D VQ with 7- or 8-bit codes: bf16 byte tables
+// ------------------------------------------- 2-D VQ with 7- or 8-bit codes: int8 byte tables
 //
-// 128 or 256 codewords are too many for the 16/32-entry permutes above, and the gather path (two
-// AVX-512 gathers per 16 codes, one per component) is compute-bound. Instead each codeword
-// component is rounded to bf16 and split into a low-byte and a high-byte table of 128/256
-// entries; VPERMI2B looks up 64 codes per instruction in 128 of them (bit 7 of an 8-bit code
-// picks between two such halves), two byte unpacks rebuild the bf16 values, and VDPBF16PS
-// multiplies them by the activations (rounded to bf16 as torch's bf16 F.linear rounds them) and
-// accumulates in fp32. A 16-word block holds 64 codes (4 per word) whose bytes are the lookup
-// indices: directly for 8-bit codes, through VPMULTISHIFTQB for 7-bit ones. The bf16 rounding
-// (relative 2^-9) is far below the error of a 3.5-4 bit quantizer.
+// 128 or 256 codewords are too many for the 16/32-entry register permutes above, and the gather
+// path (two AVX-512 gathers per 16 codes) is compute-bound. Here, as in llama.cpp's CPU kernels,
+// both operands go to int8: each codeword component is rounded to int8 on one scale for the
+// whole codebook (s_c = max|codebook| / 127) and stored + 128 as a u8 table of 128/256 entries,
+// one per component, which VPERMI2B reads for 64 codes per instruction (bit 7 of an 8-bit code
+// picks between two 128-entry halves); activations are rounded to int8 per token and block of 64
+// pairs (s_b = max|x| / 127 over the block's 128 values), laid out in the order of the code bytes,
+// so VPDPBUSD multiplies the looked-up bytes by them with no unpacking. Per block the int32 sum
+// is scaled by s_b and accumulated in fp32; the +128 of the table contributes 128 * sum(x_q) per
+// block, which does not depend on the row and is taken off once per token. Two byte lookups per
+// 64 codes instead of the four a bf16 table needs made this kernel 2x faster (see
+// docs/design-notes.md). Error: each operand is off by at most half its step, s_c / 2 and s_b / 2;
+// tests/ops/test_palette.py checks the result against the float64 product of the rounded operands
+// and its distance to the exact product.
 
-// fp32 -> bf16 bits, round to nearest even as torch rounds (NaN stays NaN).
-inline uint16_t bf16_bits(float f) { return c10::BFloat16(f).x; }
-
-// xq: (T, nblk, 4, 16) words of two bf16 activations each, ordered as the byte unpacks leave the
-// decoded values (see vq_bytes_activations); tab: (4, 256) bytes, component 0 low / high byte,
-// component 1 low / high byte.
-struct ByteGemvArgs {
-  const uint32_t* xq;
+// xq: (T, nblk, 2, 64) int8 activations in code-byte order, xs: (T, nblk) their block scales,
+// offset: (T) 128 * sum_b xs[b] * sum(xq of block b); tab: (2, 256) u8, component 0 then 1.
+struct Int8GemvArgs {
+  const int8_t* xq;
+  const float* xs;
+  const float* offset;
   int64_t T, nblk;
   const int32_t* packed;
   int64_t rows;
   const uint8_t* tab;
+  float out_scale;  // s_c
   const float* scales;
   float* y;
 };
 
-#define WK_VBMI_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16,fma,f16c")))
-
-template <int C>
-WK_VBMI_BF16 WK_INLINE __m512i byte_plane(__m512i idx, __mmask64 high, const __m512i* t) {
-  const __m512i lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);  // entries 0..127 (7 index bits)
-  if constexpr (C == 7) {
-    return lo;
-  } else {
-    return _mm512_mask_blend_epi8(high, lo, _mm512_permutex2var_epi8(t[2], idx, t[3]));
-  }
-}
+#define WK_VBMI_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,fma")))
 
 template <int C, int NT>
-WK_VBMI_BF16 void gemv_vq_bytes_avx512(const ByteGemvArgs& a, int64_t r0, int64_t r1, int64_t t0) {
-  constexpr int R = C == 8 ? 4 : 2;  // registers per 128/256-byte plane
-  __m512i tab[4][R];
-  for (int q = 0; q < 4; ++q)
+WK_VBMI_VNNI void gemv_vq_int8_avx512(const Int8GemvArgs& a, int64_t r0, int64_t r1, int64_t t0) {
+  constexpr int R = C == 8 ? 4 : 2;  // registers per 128/256-byte table
+  __m512i tab[2][R];
+  for (int q = 0; q < 2; ++q)
     for (int k = 0; k < R; ++k) tab[q][k] = _mm512_loadu_si512(a.tab + 256 * q + 64 * k);
   // Bit offsets of the four 7-bit codes of each 32-bit word, per 64-bit lane.
   const __m512i shifts = _mm512_set1_epi64(0x352E2720150E0700LL);
-  constexpr int ACC = accumulators<NT>();
   for (int64_t r = r0; r < r1; ++r) {
     const int32_t* w = a.packed + r * a.nblk * 16;
-    __m512 acc[NT * ACC];
-    for (int t = 0; t < NT * ACC; ++t) acc[t] = _mm512_setzero_ps();
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t blk = 0; blk < a.nblk; ++blk) {
       __m512i idx = _mm512_loadu_si512(w + blk * 16);
       if constexpr (C == 7) idx = _mm512_multishift_epi64_epi8(shifts, idx);
-      const __mmask64 high = C == 8 ? _mm512_movepi8_mask(idx) : 0;
+      __m512i plane[2];
       for (int comp = 0; comp < 2; ++comp) {
-        const __m512i lo = byte_plane<C>(idx, high, tab[2 * comp]);
-        const __m512i hi = byte_plane<C>(idx, high, tab[2 * comp + 1]);
-        const __m512bh v[2] = {(__m512bh)_mm512_unpacklo_epi8(lo, hi), (__m512bh)_mm512_unpackhi_epi8(lo, hi)};
-        for (int h = 0; h < 2; ++h)
-          for (int t = 0; t < NT; ++t) {
-            const uint32_t* xb = a.xq + (((t0 + t) * a.nblk + blk) * 4 + 2 * comp + h) * 16;
-            __m512& ac = acc[t * ACC + (2 * comp + h) % ACC];
-            ac = _mm512_dpbf16_ps(ac, v[h], (__m512bh)_mm512_loadu_si512(xb));
-          }
+        plane[comp] = _mm512_permutex2var_epi8(tab[comp][0], idx, tab[comp][1]);  // entries 0..127
+        if constexpr (C == 8)
+          plane[comp] = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), plane[comp],
+                                               _mm512_permutex2var_epi8(tab[comp][2], idx, tab[comp][3]));
+      }
+      for (int t = 0; t < NT; ++t) {
+        const int64_t tb = (t0 + t) * a.nblk + blk;
+        const int8_t* xb = a.xq + tb * 128;
+        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), plane[0], _mm512_loadu_si512(xb));
+        dot = _mm512_dpbusd_epi32(dot, plane[1], _mm512_loadu_si512(xb + 64));
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a.xs[tb]), acc[t]);
       }
     }
-    store_row_sums<NT, ACC>(acc, a.y + t0 * a.rows + r, a.rows, a.scales[r]);
+    for (int t = 0; t < NT; ++t)
+      a.y[(t0 + t) * a.rows + r] = a.scales[r] * a.out_scale * (_mm512_reduce_add_ps(acc[t]) - a.offset[t0 + t]);
   }
 }
 
 template <int C>
-void gemv_vq_bytes_rows(const ByteGemvArgs& a, int64_t r0, int64_t r1) {
+void gemv_vq_int8_rows(const Int8GemvArgs& a, int64_t r0, int64_t r1) {
   for (int64_t t0 = 0; t0 < a.T; t0 += 4) {
     switch (std::min<int64_t>(4, a.T - t0)) {
-      case 1: gemv_vq_bytes_avx512<C, 1>(a, r0, r1, t0); break;
-      case 2: gemv_vq_bytes_avx512<C, 2>(a, r0, r1, t0); break;
-      case 3: gemv_vq_bytes_avx512<C, 3>(a, r0, r1, t0); break;
-      default: gemv_vq_bytes_avx512<C, 4>(a, r0, r1, t0); break;
+      case 1: gemv_vq_int8_avx512<C, 1>(a, r0, r1, t0); break;
+      case 2: gemv_vq_int8_avx512<C, 2>(a, r0, r1, t0); break;
+      case 3: gemv_vq_int8_avx512<C, 3>(a, r0, r1, t0); break;
+      default: gemv_vq_int8_avx512<C, 4>(a, r0, r1, t0); break;
     }
   }
 }
 
-// Activations in the order the kernel's byte unpacks produce decoded values: within a block of 64
-// pairs, byte b of the 16 loaded words is unit (b % 4) * 16 + b / 4; unpacklo / unpackhi of 128-bit
-// lane k yield bytes 16k + 0..7 / 16k + 8..15, and bf16 word j of a half pairs bytes
-// 16 (j / 4) + 2 (j % 4) + {0, 1}.
-std::vector<uint32_t> vq_bytes_activations(const float* x, int64_t T, int64_t units, int64_t nblk) {
-  std::vector<uint32_t> xq(static_cast<size_t>(T * nblk * 64), 0u);
-  auto value = [&](int64_t t, int64_t blk, int byte, int comp) -> uint32_t {
-    const int64_t u = blk * 64 + (byte % 4) * 16 + byte / 4;
-    return u < units ? bf16_bits(x[(t * units + u) * 2 + comp]) : 0u;
-  };
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t blk = 0; blk < nblk; ++blk)
-      for (int comp = 0; comp < 2; ++comp)
-        for (int h = 0; h < 2; ++h)
-          for (int j = 0; j < 16; ++j) {
-            const int b0 = 16 * (j / 4) + 2 * (j % 4) + 8 * h;
-            xq[((t * nblk + blk) * 4 + 2 * comp + h) * 16 + j] =
-                value(t, blk, b0, comp) | (value(t, blk, b0 + 1, comp) << 16);
-          }
-  return xq;
+// Symmetric int8 rounding on one scale: q = round(v * 127 / amax) (ties to even, as torch.round),
+// scale = amax / 127; an all-zero group gets scale 0 and zeros.
+struct Int8Scale {
+  float inv, scale;
+  explicit Int8Scale(float amax) : inv(amax > 0.f ? 127.f / amax : 0.f), scale(amax / 127.f) {}
+  int8_t operator()(float v) const {
+    return static_cast<int8_t>(std::clamp(std::nearbyint(v * inv), -127.f, 127.f));
+  }
+};
+
+// True when every value is finite; int8 rounding has no NaN or infinity, so the caller then
+// takes the fp32 path, which propagates them.
+inline bool all_finite(const float* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i])) return false;
+  return true;
 }
 
-void gemv_vq_bytes(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c,
-                   const float* codebook, const float* scales, float* y) {
+bool gemv_vq_int8(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c,
+                  const float* codebook, const float* scales, float* y) {
+  const int64_t K = int64_t(1) << c;
+  if (!all_finite(x, T * units * 2) || !all_finite(codebook, K * 2)) return false;
   const int64_t nblk = num_blocks(units, c);  // 64 codes per block for c = 7 and 8
-  const std::vector<uint32_t> xq = vq_bytes_activations(x, T, units, nblk);
-  std::vector<uint8_t> tab(4 * 256, 0);
-  for (int64_t k = 0; k < (int64_t(1) << c); ++k)
-    for (int comp = 0; comp < 2; ++comp) {
-      const uint16_t v = bf16_bits(codebook[2 * k + comp]);
-      tab[256 * (2 * comp) + k] = static_cast<uint8_t>(v & 0xff);
-      tab[256 * (2 * comp + 1) + k] = static_cast<uint8_t>(v >> 8);
+  // Activations: byte b of a block's 16 code words is unit (b % 4) * 16 + b / 4.
+  std::vector<int8_t> xq(static_cast<size_t>(T * nblk * 128), 0);
+  std::vector<float> xs(static_cast<size_t>(T * nblk)), offset(static_cast<size_t>(T), 0.f);
+  for (int64_t t = 0; t < T; ++t) {
+    double off = 0.0;
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const int64_t u0 = blk * 64, n = std::min<int64_t>(64, units - u0);
+      const float* xb = x + (t * units + u0) * 2;
+      float amax = 0.f;
+      for (int64_t i = 0; i < 2 * n; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const Int8Scale q(amax);
+      int8_t* out = xq.data() + (t * nblk + blk) * 128;
+      int64_t sum = 0;
+      for (int b = 0; b < 64; ++b) {
+        const int64_t u = (b % 4) * 16 + b / 4;
+        if (u >= n) continue;
+        for (int comp = 0; comp < 2; ++comp) {
+          out[64 * comp + b] = q(xb[2 * u + comp]);
+          sum += out[64 * comp + b];
+        }
+      }
+      xs[t * nblk + blk] = q.scale;
+      off += 128.0 * q.scale * static_cast<double>(sum);
     }
-  const ByteGemvArgs a{xq.data(), T, nblk, packed, rows, tab.data(), scales, y};
+    offset[t] = static_cast<float>(off);
+  }
+  float cmax = 0.f;
+  for (int64_t i = 0; i < K * 2; ++i) cmax = std::max(cmax, std::fabs(codebook[i]));
+  const Int8Scale cq(cmax);
+  std::vector<uint8_t> tab(2 * 256, 128);
+  for (int64_t k = 0; k < K; ++k)
+    for (int comp = 0; comp < 2; ++comp) tab[256 * comp + k] = static_cast<uint8_t>(cq(codebook[2 * k + comp]) + 128);
+  const Int8GemvArgs a{xq.data(), xs.data(), offset.data(), T, nblk, packed, rows, tab.data(), cq.scale, scales, y};
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(nblk * 16, 1));
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-    if (c == 7) gemv_vq_bytes_rows<7>(a, r0, r1);
-    else gemv_vq_bytes_rows<8>(a, r0, r1);
+    if (c == 7) gemv_vq_int8_rows<7>(a, r0, r1);
+    else gemv_vq_int8_rows<8>(a, r0, r1);
   });
+  return true;
 }
 
 template <int D>
@@ -484,8 +503,7 @@ void dequantize(const int32_t* packed, int64_t rows, int64_t units, int c, int d
 
 void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c, int d,
           const float* codebook, const float* scales, float* y, CpuIsa isa) {
-  if (d == 2 && c >= 7 && isa == CpuIsa::Avx512 && cpu_features().avx512_bf16 && cpu_features().avx512_vbmi)
-    return gemv_vq_bytes(x, T, packed, rows, units, c, codebook, scales, y);
+  if (uses_int8_vq(c, d, isa) && gemv_vq_int8(x, T, packed, rows, units, c, codebook, scales, y)) return;
   const int P = codes_per_word(c);
   const int64_t nblk = num_blocks(units, c), upad = nblk * 16 * P;
   // Activations split by component and zero-padded, so every block reads whole vectors.
