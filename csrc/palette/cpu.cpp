@@ -259,25 +259,44 @@ void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
-// ------------------------------------------- 2-D VQ with 7- or 8-bit codes: int8 byte tables
+// ---------------------------------------- 2-D VQ with 6- to 8-bit codes: int8 byte tables
 //
-// 128 or 256 codewords are too many for the 16/32-entry register permutes above, and the gather
-// path (two AVX-512 gathers per 16 codes) is compute-bound. Here, as in llama.cpp's CPU kernels,
-// both operands go to int8: each codeword component is rounded to int8 on one scale for the
-// whole codebook (s_c = max|codebook| / 127) and stored + 128 as a u8 table of 128/256 entries,
-// one per component, which VPERMI2B reads for 64 codes per instruction (bit 7 of an 8-bit code
-// picks between two 128-entry halves); activations are rounded to int8 per token and block of 64
-// pairs (s_b = max|x| / 127 over the block's 128 values), laid out in the order of the code bytes,
-// so VPDPBUSD multiplies the looked-up bytes by them with no unpacking. Per block the int32 sum
-// is scaled by s_b and accumulated in fp32; the +128 of the table contributes 128 * sum(x_q) per
-// block, which does not depend on the row and is taken off once per token. Two byte lookups per
-// 64 codes instead of the four a bf16 table needs made this kernel 2x faster (see
-// docs/design-notes.md). Error: each operand is off by at most half its step, s_c / 2 and s_b / 2;
-// tests/ops/test_palette.py checks the result against the float64 product of the rounded operands
-// and its distance to the exact product.
+// 64 to 256 codewords are too many for the 16/32-entry fp32 register permutes above (or need
+// several of them and blends per 16 codes), and the gather path (two AVX-512 gathers per 16
+// codes) is compute-bound. Here, as in llama.cpp's CPU kernels, both operands go to int8: each
+// codeword component is rounded to int8 on one scale for the whole codebook (s_c = max|codebook|
+// / 127) and stored + 128 as a u8 table of 64/128/256 entries, one per component, which a byte
+// permute reads for 64 codes per instruction (VPERMB for 64 entries, VPERMI2B for 128; bit 7 of
+// an 8-bit code picks between two 128-entry halves); activations are rounded to int8 per token
+// and block of codes (s_b = max|x| / 127 over the block's values), laid out in the order of the
+// code bytes, so VPDPBUSD multiplies the looked-up bytes by them with no unpacking. Per block the
+// int32 sum is scaled by s_b and accumulated in fp32; the +128 of the table contributes
+// 128 * sum(x_q) per block, which does not depend on the row and is taken off once per token.
+// Two byte lookups per 64 codes instead of the four a bf16 table needs made the 7/8-bit kernel
+// 2x faster (see docs/design-notes.md). Error: each operand is off by at most half its step,
+// s_c / 2 and s_b / 2; tests/ops/test_palette.py checks the result against the float64 product
+// of the rounded operands and its distance to the exact product.
+//
+// Code bytes: 8-bit codes are the bytes of a block's 16 words; VPMULTISHIFTQB cuts 7-bit codes
+// (4 per word) into one register and 6-bit codes (5 per word, 80 per block) into two, the second
+// with 2 codes per 64-bit lane and 6 spare bytes (activation 0). Bits above the code are ignored
+// by the permutes (VPERMB reads 6 index bits, VPERMI2B 7).
 
-// xq: (T, nblk, 2, 64) int8 activations in code-byte order, xs: (T, nblk) their block scales,
-// offset: (T) 128 * sum_b xs[b] * sum(xq of block b); tab: (2, 256) u8, component 0 then 1.
+template <int C>
+constexpr int code_regs() {
+  return C == 6 ? 2 : 1;
+}
+
+// The unit (within its block) whose code lands in byte b of code register reg, or -1 (spare).
+inline int unit_of_code_byte(int c, int reg, int b) {
+  if (c >= 7) return (b % 4) * 16 + b / 4;
+  const int q = b / 8, j = b % 8;  // 64-bit lane q holds words 2q and 2q + 1
+  if (reg == 0) return j < 5 ? j * 16 + 2 * q : (j - 5) * 16 + 2 * q + 1;
+  return j < 2 ? (j + 3) * 16 + 2 * q + 1 : -1;
+}
+
+// xq: (T, nblk, regs, 2, 64) int8 activations in code-byte order, xs: (T, nblk) their block
+// scales, offset: (T) 128 * sum_b xs[b] * sum(xq of block b); tab: (2, 256) u8, component 0 then 1.
 struct Int8GemvArgs {
   const int8_t* xq;
   const float* xs;
@@ -293,33 +312,53 @@ struct Int8GemvArgs {
 
 #define WK_VBMI_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,fma")))
 
+template <int C>
+WK_VBMI_VNNI WK_INLINE void code_bytes(const int32_t* w, __m512i* idx) {
+  const __m512i v = _mm512_loadu_si512(w);
+  if constexpr (C == 8) {
+    idx[0] = v;
+  } else if constexpr (C == 7) {  // bit offsets 0, 7, 14, 21 of each 32-bit word
+    idx[0] = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x352E2720150E0700LL), v);
+  } else {  // 0, 6, ..., 24 of word 2q, then 0, 6, 12 of word 2q + 1; then its 18 and 24
+    idx[0] = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x2C262018120C0600LL), v);
+    idx[1] = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x3832LL), v);
+  }
+}
+
+template <int C>
+WK_VBMI_VNNI WK_INLINE __m512i byte_lookup(__m512i idx, const __m512i* t) {
+  if constexpr (C == 6) {
+    return _mm512_permutexvar_epi8(idx, t[0]);
+  } else {
+    const __m512i lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);  // entries 0..127
+    if constexpr (C == 7) return lo;
+    else return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, _mm512_permutex2var_epi8(t[2], idx, t[3]));
+  }
+}
+
 template <int C, int NT>
 WK_VBMI_VNNI void gemv_vq_int8_avx512(const Int8GemvArgs& a, int64_t r0, int64_t r1, int64_t t0) {
-  constexpr int R = C == 8 ? 4 : 2;  // registers per 128/256-byte table
+  constexpr int R = C == 8 ? 4 : C == 7 ? 2 : 1;  // registers per 256/128/64-byte table
+  constexpr int NREG = code_regs<C>();
   __m512i tab[2][R];
   for (int q = 0; q < 2; ++q)
     for (int k = 0; k < R; ++k) tab[q][k] = _mm512_loadu_si512(a.tab + 256 * q + 64 * k);
-  // Bit offsets of the four 7-bit codes of each 32-bit word, per 64-bit lane.
-  const __m512i shifts = _mm512_set1_epi64(0x352E2720150E0700LL);
   for (int64_t r = r0; r < r1; ++r) {
     const int32_t* w = a.packed + r * a.nblk * 16;
     __m512 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t blk = 0; blk < a.nblk; ++blk) {
-      __m512i idx = _mm512_loadu_si512(w + blk * 16);
-      if constexpr (C == 7) idx = _mm512_multishift_epi64_epi8(shifts, idx);
-      __m512i plane[2];
-      for (int comp = 0; comp < 2; ++comp) {
-        plane[comp] = _mm512_permutex2var_epi8(tab[comp][0], idx, tab[comp][1]);  // entries 0..127
-        if constexpr (C == 8)
-          plane[comp] = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), plane[comp],
-                                               _mm512_permutex2var_epi8(tab[comp][2], idx, tab[comp][3]));
-      }
+      __m512i idx[NREG], plane[NREG][2];
+      code_bytes<C>(w + blk * 16, idx);
+      for (int g = 0; g < NREG; ++g)
+        for (int comp = 0; comp < 2; ++comp) plane[g][comp] = byte_lookup<C>(idx[g], tab[comp]);
       for (int t = 0; t < NT; ++t) {
         const int64_t tb = (t0 + t) * a.nblk + blk;
-        const int8_t* xb = a.xq + tb * 128;
-        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), plane[0], _mm512_loadu_si512(xb));
-        dot = _mm512_dpbusd_epi32(dot, plane[1], _mm512_loadu_si512(xb + 64));
+        const int8_t* xb = a.xq + tb * NREG * 128;
+        __m512i dot = _mm512_setzero_si512();
+        for (int g = 0; g < NREG; ++g)
+          for (int comp = 0; comp < 2; ++comp)
+            dot = _mm512_dpbusd_epi32(dot, plane[g][comp], _mm512_loadu_si512(xb + (2 * g + comp) * 64));
         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a.xs[tb]), acc[t]);
       }
     }
@@ -362,28 +401,30 @@ bool gemv_vq_int8(const float* x, int64_t T, const int32_t* packed, int64_t rows
                   const float* codebook, const float* scales, float* y) {
   const int64_t K = int64_t(1) << c;
   if (!all_finite(x, T * units * 2) || !all_finite(codebook, K * 2)) return false;
-  const int64_t nblk = num_blocks(units, c);  // 64 codes per block for c = 7 and 8
-  // Activations: byte b of a block's 16 code words is unit (b % 4) * 16 + b / 4.
-  std::vector<int8_t> xq(static_cast<size_t>(T * nblk * 128), 0);
+  const int64_t nblk = num_blocks(units, c), per_blk = 16 * codes_per_word(c);
+  const int nreg = c == 6 ? 2 : 1, bytes = nreg * 128;
+  std::vector<int8_t> xq(static_cast<size_t>(T * nblk * bytes), 0);
   std::vector<float> xs(static_cast<size_t>(T * nblk)), offset(static_cast<size_t>(T), 0.f);
   for (int64_t t = 0; t < T; ++t) {
     double off = 0.0;
     for (int64_t blk = 0; blk < nblk; ++blk) {
-      const int64_t u0 = blk * 64, n = std::min<int64_t>(64, units - u0);
+      const int64_t u0 = blk * per_blk, n = std::min<int64_t>(per_blk, units - u0);
       const float* xb = x + (t * units + u0) * 2;
       float amax = 0.f;
       for (int64_t i = 0; i < 2 * n; ++i) amax = std::max(amax, std::fabs(xb[i]));
       const Int8Scale q(amax);
-      int8_t* out = xq.data() + (t * nblk + blk) * 128;
+      int8_t* out = xq.data() + (t * nblk + blk) * bytes;
       int64_t sum = 0;
-      for (int b = 0; b < 64; ++b) {
-        const int64_t u = (b % 4) * 16 + b / 4;
-        if (u >= n) continue;
-        for (int comp = 0; comp < 2; ++comp) {
-          out[64 * comp + b] = q(xb[2 * u + comp]);
-          sum += out[64 * comp + b];
+      for (int g = 0; g < nreg; ++g)
+        for (int b = 0; b < 64; ++b) {
+          const int u = unit_of_code_byte(c, g, b);
+          if (u < 0 || u >= n) continue;
+          for (int comp = 0; comp < 2; ++comp) {
+            int8_t& v = out[(2 * g + comp) * 64 + b];
+            v = q(xb[2 * u + comp]);
+            sum += v;
+          }
         }
-      }
       xs[t * nblk + blk] = q.scale;
       off += 128.0 * q.scale * static_cast<double>(sum);
     }
@@ -398,7 +439,8 @@ bool gemv_vq_int8(const float* x, int64_t T, const int32_t* packed, int64_t rows
   const Int8GemvArgs a{xq.data(), xs.data(), offset.data(), T, nblk, packed, rows, tab.data(), cq.scale, scales, y};
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(nblk * 16, 1));
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-    if (c == 7) gemv_vq_int8_rows<7>(a, r0, r1);
+    if (c == 6) gemv_vq_int8_rows<6>(a, r0, r1);
+    else if (c == 7) gemv_vq_int8_rows<7>(a, r0, r1);
     else gemv_vq_int8_rows<8>(a, r0, r1);
   });
   return true;

@@ -40,14 +40,14 @@ void pack_codes(const int32_t* idx, int64_t rows, int64_t units, int c, int32_t*
 void dequantize(const int32_t* packed, int64_t rows, int64_t units, int c, int d, const float* codebook,
                 const float* scales, float* W);
 
-// True for the 2-D VQ with 7- or 8-bit codes on CPUs with AVX512-VBMI and VNNI (isa avx512):
+// True for the 2-D VQ with 6- to 8-bit codes on CPUs with AVX512-VBMI and VNNI (isa avx512):
 // gemv rounds finite codewords and activations to int8 there (gemv_vq_int8 in cpu.cpp).
 inline bool uses_int8_vq(int c, int d, CpuIsa isa) {
-  return d == 2 && c >= 7 && isa == CpuIsa::Avx512 && cpu_features().avx512_vbmi && cpu_features().avx512_vnni;
+  return d == 2 && c >= 6 && isa == CpuIsa::Avx512 && cpu_features().avx512_vbmi && cpu_features().avx512_vnni;
 }
 
 // y (T x rows) = x (T x units*d) W^T with W the packed codes as above; fp32 throughout, except
-// where uses_int8_vq: codewords (one scale) and activations (one scale per token and 64 pairs)
+// where uses_int8_vq: codewords (one scale) and activations (one scale per token and block)
 // are rounded to int8, products are exact in int32 and accumulate in fp32.
 void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c, int d,
           const float* codebook, const float* scales, float* y, CpuIsa isa);

@@ -119,9 +119,9 @@ def test_encode_is_nearest(d):
 
 
 def uses_int8_tables(c, d, isa):
-    """The 2-D VQ GEMV with 7/8-bit codes rounds codewords and activations to int8 on AVX512-VBMI + VNNI."""
+    """The 2-D VQ GEMV with 6- to 8-bit codes rounds codewords and activations to int8 on AVX512-VBMI + VNNI."""
     feats = weightkit._C.build_info()["cpu_features"]
-    return d == 2 and c >= 7 and isa == "avx512" and feats["avx512_vbmi"] and feats["avx512_vnni"]
+    return d == 2 and c >= 6 and isa == "avx512" and feats["avx512_vbmi"] and feats["avx512_vnni"]
 
 
 def int8_round(v: torch.Tensor, dim=None) -> torch.Tensor:
@@ -132,12 +132,12 @@ def int8_round(v: torch.Tensor, dim=None) -> torch.Tensor:
     return (torch.round(v * inv).clamp(-127, 127) * (amax / 127)).double()
 
 
-def int8_vq_operands(x: torch.Tensor, codebook: torch.Tensor):
-    """x (..., in_f) per token and block of 64 pairs, and the codebook on one scale, rounded as the
-    int8 VQ GEMV rounds them (float64)."""
-    in_f = x.shape[-1]
-    pad = (-in_f) % 128
-    xb = torch.nn.functional.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, 128)
+def int8_vq_operands(x: torch.Tensor, codebook: torch.Tensor, c: int):
+    """x (..., in_f) per token and block of 16·(32 // c) pairs (a block of packed codes), and the
+    codebook on one scale, rounded as the int8 VQ GEMV rounds them (float64)."""
+    in_f, block = x.shape[-1], 2 * 16 * (32 // c)
+    pad = (-in_f) % block
+    xb = torch.nn.functional.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, block)
     xr = int8_round(xb, dim=-1).reshape(*x.shape[:-1], in_f + pad)[..., :in_f]
     return xr, int8_round(codebook)
 
@@ -155,19 +155,19 @@ def test_matmul_gemv_every_isa(c, d, tokens, cpu_isa, monkeypatch):
     assert y.shape == (*tokens, rows) and y.dtype == x.dtype
     if uses_int8_tables(c, d, cpu_isa):
         # Exact for the int8-rounded operands; within 2% of the exact product on Gaussian data.
-        xr, cr = int8_vq_operands(x, codebook)
+        xr, cr = int8_vq_operands(x, codebook, c)
         assert rel_err(y, xr @ dequantize_ref(packed, cr, scales, in_f).T) < 2e-6
         assert rel_err(y, exact) < 2e-2
     else:
         assert rel_err(y, exact) < 2e-6
 
 
-@pytest.mark.parametrize("c", [7, 8])
+@pytest.mark.parametrize("c", [6, 7, 8])
 def test_int8_vq_gemv_edge_cases(c, cpu_isa, monkeypatch):
     """Zero blocks, one huge activation in a block, a partial last block, and non-finite inputs
     (which take the exact fp32 path, so NaN and infinity propagate)."""
     monkeypatch.setenv("WEIGHTKIT_PALETTE_PATH", "gemv")
-    rows, in_f = 9, 2 * 200  # 200 pairs: 3 full blocks of 64 and 8 pairs over
+    rows, in_f = 9, 2 * 200  # 200 pairs: full blocks (64 or 80 pairs) and a partial one
     codebook, idx, scales = random_codes(rows, in_f, c, 2, seed=11)
     packed = palette_pack(idx, c)
     x = torch.randn(3, in_f)
@@ -177,7 +177,7 @@ def test_int8_vq_gemv_edge_cases(c, cpu_isa, monkeypatch):
     y = palette_matmul(x, packed, codebook, scales, in_f)
     W = dequantize_ref(packed, codebook, scales, in_f)
     if uses_int8_tables(c, 2, cpu_isa):
-        xr, cr = int8_vq_operands(x, codebook)
+        xr, cr = int8_vq_operands(x, codebook, c)
         assert rel_err(y, xr @ dequantize_ref(packed, cr, scales, in_f).T) < 2e-6
     else:
         assert rel_err(y, x.double() @ W.T) < 2e-6
