@@ -72,11 +72,13 @@ class RLSEditor(_Editor):
     ``weightkit.edit.facts.fact_prompts``) aims straight at that leak: the subject keys of those
     prompts, computed as an edit's keys are, join the anchor with ``preserve_weight`` each (an
     edit's key weighs 1), i.e. C0 = (lam·I + mu·E[kkᵀ] + preserve_weight·K_pᵀK_p)⁻¹; their outputs
-    then stay where the unedited model put them. ``preserve_nearest`` = k > 0 aims closer still:
-    at every update, the k preserved keys most similar (cosine) to each edit key join that update
-    as rows whose targets are their unedited outputs, with ``preserve_weight`` each (a key chosen
-    again later gains weight again): the facts an edit is most likely to drag along are the ones
-    held hardest. ``retries`` > 0: after a batch, requests whose
+    then stay where the unedited model put them. ``preserve_nearest`` = k > 0 (off by default)
+    aims closer still: at every update, the k preserved keys most similar (cosine) to each edit key
+    join that update as rows held to their outputs when the editor's state was built (the unedited
+    ones, unless resumed from load_state_dict), with ``preserve_weight`` each (a key chosen again
+    later gains weight again). On SmolLM2 at 256 edits, k = 8 bought +0.7 specificity points for
+    -5.5 efficacy points, about what a larger ``preserve_weight`` trades (docs/design-notes.md).
+    ``retries`` > 0: after a batch, requests whose
     target still has a mean NLL per token above ``retry_nll`` on their prompt get another RLS step
     (fresh keys and values), at most ``retries`` times.
     Each batch of u requests is one float64 Woodbury step per layer
@@ -139,8 +141,9 @@ class RLSEditor(_Editor):
         self.preserve_weight = float(preserve_weight)
         if not isinstance(preserve_nearest, int) or preserve_nearest < 0:
             raise ValueError(f"weightkit.edit.RLSEditor: preserve_nearest must be an int >= 0, got {preserve_nearest!r}")
-        if preserve_nearest and not self.preserve:
-            raise ValueError("weightkit.edit.RLSEditor: preserve_nearest needs preserve=... (the pool it picks from)")
+        if preserve_nearest and not (self.preserve and self.preserve_weight > 0):
+            raise ValueError("weightkit.edit.RLSEditor: preserve_nearest needs preserve=... (the pool it picks from) "
+                             "and preserve_weight > 0")
         self.preserve_nearest = preserve_nearest
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"weightkit.edit.RLSEditor: retries must be an int >= 0, got {retries!r}")
