@@ -76,7 +76,7 @@ class RLSEditor(_Editor):
     aims closer still: at every update, the k preserved keys most similar (cosine) to each edit key
     join that update as rows held to their outputs when the editor's state was built (the unedited
     ones, unless resumed from load_state_dict), with ``preserve_weight`` each (a key chosen again
-    later gains weight again). On SmolLM2 at 256 edits, k = 8 bought +0.7 specificity points for
+    later gains weight again). On SmolLM2 at 256 edits, k = 8 bought +0.4 specificity points for
     -5.5 efficacy points, about what a larger ``preserve_weight`` trades (docs/design-notes.md).
     ``retries`` > 0: after a batch, requests whose
     target still has a mean NLL per token above ``retry_nll`` on their prompt get another RLS step
