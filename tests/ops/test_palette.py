@@ -8,7 +8,13 @@ import pytest
 import torch
 
 import weightkit  # noqa: F401  (loads the ops)
-from tests.reference.palette import dequantize_ref, hadamard_transform_ref, small_hadamard, unpack_ref
+from tests.reference.palette import (
+    dequantize_ref,
+    hadamard_transform_ref,
+    int8_vq_operands,
+    small_hadamard,
+    unpack_ref,
+)
 from weightkit.ops.palette import (
     HADAMARD_ORDERS,
     hadamard_order,
@@ -122,24 +128,6 @@ def uses_int8_tables(c, d, isa):
     """The 2-D VQ GEMV with 6- to 8-bit codes rounds codewords and activations to int8 on AVX512-VBMI + VNNI."""
     feats = weightkit._C.build_info()["cpu_features"]
     return d == 2 and c >= 6 and isa == "avx512" and feats["avx512_vbmi"] and feats["avx512_vnni"]
-
-
-def int8_round(v: torch.Tensor, dim=None) -> torch.Tensor:
-    """v rounded to int8 steps of max|v| / 127 (over ``dim``, or all of v), as the kernel rounds:
-    float32 arithmetic, ties to even; returned dequantized, in float64."""
-    amax = v.abs().amax() if dim is None else v.abs().amax(dim=dim, keepdim=True)
-    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
-    return (torch.round(v * inv).clamp(-127, 127) * (amax / 127)).double()
-
-
-def int8_vq_operands(x: torch.Tensor, codebook: torch.Tensor, c: int):
-    """x (..., in_f) per token and block of 16·(32 // c) pairs (a block of packed codes), and the
-    codebook on one scale, rounded as the int8 VQ GEMV rounds them (float64)."""
-    in_f, block = x.shape[-1], 2 * 16 * (32 // c)
-    pad = (-in_f) % block
-    xb = torch.nn.functional.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, block)
-    xr = int8_round(xb, dim=-1).reshape(*x.shape[:-1], in_f + pad)[..., :in_f]
-    return xr, int8_round(codebook)
 
 
 @pytest.mark.parametrize("c,d", [(2, 1), (3, 1), (4, 1), (5, 1), (8, 1), (3, 2), (4, 2), (5, 2), (6, 2), (7, 2), (8, 2)])

@@ -1,6 +1,6 @@
 """float64 references of the palette family: small Hadamard matrices built independently of the
 C++ (same Paley / Sylvester / Goethals–Seidel conventions), the full transform as a dense matrix,
-and decoding."""
+decoding, and the int8 rounding of the CPU's 6- to 8-bit VQ GEMV."""
 
 from __future__ import annotations
 
@@ -130,6 +130,24 @@ def dequantize_ref(packed, codebook, scales, in_features: int) -> torch.Tensor:
     c = (codebook.shape[0] - 1).bit_length()
     codes = unpack_ref(packed, in_features // d, c)
     return codebook.double()[codes].reshape(packed.shape[0], in_features) * scales.double()[:, None]
+
+
+def int8_round(v: torch.Tensor, dim=None) -> torch.Tensor:
+    """v rounded to int8 steps of max|v| / 127 (over ``dim``, or all of v), as the kernel rounds:
+    float32 arithmetic, ties to even; returned dequantized, in float64."""
+    amax = v.abs().amax() if dim is None else v.abs().amax(dim=dim, keepdim=True)
+    inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
+    return (torch.round(v * inv).clamp(-127, 127) * (amax / 127)).double()
+
+
+def int8_vq_operands(x: torch.Tensor, codebook: torch.Tensor, c: int):
+    """x (..., in_f) per token and block of 16·(32 // c) pairs (a block of packed codes), and the
+    codebook on one scale, rounded as the int8 VQ GEMV rounds them (float64)."""
+    in_f, block = x.shape[-1], 2 * 16 * (32 // c)
+    pad = (-in_f) % block
+    xb = torch.nn.functional.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, block)
+    xr = int8_round(xb, dim=-1).reshape(*x.shape[:-1], in_f + pad)[..., :in_f]
+    return xr, int8_round(codebook)
 
 
 def tcq_code_ref(state: int, v: int) -> float:
