@@ -288,9 +288,9 @@ void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
 // with 2 codes per 64-bit lane and 6 spare bytes (activation 0). Bits above the code are ignored
 // by the permutes (VPERMB reads 6 index bits, VPERMI2B 7).
 
-template <int C>
-constexpr int code_regs() {
-  return C == 6 ? 2 : 1;
+// Byte registers of codes per block: two for 6-bit codes, one for 7- and 8-bit codes.
+constexpr int code_regs(int c) {
+  return c == 6 ? 2 : 1;
 }
 
 // The unit (within its block) whose code lands in byte b of code register reg, or -1 (spare).
@@ -345,7 +345,7 @@ WK_VBMI_VNNI WK_INLINE __m512i byte_lookup(__m512i idx, const __m512i* t) {
 template <int C, int NT>
 WK_VBMI_VNNI void gemv_vq_int8_avx512(const Int8GemvArgs& a, int64_t r0, int64_t r1, int64_t t0) {
   constexpr int R = C == 8 ? 4 : C == 7 ? 2 : 1;  // registers per 256/128/64-byte table
-  constexpr int NREG = code_regs<C>();
+  constexpr int NREG = code_regs(C);
   __m512i tab[2][R];
   for (int q = 0; q < 2; ++q)
     for (int k = 0; k < R; ++k) tab[q][k] = _mm512_loadu_si512(a.tab + 256 * q + 64 * k);
@@ -409,7 +409,7 @@ bool gemv_vq_int8(const float* x, int64_t T, const int32_t* packed, int64_t rows
   const int64_t K = int64_t(1) << c;
   if (!all_finite(x, T * units * 2) || !all_finite(codebook, K * 2)) return false;
   const int64_t nblk = num_blocks(units, c), per_blk = 16 * codes_per_word(c);
-  const int nreg = c == 6 ? 2 : 1, bytes = nreg * 128;
+  const int nreg = code_regs(c), bytes = nreg * 128;
   std::vector<int8_t> xq(static_cast<size_t>(T * nblk * bytes), 0);
   std::vector<float> xs(static_cast<size_t>(T * nblk)), offset(static_cast<size_t>(T), 0.f);
   for (int64_t t = 0; t < T; ++t) {
