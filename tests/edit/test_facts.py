@@ -31,6 +31,18 @@ def test_counterfactual_requests():
     assert F.counterfactual_requests(picked, fs, seed=1) == reqs
 
 
+def test_neighbours_are_never_edited_subjects():
+    """A neighbour prompt must name a subject no request of the set edits: the edits are meant to
+    change those (with many cities of one country edited, the old rule picked them often)."""
+    fs = F.facts()
+    france = [f for f in fs if f["relation"] == "city_country" and f["object"] == " France"]
+    assert len(france) >= 6
+    picked = france[: len(france) - 2]  # all but two French cities edited: those two are the only neighbours
+    reqs = F.counterfactual_requests(picked, fs, seed=0)
+    spared = {F.RELATIONS["city_country"][0].format(f["subject"]) for f in france[len(picked) :]}
+    assert all(r["neighborhood"] and set(r["neighborhood"]) <= spared for r in reqs)
+
+
 def test_held_out_facts_and_sentences():
     fs = F.facts()
     picked = [f for f in fs if f["relation"] == "city_country"][:20]

@@ -5,7 +5,7 @@ city → country, country → capital, country → continent, country → curren
 keeps those a model knows (the true object outranks a few other objects of the same relation);
 :func:`counterfactual_requests` rewrites facts to another object of the same relation, with
 paraphrase prompts (other wordings) and neighbourhood prompts (other subjects with the same true
-object, which an edit must leave alone).
+object that no request of the set edits, which the edits must leave alone).
 """
 
 from __future__ import annotations
@@ -116,19 +116,23 @@ def counterfactual_requests(fs: list[dict], all_facts: list[dict] | None = None,
                             n_neighbors: int = 2) -> list[dict]:
     """Edit requests rewriting each fact to another object of its relation (the most probable
     wrong candidate when ``known_facts`` left one, else a seeded random one). Neighbourhood
-    prompts: up to ``n_neighbors`` other subjects of ``all_facts`` (default ``fs``) with the same
-    relation and true object (none for one-to-one relations such as capitals)."""
+    prompts: up to ``n_neighbors`` subjects of ``all_facts`` (default ``fs``) with the same
+    relation and true object that are not edited by any request of ``fs`` (none for one-to-one
+    relations such as capitals). Edited subjects are left out because their facts are meant to
+    change: in a 1 000-edit SmolLM2 stream 41% of the neighbour prompts would otherwise name a
+    city that another request moves, and count its intended change as a leak."""
     rng = random.Random(seed)
     all_facts = all_facts if all_facts is not None else fs
     objs = _objects_by_relation(all_facts)
     same = defaultdict(list)
     for f in all_facts:
         same[(f["relation"], f["object"])].append(f["subject"])
+    edited = {(f["relation"], f["subject"]) for f in fs}
     out = []
     for f in fs:
         templates = RELATIONS[f["relation"]]
         new = (f.get("candidates") or [rng.choice([o for o in objs[f["relation"]] if o != f["object"]])])[0]
-        others = [s for s in same[(f["relation"], f["object"])] if s != f["subject"]]
+        others = [s for s in same[(f["relation"], f["object"])] if (f["relation"], s) not in edited]
         neighbors = rng.sample(others, min(n_neighbors, len(others)))
         out.append({
             "prompt": templates[0].format(f["subject"]),
