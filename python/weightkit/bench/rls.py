@@ -29,8 +29,8 @@ from weightkit.bench import common
 FAMILY = "rls"
 
 #: The real stream's settings, shared by `weightkit bench` and the CLI (whose flags override them).
-REAL = dict(layers=(3, 4, 5, 6, 7, 8), batch_size=16, lam=1.0, mu=1000.0, value_steps=20, stop_nll=0.5,
-            anchor_facts=1500, anchor_weight=0.5, preserve=3000, preserve_weight=2.0, preserve_population=50_000,
+REAL = dict(layers=(3, 4, 5, 6, 7, 8), batch_size=16, lam=1.0, mu=2000.0, value_steps=20, stop_nll=0.5,
+            anchor_facts=1500, anchor_weight=0.25, preserve=3000, preserve_weight=2.0, preserve_population=50_000,
             preserve_nearest=0, retries=2, retry_nll=0.5)
 
 
