@@ -170,3 +170,36 @@ def test_other_load_reports_cores_or_none():
     with common.OtherLoad() as load:
         sum(range(100000))
     assert load.cores is None or load.cores >= 0
+
+
+def _stream(**arms) -> dict:
+    base = {"n_known": 4, "value_steps": 20, "batch_size": 2, "mu": 2000.0,
+            "unedited": {"efficacy": 0.0, "ppl_pydoc": 14.490570608}}
+    return {**base, **{name: {"efficacy": eff, "per_edit_ms": ms} for name, (eff, ms) in arms.items()}}
+
+
+def test_rls_bench_merges_a_stored_arm_run_with_the_same_settings(tmp_path):
+    from weightkit.bench import rls as rls_bench
+
+    path = tmp_path / "rls.json"
+    path.write_text(json.dumps({"commit": "abc", "smollm2_stream": _stream(rls=(0.9, 100.0))}))
+    new = _stream(memit_sequential=(0.8, 90.0))
+    new["unedited"]["ppl_pydoc"] = 14.490570611  # another run's last digits
+    merged = rls_bench._with_stored_arms(new, path)
+    assert merged["rls"] == {"efficacy": 0.9, "per_edit_ms": 100.0}
+    assert merged["arms_from"] == {"rls": "abc"}
+    (case,) = rls_bench._stream_cases(merged)
+    assert (case["ours_ms"], case["baseline_ms"]) == (100.0, 90.0)
+    # Other settings: the stored arm is not merged and no comparison is claimed.
+    other = _stream(memit_sequential=(0.8, 90.0))
+    other["mu"] = 1000.0
+    assert "rls" not in rls_bench._with_stored_arms(other, path)
+    assert rls_bench._stream_cases(other) == []
+
+
+def test_rls_bench_rejects_unknown_arms(capsys):
+    from weightkit.bench import rls as rls_bench
+
+    with pytest.raises(SystemExit):
+        rls_bench.main(["--only", "real", "--arms", "rome"])
+    assert "--arms" in capsys.readouterr().err

@@ -147,7 +147,11 @@ def _synthetic(d_k: int, d_v: int, n_steps: int, lam: float = 1.0, mu: float = 1
 PPL_SLICE_MAX = 16384
 
 
-def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers, batch_size: int, lam: float,
+#: The real stream's arms, in the order they run.
+ARMS = {"rls": "RLSEditor", "memit_sequential": "MEMITEditor"}
+
+
+def _real(n_edits: int, ppl_tokens: int, progress: bool, arms=tuple(ARMS), *, layers, batch_size: int, lam: float,
           mu: float, value_steps: int, stop_nll: float, anchor_facts: int, anchor_weight: float, preserve: int,
           preserve_weight: float, preserve_population: int, preserve_nearest: int, retries: int,
           retry_nll: float) -> tuple[list[dict], dict]:
@@ -196,9 +200,9 @@ def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers,
     unedited = RLSEditor(model, layers, lam, mu, **opts)
     out["unedited"] = metrics(unedited, 0)
     print(f"unedited: {json.dumps(out['unedited'])}", file=sys.stderr, flush=True)
-    arms = [("rls", RLSEditor)] + ([("memit_sequential", MEMITEditor)] if memit else [])
-    times = {}
-    for name, cls in arms:
+    editors = {"rls": RLSEditor, "memit_sequential": MEMITEditor}
+    for name in arms:
+        cls = editors[name]
         model.load_state_dict(state0)
         ed = cls(model, layers, lam, mu, batch_size=batch_size, **opts)
         ed._ensure_state()  # key statistics (cached on disk) are not edit time
@@ -210,19 +214,48 @@ def _real(n_edits: int, ppl_tokens: int, progress: bool, memit: bool, *, layers,
             chunks = tqdm(chunks, desc=f"{name} stream", unit="batch")
         for b in chunks:
             ed.edit(reqs[b : b + batch_size])
-        times[name] = (time.perf_counter() - t0) * 1e3 / max(1, len(reqs))
+        per_edit_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(reqs))
         out[name] = metrics(ed, len(reqs))
-        out[name]["per_edit_ms"] = times[name]
+        out[name]["per_edit_ms"] = per_edit_ms
         print(f"{name}: {json.dumps(out[name])}", file=sys.stderr, flush=True)
     model.load_state_dict(state0)
-    cases = []
-    if "memit_sequential" in times:
-        cases.append({"case": f"smollm2-stream-{len(reqs)}-edits-per-edit", "baseline": "MEMIT-style sequential",
-                      "ours_ms": times["rls"], "baseline_ms": times["memit_sequential"],
-                      "notes": f"wall time per edit incl. value optimization ({value_steps} Adam steps, batches of "
-                               f"{batch_size}); efficacy rls {out['rls']['efficacy']:.3f} vs memit "
-                               f"{out['memit_sequential']['efficacy']:.3f}"})
-    return cases, {"smollm2_stream": out}
+    return out
+
+
+def _close(a, b, rtol: float = 1e-4) -> bool:
+    """Metric dicts equal up to float rounding (another build of the same model may differ in the
+    last digits)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rtol) for k in a)
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-12)
+    return a == b
+
+
+def _stream_cases(out: dict) -> list[dict]:
+    """The per-edit time comparison of a real stream that has both arms (else no case)."""
+    if not all(a in out for a in ARMS):
+        return []
+    rls, memit = out["rls"], out["memit_sequential"]
+    return [{"case": f"smollm2-stream-{out['n_known']}-edits-per-edit", "baseline": "MEMIT-style sequential",
+             "ours_ms": rls["per_edit_ms"], "baseline_ms": memit["per_edit_ms"],
+             "notes": f"wall time per edit incl. value optimization ({out['value_steps']} Adam steps, batches of "
+                      f"{out['batch_size']}); efficacy rls {rls['efficacy']:.3f} vs memit {memit['efficacy']:.3f}"}]
+
+
+def _with_stored_arms(out: dict, path: Path) -> dict:
+    """Adds to a stream that ran only some arms the other arms stored in ``path``, when that
+    stream ran with exactly the same settings and requests (else they are left out)."""
+    if not path.is_file():
+        return out
+    stored_file = json.loads(path.read_text())
+    old = stored_file.get("smollm2_stream", {})
+    settings = lambda d: {k: v for k, v in d.items() if k not in ARMS and k not in ("unedited", "known_facts_s", "arms_from")}
+    if settings(old) != settings(out) or not _close(old.get("unedited"), out["unedited"]):
+        print(f"stored arms in {path} ran with other settings: not merged", file=sys.stderr)
+        return out
+    stored = {a: old[a] for a in ARMS if a in old and a not in out}
+    return {**out, **stored, "arms_from": {**old.get("arms_from", {}), **{a: stored_file.get("commit", "earlier run") for a in stored}}}
 
 
 def _known_facts_cached(model, tok, all_facts, n: int) -> list[dict]:
@@ -248,9 +281,9 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".") -> dict:
     cases, extra = _synthetic(d_k, d_v, 1100 if quick else 10000, device=device)
     skipped = []
     try:
-        c, e = _real(16 if quick else 1000, 4096 if quick else 16384, progress=True, memit=True, **REAL)
-        cases += c
-        extra.update(e)
+        stream = _real(16 if quick else 1000, 4096 if quick else 16384, progress=True, **REAL)
+        cases += _stream_cases(stream)
+        extra["smollm2_stream"] = stream
     except (ImportError, FileNotFoundError) as exc:
         skipped.append({"case": "smollm2-stream", "reason": str(exc)})
     return {"cases": cases, "skipped": skipped, "extra": extra}
@@ -299,7 +332,8 @@ def main(argv=None) -> int:
                         help="extra RLS steps for requests whose target NLL stays above --retry-nll")
     parser.add_argument("--retry-nll", type=float, default=REAL["retry_nll"])
     parser.add_argument("--ppl-tokens", type=int, default=None, help="pydoc tokens for perplexity (default 16 384)")
-    parser.add_argument("--no-memit", action="store_true", help="real stream: skip the MEMIT-style baseline")
+    parser.add_argument("--arms", default=",".join(ARMS), help="real stream: editors to run, of "
+                        f"{','.join(ARMS)}; an arm not run is kept from the JSON file when it ran with the same settings")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--max-minutes", type=float, default=None, help="synthetic stream: stop after this long "
                         "and report the windows reached")
@@ -308,6 +342,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    path = Path(args.json or common.results_path(FAMILY, args.device, quick=args.quick))
     cases, extra = [], {}
     if args.only in (None, "synthetic"):
         d_k, d_v = (1024, 256) if args.quick else (4096, 1024)
@@ -318,11 +353,14 @@ def main(argv=None) -> int:
     if args.only in (None, "real"):
         settings = {k: getattr(args, k) for k in REAL}
         settings["layers"] = [int(x) for x in args.layers.split(",")]
-        c, e = _real(args.edits or (16 if args.quick else 1000), args.ppl_tokens or (4096 if args.quick else 16384),
-                     progress=True, memit=not args.no_memit, **settings)
-        cases += c
-        extra.update(e)
-    path = Path(args.json or common.results_path(FAMILY, args.device, quick=args.quick))
+        arms = [a for a in args.arms.split(",") if a]
+        if not arms or set(arms) - set(ARMS):
+            parser.error(f"--arms: choose among {','.join(ARMS)}, got {args.arms!r}")
+        stream = _real(args.edits or (16 if args.quick else 1000), args.ppl_tokens or (4096 if args.quick else 16384),
+                       progress=True, arms=arms, **settings)
+        stream = _with_stored_arms(stream, path)
+        cases += _stream_cases(stream)
+        extra["smollm2_stream"] = stream
     if args.only:
         cases, extra = _merge(path, cases, extra)
     common.print_table(FAMILY, args.device, cases)
