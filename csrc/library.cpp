@@ -69,7 +69,7 @@ TORCH_LIBRARY(weightkit, m) {
 
   // ---- palette: Hadamard rotation and fractional-bit codebook quantizers (Q-Palette / QTIP) -----
   // y = scale * (x * signs) H_n^T over the last dim, H_n = H_m (x) H_{2^k} with +-1 entries
-  // (n = 2^k * m, m in {1, 12, 20, 28, 36, 40, 52, 60, 108, 140}); scale = n^-1/2 makes it
+  // (n = 2^k * m, m in {1, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172}); scale = n^-1/2 makes it
   // orthogonal. x fp32/bf16/fp16/fp64 (computed in fp32), signs (n,) float or None.
   m.def("hadamard_transform(Tensor x, Tensor? signs, float scale) -> Tensor");
   // Index (int32, (rows, in / d)) of the nearest codeword of a (2^c, d) float32 codebook (d = 1:
@@ -89,5 +89,9 @@ TORCH_LIBRARY(weightkit, m) {
   m.def("tcq_encode(Tensor W, int L, int bits_per_step, int values_per_step) -> Tensor");
   // tcq_decode: W (rows, in_features) float32 = scales[:, None] * code(states).
   m.def("tcq_decode(Tensor packed, Tensor scales, int in_features, int L, int bits_per_step, "
+        "int values_per_step) -> Tensor");
+  // y (..., rows) = x (..., in_features) W^T with W as tcq_decode gives it, x's dtype; on CUDA
+  // decodes the trellis in registers for <= 16 tokens; otherwise decodes W once and calls GEMM.
+  m.def("tcq_matmul(Tensor x, Tensor packed, Tensor scales, int in_features, int L, int bits_per_step, "
         "int values_per_step) -> Tensor");
 }

@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "common/cuda_utils.cuh"
 #include "palette/tcq.h"
 
@@ -31,7 +33,7 @@ __device__ __forceinline__ E from_f32(float v) {
 // ------------------------------------------------------------------------------- Hadamard
 
 template <class E>
-__global__ void hadamard_kernel(const E* __restrict__ x, E* __restrict__ y, int64_t n, int m,
+__global__ void __launch_bounds__(1024) hadamard_kernel(const E* __restrict__ x, E* __restrict__ y, int64_t n, int m,
                                 const int8_t* __restrict__ Hm, const float* __restrict__ signs, float scale) {
   extern __shared__ float buf[];
   const int64_t row = blockIdx.x;
@@ -159,9 +161,9 @@ __device__ __forceinline__ float step_dist(const float* w, uint32_t s, int V) {
   return d;
 }
 
-__global__ void tcq_viterbi_kernel(const float* __restrict__ W, int64_t steps, int L, int kb, int V,
-                                   float* __restrict__ cost_all, uint8_t* __restrict__ bp_all,
-                                   int32_t* __restrict__ packed) {
+__global__ void __launch_bounds__(kViterbiThreads)
+    tcq_viterbi_kernel(const float* __restrict__ W, int64_t steps, int L, int kb, int V, float* __restrict__ cost_all,
+                       uint8_t* __restrict__ bp_all, int32_t* __restrict__ packed) {
   const int64_t row = blockIdx.x;
   const int64_t S = int64_t(1) << L, J = S >> kb, H = int64_t(1) << kb;
   const float* w = W + row * steps * V;
@@ -226,20 +228,22 @@ bool hadamard_rows(const void* x, void* y, DType t, int64_t rows, int64_t n, int
   if (rows == 0) return true;
   const size_t smem = sizeof(float) * n;
   const int threads = static_cast<int>(n >= 1024 ? 1024 : ((n + 31) / 32) * 32);
+  // The attribute is always the largest row's size: a constant, so calls from several host threads
+  // with different n cannot undo each other between the set and the launch.
+  constexpr int kMaxSmem = static_cast<int>(sizeof(float) * kHadamardMaxN);
   switch (t) {
     case DType::F32:
-      cudaFuncSetAttribute(hadamard_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      cudaFuncSetAttribute(hadamard_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
       hadamard_kernel<float><<<rows, threads, smem, stream>>>(static_cast<const float*>(x), static_cast<float*>(y), n,
                                                               m, Hm, signs, scale);
       break;
     case DType::BF16:
-      cudaFuncSetAttribute(hadamard_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem));
+      cudaFuncSetAttribute(hadamard_kernel<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
       hadamard_kernel<__nv_bfloat16><<<rows, threads, smem, stream>>>(
           static_cast<const __nv_bfloat16*>(x), static_cast<__nv_bfloat16*>(y), n, m, Hm, signs, scale);
       break;
     case DType::F16:
-      cudaFuncSetAttribute(hadamard_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      cudaFuncSetAttribute(hadamard_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
       hadamard_kernel<__half><<<rows, threads, smem, stream>>>(static_cast<const __half*>(x), static_cast<__half*>(y),
                                                                n, m, Hm, signs, scale);
       break;
@@ -251,8 +255,12 @@ void palette_gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows
                   const float* codebook, const float* scales, float* y, cudaStream_t stream) {
   if (rows == 0 || T == 0) return;
   const unsigned blocks = static_cast<unsigned>(ceil_div<int64_t>(rows, kWarpsPerBlock));
-  palette_gemv_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(x, static_cast<int>(T), packed, rows, units, c, d,
-                                                                   codebook, scales, y);
+  const int64_t in = units * d;
+  for (int64_t t0 = 0; t0 < T; t0 += kMaxTokens) {  // the kernel holds kMaxTokens accumulators
+    const int nt = static_cast<int>(std::min<int64_t>(T - t0, kMaxTokens));
+    palette_gemv_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(x + t0 * in, nt, packed, rows, units, c, d,
+                                                                     codebook, scales, y + t0 * rows);
+  }
 }
 
 void tcq_decode(const int32_t* packed, int64_t rows, int64_t steps, int L, int kb, int V, const float* scales,
@@ -267,8 +275,12 @@ void tcq_gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, in
               const float* scales, float* y, cudaStream_t stream) {
   if (rows == 0 || T == 0) return;
   const unsigned blocks = static_cast<unsigned>(ceil_div<int64_t>(rows, kWarpsPerBlock));
-  tcq_gemv_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(x, static_cast<int>(T), packed, rows, steps, L, kb, V,
-                                                               scales, y);
+  const int64_t in = steps * V;
+  for (int64_t t0 = 0; t0 < T; t0 += kMaxTokens) {  // the kernel holds kMaxTokens accumulators
+    const int nt = static_cast<int>(std::min<int64_t>(T - t0, kMaxTokens));
+    tcq_gemv_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(x + t0 * in, nt, packed, rows, steps, L, kb, V,
+                                                                 scales, y + t0 * rows);
+  }
 }
 
 void tcq_viterbi(const float* W, int64_t rows, int64_t steps, int L, int kb, int V, float* cost, uint8_t* bp,

@@ -110,6 +110,17 @@ int64_t check_tcq_decode_args(const char* op, const at::Tensor& packed, const at
   return steps;
 }
 
+int64_t check_matmul_x(const char* op, const at::Tensor& x, const at::Tensor& packed, int64_t in_features,
+                       std::vector<int64_t>& out_shape) {
+  check_float_dtype(op, x, "x");
+  WK_CHECK(op, x.dim() >= 1 && x.size(-1) == in_features, "x must have shape (..., ", in_features, "), got ",
+           x.sizes());
+  check_same_device(op, x, "x", packed, "packed");
+  out_shape.assign(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = packed.size(0);
+  return x.numel() / in_features;  // in_features > 0: checked with packed
+}
+
 namespace {
 
 at::Tensor hadamard_transform_cpu(const at::Tensor& x, const std::optional<at::Tensor>& signs, double scale) {
@@ -183,13 +194,8 @@ at::Tensor palette_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, con
   const char* op = "palette_matmul";
   const int c = code_bits_of(op, codebook);
   check_packed(op, packed, codebook, scales, in_features, c);
-  check_float_dtype(op, x, "x");
-  WK_CHECK(op, x.dim() >= 1 && x.size(-1) == in_features, "x must have shape (..., ", in_features, "), got ",
-           x.sizes());
-  check_same_device(op, x, "x", packed, "packed");
-  const int64_t rows = packed.size(0), T = x.numel() / in_features;
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = rows;
+  std::vector<int64_t> out_shape;
+  const int64_t rows = packed.size(0), T = check_matmul_x(op, x, packed, in_features, out_shape);
   if (use_gemv(op, T)) {
     const at::Tensor xf = x.reshape({T, in_features}).to(at::kFloat).contiguous();
     const at::Tensor pc = packed.contiguous(), cb = codebook.contiguous(), sc = scales.contiguous();
@@ -214,15 +220,32 @@ at::Tensor tcq_encode_cpu(const at::Tensor& W, int64_t L, int64_t kb, int64_t V)
   return packed;
 }
 
-at::Tensor tcq_decode_cpu(const at::Tensor& packed, const at::Tensor& scales, int64_t in_features, int64_t L,
-                          int64_t kb, int64_t V) {
-  const char* op = "tcq_decode";
-  const int64_t steps = check_tcq_decode_args(op, packed, scales, in_features, L, kb, V);
+// W (rows, in_features) float32 from checked arguments.
+at::Tensor tcq_decode_impl(const at::Tensor& packed, const at::Tensor& scales, int64_t in_features, int64_t steps,
+                           int64_t L, int64_t kb, int64_t V) {
   const at::Tensor pc = packed.contiguous(), sc = scales.contiguous();
   at::Tensor W = at::empty({packed.size(0), in_features}, scales.options());
   tcq::decode(pc.data_ptr<int32_t>(), packed.size(0), steps, static_cast<int>(L), static_cast<int>(kb),
               static_cast<int>(V), sc.data_ptr<float>(), W.data_ptr<float>());
   return W;
+}
+
+at::Tensor tcq_decode_cpu(const at::Tensor& packed, const at::Tensor& scales, int64_t in_features, int64_t L,
+                          int64_t kb, int64_t V) {
+  const int64_t steps = check_tcq_decode_args("tcq_decode", packed, scales, in_features, L, kb, V);
+  return tcq_decode_impl(packed, scales, in_features, steps, L, kb, V);
+}
+
+// No CPU trellis GEMV: every batch decodes W once and calls GEMM (the decode costs about what a
+// fp32 GEMV does; the CUDA path decodes in registers for <= 16 tokens).
+at::Tensor tcq_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t in_features,
+                          int64_t L, int64_t kb, int64_t V) {
+  const char* op = "tcq_matmul";
+  const int64_t steps = check_tcq_decode_args(op, packed, scales, in_features, L, kb, V);
+  std::vector<int64_t> out_shape;
+  check_matmul_x(op, x, packed, in_features, out_shape);
+  const at::Tensor W = tcq_decode_impl(packed, scales, in_features, steps, L, kb, V).to(x.scalar_type());
+  return at::matmul(x, W.t());
 }
 
 }  // namespace
@@ -247,4 +270,5 @@ TORCH_LIBRARY_IMPL(weightkit, CPU, m) {
   m.impl("palette_matmul", &weightkit::palette::palette_matmul_cpu);
   m.impl("tcq_encode", &weightkit::palette::tcq_encode_cpu);
   m.impl("tcq_decode", &weightkit::palette::tcq_decode_cpu);
+  m.impl("tcq_matmul", &weightkit::palette::tcq_matmul_cpu);
 }

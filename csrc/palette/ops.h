@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <vector>
 
 namespace weightkit::palette {
 
@@ -30,6 +31,11 @@ void check_tcq_params(const char* op, int64_t L, int64_t kb, int64_t V);
 int64_t check_tcq_encode_args(const char* op, const at::Tensor& W, int64_t L, int64_t kb, int64_t V);
 int64_t check_tcq_decode_args(const char* op, const at::Tensor& packed, const at::Tensor& scales,
                               int64_t in_features, int64_t L, int64_t kb, int64_t V);
+
+// Checks x (..., in_features) float on packed's device for palette_matmul / tcq_matmul; returns
+// the number of tokens (rows of x seen as a matrix) and sets out_shape to x's shape with `out` last.
+int64_t check_matmul_x(const char* op, const at::Tensor& x, const at::Tensor& packed, int64_t in_features,
+                       std::vector<int64_t>& out_shape);
 
 // GEMV or dequantize + GEMM for this many tokens (WEIGHTKIT_PALETTE_PATH=gemv|dense forces one).
 bool use_gemv(const char* op, int64_t tokens);

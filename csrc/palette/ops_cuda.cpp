@@ -1,5 +1,5 @@
 // CUDA glue of the palette family: the Hadamard transform, the decode-in-register GEMVs (palette
-// codes and trellis streams) and the Viterbi encoder run as our kernels; nearest-codeword encoding,
+// codes and trellis streams, any number of tokens in chunks of 16) and the Viterbi encoder run as our kernels; nearest-codeword encoding,
 // packing and palette dequantization are a few ATen ops on the device (their cost is one pass
 // over the weights, paid once per model or per large batch).
 #include <ATen/ATen.h>
@@ -75,7 +75,9 @@ at::Tensor palette_encode_cuda(const at::Tensor& W, const at::Tensor& codebook) 
   const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 26) / codebook.size(0));
   for (int64_t p0 = 0; p0 < pts.size(0); p0 += chunk) {
     const at::Tensor part = pts.slice(0, p0, std::min(pts.size(0), p0 + chunk));
-    idx.slice(0, p0, p0 + part.size(0)).copy_(at::cdist(part, codebook).argmin(1));
+    // compute_mode 2: exact differences; the matmul form (|x|² + |c|² - 2 x·c) cancels, and under
+    // TF32 matmuls it would pick a farther codeword near ties.
+    idx.slice(0, p0, p0 + part.size(0)).copy_(at::cdist(part, codebook, 2.0, /*compute_mode=*/2).argmin(1));
   }
   return idx.to(at::kInt).reshape({W.size(0), W.size(1) / d});
 }
@@ -124,14 +126,9 @@ at::Tensor palette_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, co
   const char* op = "palette_matmul";
   const int c = code_bits_of(op, codebook);
   check_packed(op, packed, codebook, scales, in_features, c);
-  check_float_dtype(op, x, "x");
-  WK_CHECK(op, x.dim() >= 1 && x.size(-1) == in_features, "x must have shape (..., ", in_features, "), got ",
-           x.sizes());
-  check_same_device(op, x, "x", packed, "packed");
+  std::vector<int64_t> out_shape;
+  const int64_t rows = packed.size(0), T = check_matmul_x(op, x, packed, in_features, out_shape);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t rows = packed.size(0), T = x.numel() / in_features;
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = rows;
   if (use_gemv(op, T)) {
     const at::Tensor xf = x.reshape({T, in_features}).to(at::kFloat).contiguous();
     const at::Tensor pc = packed.contiguous(), cb = codebook.contiguous(), sc = scales.contiguous();
@@ -151,28 +148,60 @@ at::Tensor tcq_encode_cuda(const at::Tensor& W, int64_t L, int64_t kb, int64_t V
   const int64_t steps = check_tcq_encode_args(op, W, L, kb, V);
   const c10::cuda::CUDAGuard guard(W.device());
   const at::Tensor Wc = W.contiguous();
-  const int64_t rows = W.size(0), S = int64_t(1) << L;
-  at::Tensor packed = at::zeros({rows, tcq::tcq_words(steps, L, kb)}, W.options().dtype(at::kInt));
-  at::Tensor cost = at::empty({rows, 2, S}, W.options());
-  at::Tensor bp = at::empty({rows, steps, S >> kb}, W.options().dtype(at::kByte));
-  kern::tcq_viterbi(Wc.data_ptr<float>(), rows, steps, static_cast<int>(L), static_cast<int>(kb), static_cast<int>(V),
-                    cost.data_ptr<float>(), bp.data_ptr<uint8_t>(), packed.data_ptr<int32_t>(),
-                    c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t rows = W.size(0), S = int64_t(1) << L, words = tcq::tcq_words(steps, L, kb);
+  at::Tensor packed = at::zeros({rows, words}, W.options().dtype(at::kInt));
+  // The scratch (back pointers: steps * 2^(L-kb) bytes a row) is reused over chunks of rows that
+  // keep it near 2 GiB: a 4096 x 4096 matrix at L = 16 would otherwise ask for 256 GiB.
+  const int64_t per_row = steps * (S >> kb) + 2 * S * int64_t(sizeof(float));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t(1) << 31) / per_row));
+  at::Tensor cost = at::empty({chunk, 2, S}, W.options());
+  at::Tensor bp = at::empty({chunk, steps, S >> kb}, W.options().dtype(at::kByte));
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {  // one stream: chunks run in order
+    kern::tcq_viterbi(Wc.data_ptr<float>() + r0 * steps * V, std::min(chunk, rows - r0), steps, static_cast<int>(L),
+                      static_cast<int>(kb), static_cast<int>(V), cost.data_ptr<float>(), bp.data_ptr<uint8_t>(),
+                      packed.data_ptr<int32_t>() + r0 * words, c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   return packed;
 }
 
-at::Tensor tcq_decode_cuda(const at::Tensor& packed, const at::Tensor& scales, int64_t in_features, int64_t L,
-                           int64_t kb, int64_t V) {
-  const char* op = "tcq_decode";
-  const int64_t steps = check_tcq_decode_args(op, packed, scales, in_features, L, kb, V);
-  const c10::cuda::CUDAGuard guard(packed.device());
+// W (rows, in_features) float32 from checked arguments (the caller holds the device guard).
+at::Tensor tcq_decode_impl(const at::Tensor& packed, const at::Tensor& scales, int64_t in_features, int64_t steps,
+                           int64_t L, int64_t kb, int64_t V) {
   const at::Tensor pc = packed.contiguous(), sc = scales.contiguous();
   at::Tensor W = at::empty({packed.size(0), in_features}, scales.options());
   kern::tcq_decode(pc.data_ptr<int32_t>(), packed.size(0), steps, static_cast<int>(L), static_cast<int>(kb),
                    static_cast<int>(V), sc.data_ptr<float>(), W.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return W;
+}
+
+at::Tensor tcq_decode_cuda(const at::Tensor& packed, const at::Tensor& scales, int64_t in_features, int64_t L,
+                           int64_t kb, int64_t V) {
+  const int64_t steps = check_tcq_decode_args("tcq_decode", packed, scales, in_features, L, kb, V);
+  const c10::cuda::CUDAGuard guard(packed.device());
+  return tcq_decode_impl(packed, scales, in_features, steps, L, kb, V);
+}
+
+at::Tensor tcq_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                           int64_t in_features, int64_t L, int64_t kb, int64_t V) {
+  const char* op = "tcq_matmul";
+  const int64_t steps = check_tcq_decode_args(op, packed, scales, in_features, L, kb, V);
+  std::vector<int64_t> out_shape;
+  const int64_t rows = packed.size(0), T = check_matmul_x(op, x, packed, in_features, out_shape);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (use_gemv(op, T)) {
+    const at::Tensor xf = x.reshape({T, in_features}).to(at::kFloat).contiguous();
+    const at::Tensor pc = packed.contiguous(), sc = scales.contiguous();
+    at::Tensor y = at::empty({T, rows}, xf.options());
+    kern::tcq_gemv(xf.data_ptr<float>(), T, pc.data_ptr<int32_t>(), rows, steps, static_cast<int>(L),
+                   static_cast<int>(kb), static_cast<int>(V), sc.data_ptr<float>(), y.data_ptr<float>(),
+                   c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return y.to(x.scalar_type()).reshape(out_shape);
+  }
+  const at::Tensor W = tcq_decode_impl(packed, scales, in_features, steps, L, kb, V).to(x.scalar_type());
+  return at::matmul(x, W.t());
 }
 
 }  // namespace
@@ -186,4 +215,5 @@ TORCH_LIBRARY_IMPL(weightkit, CUDA, m) {
   m.impl("palette_matmul", &weightkit::palette::palette_matmul_cuda);
   m.impl("tcq_encode", &weightkit::palette::tcq_encode_cuda);
   m.impl("tcq_decode", &weightkit::palette::tcq_decode_cuda);
+  m.impl("tcq_matmul", &weightkit::palette::tcq_matmul_cuda);
 }

@@ -7,7 +7,8 @@ import torch
 
 import weightkit  # noqa: F401
 from tests.reference.palette import tcq_best_error_bruteforce, tcq_decode_ref
-from weightkit.ops.palette import tcq_dequantize, tcq_encode, tcq_words
+from tests.ops.test_palette import rel_err
+from weightkit.ops.palette import tcq_dequantize, tcq_encode, tcq_matmul, tcq_words
 from weightkit.quant.tcq import tcq_params
 
 # PAPERS.md (Q-Palette table, TCQ column); our L = 16 trellis must be within 5%.
@@ -65,11 +66,50 @@ def test_half_rates_sit_between():
     assert mse[3] < mse[2.5] < mse[2]
 
 
-def test_opcheck():
+def encoded(rows: int, in_f: int, bits: float, L: int = 10, seed: int = 0):
+    """(packed, scales, L, kb, V) of a random Gaussian matrix."""
+    p = tcq_params(bits, L)
+    L, kb, V = p["L"], p["bits_per_step"], p["values_per_step"]
+    g = torch.Generator().manual_seed(seed)
+    packed = tcq_encode(torch.randn(rows, in_f, generator=g), L, kb, V)
+    return packed, torch.rand(rows, generator=g) + 0.5, L, kb, V
+
+
+# 1-16 tokens: the GPU decodes in registers (one launch per 16 tokens when forced to); 40: decode + GEMM.
+@pytest.mark.parametrize("path", [None, "gemv", "dense"])
+@pytest.mark.parametrize("tokens", [1, 5, 16, 17, 40])
+@pytest.mark.parametrize("bits", [2, 2.5])
+def test_matmul_equals_x_times_decoded_weight(device, bits, tokens, path, monkeypatch):
+    if path:
+        monkeypatch.setenv("WEIGHTKIT_PALETTE_PATH", path)
+    packed, scales, L, kb, V = encoded(37, 320, bits)
+    x = torch.randn(tokens, 320)
+    y = tcq_matmul(x.to(device), packed.to(device), scales.to(device), 320, L, kb, V)
+    assert y.shape == (tokens, 37) and y.dtype == torch.float32 and y.device.type == device
+    ref = x.double() @ tcq_decode_ref(packed, scales, 320, L, kb, V).T
+    assert rel_err(y, ref) < 2e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens", [3, 40])
+def test_matmul_half_precision_and_batch_shapes(device, dtype, tokens):
+    packed, scales, L, kb, V = encoded(24, 256, 2)
+    x = torch.randn(2, tokens, 256).to(dtype)
+    y = tcq_matmul(x.to(device), packed.to(device), scales.to(device), 256, L, kb, V)
+    assert y.shape == (2, tokens, 24) and y.dtype == dtype
+    ref = x.double() @ tcq_decode_ref(packed, scales, 256, L, kb, V).T
+    assert rel_err(y, ref) < 1e-2
+
+
+def test_opcheck(device):
     w = torch.randn(3, 32)
-    packed = tcq_encode(w, 8, 2, 1)
-    torch.library.opcheck(torch.ops.weightkit.tcq_encode.default, (w, 8, 2, 1))
-    torch.library.opcheck(torch.ops.weightkit.tcq_decode.default, (packed, torch.ones(3), 32, 8, 2, 1))
+    packed = tcq_encode(w, 8, 2, 1).to(device)
+    ones = torch.ones(3, device=device)
+    torch.library.opcheck(torch.ops.weightkit.tcq_encode.default, (w.to(device), 8, 2, 1))
+    torch.library.opcheck(torch.ops.weightkit.tcq_decode.default, (packed, ones, 32, 8, 2, 1))
+    for tokens in (2, 20):
+        x = torch.randn(tokens, 32, device=device)
+        torch.library.opcheck(torch.ops.weightkit.tcq_matmul.default, (x, packed, ones, 32, 8, 2, 1))
 
 
 def test_bad_input():
@@ -85,3 +125,23 @@ def test_bad_input():
         tcq_dequantize(packed, torch.ones(3), 32, 8, 3, 1)
     with pytest.raises(ValueError, match="TCQ rate must be one of"):
         tcq_params(2.25)
+
+
+def test_matmul_bad_input(device):
+    packed, scales, L, kb, V = encoded(3, 32, 2)
+    packed, scales = packed.to(device), scales.to(device)
+    with pytest.raises(RuntimeError, match=r"weightkit.tcq_matmul: x must have shape \(\.\.\., 32\)"):
+        tcq_matmul(torch.randn(2, 31, device=device), packed, scales, 32, L, kb, V)
+    with pytest.raises(RuntimeError, match="weightkit.tcq_matmul: x must be float32, bfloat16 or float16, got Int"):
+        tcq_matmul(torch.ones(2, 32, dtype=torch.int32, device=device), packed, scales, 32, L, kb, V)
+    with pytest.raises(RuntimeError, match="weightkit.tcq_matmul: packed must have"):
+        tcq_matmul(torch.randn(2, 32, device=device), packed, scales, 32, L, kb + 1, V)
+    with pytest.raises(RuntimeError, match=r"weightkit.tcq_matmul: scales must be float32 of shape \(3\)"):
+        tcq_matmul(torch.randn(2, 32, device=device), packed, scales[:2], 32, L, kb, V)
+
+
+@pytest.mark.cuda
+def test_matmul_device_mismatch():
+    packed, scales, L, kb, V = encoded(3, 32, 2)
+    with pytest.raises(RuntimeError, match="weightkit.tcq_matmul: x and packed must be on the same device"):
+        tcq_matmul(torch.randn(2, 32), packed.cuda(), scales.cuda(), 32, L, kb, V)

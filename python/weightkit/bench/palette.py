@@ -1,11 +1,13 @@
-"""Palette benchmark: decode-in-register GEMV against torch fp32 / bf16 at batch 1, the Hadamard
-transform against a dense matmul by H, quantizer MSE on unit-Gaussian samples against PAPERS.md,
-and (``--ppl``) SmolLM2-135M perplexity against bits (weightkit.bench.palette_ppl).
+"""Palette benchmark: decode-in-register GEMV at batch 1 against torch fp32 / bf16 (CPU, 4096²)
+or cuBLAS fp16 / bf16 (CUDA, 8192², TCQ GEMV included), the Hadamard transform against a dense
+matmul by H, quantizer MSE on unit-Gaussian samples against PAPERS.md, and (``--ppl``) SmolLM2-135M
+perplexity against bits (weightkit.bench.palette_ppl).
 
 Memory-bound timing (DESIGN.md): every weight format is timed on rotating copies totalling more
-than 2× the last-level cache (> 64 MiB here), ours and the baselines alike, and reports achieved
-GB/s (bytes of the weight format read per call / time) beside a plain streaming read (``sum`` of an
-fp32 tensor) of 128 MiB. ``OtherLoad`` records how many cores other processes kept busy.
+than 2× the last-level cache (96 MiB on the CPU, 256 MiB on a GPU), ours and the baselines alike,
+and reports achieved GB/s (bytes of the weight format read per call / time) beside a plain
+streaming read (``sum`` of an fp32 tensor) of 128 MiB. ``OtherLoad`` records how many cores other
+processes kept busy.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from weightkit.quant import codebooks
 from weightkit.quant.tcq import tcq_params
 
 FAMILY = "palette"
+SHORT_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 ROTATE_BYTES = 96 << 20  # > 2 x 32 MiB LLC
 
 MSE_TABLE = {  # PAPERS.md, Q-Palette table
@@ -35,8 +38,13 @@ MSE_TABLE = {  # PAPERS.md, Q-Palette table
 }
 
 
-def _copies(nbytes: int) -> int:
-    return max(2, math.ceil(ROTATE_BYTES / max(nbytes, 1)))
+def _rotate_bytes(dev) -> int:
+    """Bytes of rotating copies: > 2x the last-level cache (CPU 32 MiB here; H100/H200 L2 50-60 MB)."""
+    return (256 << 20) if dev.type == "cuda" else ROTATE_BYTES
+
+
+def _copies(nbytes: int, dev) -> int:
+    return max(2, math.ceil(_rotate_bytes(dev) / max(nbytes, 1)))
 
 
 def _rotating(fn_of_copy, copies):
@@ -58,42 +66,68 @@ def _time(fn, dev, settings, copies):
     return common.measure(all_copies, device=dev, **settings).median_ms / copies
 
 
-def gemv_cases(dev, n: int, settings, formats, rounds: int = 3) -> list:
-    """Per format: ours, torch fp32 and torch bf16 timed alternately in ``rounds`` rounds; each keeps
-    its best round (the machine is shared: the minimum over rounds is the least disturbed)."""
+def streaming_gbs(dev, settings) -> float:
+    """GB/s of a plain streaming read (``sum`` of a 128 MiB fp32 tensor)."""
+    stream = torch.randn(32 << 20, device=dev)
+    t = common.measure(lambda: stream.sum(), device=dev, **settings).median_ms
+    return stream.numel() * 4 / t / 1e6
+
+
+def palette_format(dev, n: int, x, c: int, d: int):
+    """(call of copy i, bytes of one copy, copies) for palette_matmul with random c-bit codes."""
+    cb = torch.randn(1 << c, d, device=dev)
+    sc = torch.rand(n, device=dev) + 0.5
+    nbytes = n * P.packed_words(n // d, c) * 4
+    k = _copies(nbytes, dev)
+    packs = [P.palette_pack(torch.randint(0, 1 << c, (n, n // d), dtype=torch.int32), c).to(dev) for _ in range(k)]
+    return (lambda i: P.palette_matmul(x, packs[i], cb, sc, n)), nbytes, k
+
+
+def tcq_format(dev, n: int, x, bits: float, L: int = 16):
+    """The same for tcq_matmul. Every bit stream is a path of the bitshift trellis, so random words
+    are valid codes (Viterbi-encoding 8192² weights at L = 16 would take far longer than the timing)."""
+    p = tcq_params(bits, L)
+    L, kb, V = p["L"], p["bits_per_step"], p["values_per_step"]
+    words = P.tcq_words(n // V, L, kb)
+    sc = torch.rand(n, device=dev) + 0.5
+    nbytes = n * words * 4
+    k = _copies(nbytes, dev)
+    packs = [torch.randint(-2**31, 2**31 - 1, (n, words), dtype=torch.int32, device=dev) for _ in range(k)]
+    return (lambda i: P.tcq_matmul(x, packs[i], sc, n, L, kb, V)), nbytes, k
+
+
+def gemv_cases(dev, n: int, settings, formats, baselines=(torch.float32, torch.bfloat16), rounds: int = 3) -> list:
+    """Batch-1 GEMV of each format (label, kind "palette" | "tcq", args) against torch F.linear at
+    each baseline dtype, timed alternately in ``rounds`` rounds; each keeps its best round (the
+    machine is shared: the minimum over rounds is the least disturbed)."""
     x = torch.randn(1, n, device=dev)
     base_fns = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in baselines:
         nbytes = n * n * torch.finfo(dtype).bits // 8
-        k = _copies(nbytes)
+        k = _copies(nbytes, dev)
         Ws = [torch.randn(n, n, device=dev).to(dtype) for _ in range(k)]
         xd = x.to(dtype)
         base_fns[dtype] = (_rotating(lambda i, Ws=Ws, xd=xd: F.linear(xd, Ws[i]), k), k, nbytes)
-    stream = torch.randn(32 << 20, device=dev)
-    t_stream = common.measure(lambda: stream.sum(), device=dev, **settings).median_ms
-    stream_gbs = stream.numel() * 4 / t_stream / 1e6
-    del stream
+    stream_gbs = streaming_gbs(dev, settings)
+    baseline_name = "cuBLAS" if dev.type == "cuda" else "torch"
     cases = []
-    for label, c, d in formats:
-        cb = torch.randn(1 << c, d, device=dev)
-        sc = torch.rand(n, device=dev) + 0.5
-        nbytes = n * P.packed_words(n // d, c) * 4
-        k = _copies(nbytes)
-        packs = [P.palette_pack(torch.randint(0, 1 << c, (n, n // d), dtype=torch.int32), c).to(dev) for _ in range(k)]
-        ours_fn = _rotating(lambda i: P.palette_matmul(x, packs[i], cb, sc, n), k)
-        best = {"ours": float("inf"), torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    for label, kind, args in formats:
+        fn_of_copy, nbytes, k = (palette_format if kind == "palette" else tcq_format)(dev, n, x, *args)
+        ours_fn = _rotating(fn_of_copy, k)
+        best = {"ours": float("inf"), **{dtype: float("inf") for dtype in baselines}}
         with common.OtherLoad() as load:
             for _ in range(rounds):
                 best["ours"] = min(best["ours"], _time(ours_fn, dev, settings, k))
                 for dtype, (fn, kb, _) in base_fns.items():
                     best[dtype] = min(best[dtype], _time(fn, dev, settings, kb))
-        del packs
+        del fn_of_copy, ours_fn
         ours = best["ours"]
-        for dtype, name in ((torch.float32, "torch fp32 F.linear"), (torch.bfloat16, "torch bf16 F.linear")):
+        for dtype in baselines:
             t_base, b_bytes = best[dtype], base_fns[dtype][2]
+            short = SHORT_DTYPE[dtype]
             cases.append({
-                "case": f"gemv-{label}-{n}x{n}-b1-vs-{'fp32' if dtype == torch.float32 else 'bf16'}",
-                "baseline": name, "ours_ms": ours, "baseline_ms": t_base,
+                "case": f"gemv-{label}-{n}x{n}-b1-vs-{short}",
+                "baseline": f"{baseline_name} {short} F.linear", "ours_ms": ours, "baseline_ms": t_base,
                 "notes": f"ours {nbytes / ours / 1e6:.1f} GB/s ({nbytes / 2**20:.1f} MiB codes, {k} copies); "
                          f"baseline {b_bytes / t_base / 1e6:.1f} GB/s; streaming read {stream_gbs:.1f} GB/s; "
                          f"best of {rounds} alternating rounds; other load "
@@ -103,18 +137,26 @@ def gemv_cases(dev, n: int, settings, formats, rounds: int = 3) -> list:
     return cases
 
 
-def hadamard_cases(dev, rows: int, n: int, settings) -> list:
-    x = torch.randn(rows, n, device=dev)
+def hadamard_cases(dev, rows: int, n: int, settings, dtype=torch.float32) -> list:
+    """hadamard_transform of a (rows, n) batch against a dense product by H_n in the same dtype;
+    the bytes moved (read + write) per second against a plain streaming read."""
+    x = torch.randn(rows, n, device=dev).to(dtype)
     s = P.hadamard_signs(n, 0).to(dev)
     m = P.hadamard_order(n)
-    H = P.hadamard_transform(torch.eye(n, device=dev), None, 1.0).T.contiguous()  # H_n
+    H = P.hadamard_transform(torch.eye(n, device=dev), None, 1.0).T.contiguous().to(dtype)  # H_n
+    s_d = s.to(dtype)
     ours = common.measure(lambda: P.hadamard_transform(x, s), device=dev, **settings).median_ms
     scale = 1 / math.sqrt(n)
-    base = common.measure(lambda: (x * s) @ H.T * scale, device=dev, **settings).median_ms
-    nbytes = 2 * x.numel() * 4
-    return [{"case": f"hadamard-{rows}x{n}-m{m}-fp32", "baseline": "torch (x*signs) @ H^T (dense, MKL)",
-             "ours_ms": ours, "baseline_ms": base,
-             "notes": f"ours {nbytes / ours / 1e6:.1f} GB/s (read + write)"}]
+    base = common.measure(lambda: (x * s_d) @ H.T * scale, device=dev, **settings).median_ms
+    nbytes = 2 * x.numel() * x.element_size()
+    stream_gbs = streaming_gbs(dev, settings)
+    gbs = nbytes / ours / 1e6
+    library = "cuBLAS" if dev.type == "cuda" else "MKL"
+    return [{"case": f"hadamard-{rows}x{n}-m{m}-{SHORT_DTYPE[dtype]}",
+             "baseline": f"torch (x*signs) @ H^T (dense, {library})", "ours_ms": ours, "baseline_ms": base,
+             "notes": f"ours {gbs:.1f} GB/s (read + write) = {gbs / stream_gbs:.0%} of a streaming read "
+                      f"({stream_gbs:.1f} GB/s)",
+             "ours_gbs": gbs, "stream_gbs": stream_gbs, "stream_fraction": gbs / stream_gbs}]
 
 
 def mse_results(samples_log2: int, tcq_L: int) -> list:
@@ -176,15 +218,22 @@ def plot_ppl(ppl: dict, path) -> str | None:
 def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=None) -> dict:
     dev = common.resolve_device(device)
     settings = dict(warmup=2, repeats=7, min_time_s=0.3, max_time_s=3.0 if quick else 8.0, long_call_s=1.0)
-    n = 2048 if quick else 4096
-    formats = [("sq2", 2, 1), ("sq3", 3, 1), ("sq4", 4, 1), ("vq2", 4, 2), ("vq2.5", 5, 2), ("vq3", 6, 2),
-               ("vq3.5", 7, 2), ("vq4", 8, 2)]
-    cases = gemv_cases(dev, n, settings, formats)
-    cases += hadamard_cases(dev, 256 if quick else 4096, n, settings)
+    formats = [(label, "palette", (c, d)) for label, c, d in (
+        ("sq2", 2, 1), ("sq3", 3, 1), ("sq4", 4, 1), ("vq2", 4, 2), ("vq2.5", 5, 2), ("vq3", 6, 2), ("vq3.5", 7, 2),
+        ("vq4", 8, 2))]
     skipped = []
-    if dev.type == "cpu":
-        skipped.append({"case": "gemv-tcq2-8192-b1", "reason": "TCQ on the CPU runs decode + GEMM (no CPU GEMV); "
-                        "the decode-in-register TCQ GEMV is CUDA-only and needs a GPU to time"})
+    if dev.type == "cuda":
+        # The bars' setting: 8192² against cuBLAS fp16 (and bf16); the activation batch in bf16.
+        n = 2048 if quick else 8192
+        formats += [(f"tcq{b:g}", "tcq", (b,)) for b in (2, 2.5, 3, 4)]
+        cases = gemv_cases(dev, n, settings, formats, baselines=(torch.float16, torch.bfloat16))
+        cases += hadamard_cases(dev, 256 if quick else 4096, 4096, settings, dtype=torch.bfloat16)
+    else:
+        n = 2048 if quick else 4096
+        cases = gemv_cases(dev, n, settings, formats)
+        cases += hadamard_cases(dev, 256 if quick else 4096, n, settings)
+        skipped.append({"case": "gemv-tcq2-b1", "reason": "tcq_matmul on the CPU decodes W and calls GEMM (no "
+                        "CPU trellis GEMV); the decode-in-register TCQ GEMV is CUDA-only and needs a GPU to time"})
     extra = {"quick": quick, "mse": mse_results(16 if quick else 18, 16)}
     if ppl_json:
         with open(ppl_json) as f:

@@ -68,23 +68,27 @@ class PaletteLinear(nn.Module):
     def rotated_weight(self) -> torch.Tensor:
         """Ŵ in the rotated basis, (out, in) float32."""
         if self.kind == "tcq":
-            p = self.tcq_params
-            if "split" in p:  # half variant: two trellis rates over the two halves of the rows
-                flat, k, split = self.packed.reshape(-1), p["lo_words"], p["split"]
-                halves = []
-                for part, rows, prm, sc in ((flat[:k], split, p["lo"], self.scales[:split]),
-                                            (flat[k:], self.out_features - split, p["hi"], self.scales[split:])):
-                    halves.append(P.tcq_dequantize(part.reshape(rows, -1), sc.contiguous(), self.in_features,
-                                                   prm["L"], prm["bits_per_step"], prm["values_per_step"]))
-                return torch.cat(halves)
-            return P.tcq_dequantize(self.packed, self.scales, self.in_features, p["L"], p["bits_per_step"],
-                                    p["values_per_step"])
+            return torch.cat([P.tcq_dequantize(packed, scales, self.in_features, p["L"], p["bits_per_step"],
+                                               p["values_per_step"]) for packed, scales, p in self._tcq_parts()])
         return P.palette_dequantize(self.packed, self.codebook, self.scales, self.in_features)
+
+    def _tcq_parts(self) -> list:
+        """[(packed (rows, words) int32, scales (rows,) float32, trellis params)] of consecutive row
+        ranges: one part, or two for a half variant (two trellis rates over the two halves of the
+        rows, both streams in one flat ``packed``)."""
+        p = self.tcq_params
+        if "split" not in p:
+            return [(self.packed, self.scales, p)]
+        flat, k, split = self.packed.reshape(-1), p["lo_words"], p["split"]
+        return [(flat[:k].reshape(split, -1), self.scales[:split].contiguous(), p["lo"]),
+                (flat[k:].reshape(self.out_features - split, -1), self.scales[split:].contiguous(), p["hi"])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xr = P.hadamard_transform(x, self.signs)
         if self.kind == "tcq":
-            y = xr @ self.rotated_weight().to(x.dtype).T
+            ys = [P.tcq_matmul(xr, packed, scales, self.in_features, p["L"], p["bits_per_step"], p["values_per_step"])
+                  for packed, scales, p in self._tcq_parts()]
+            y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
         else:
             y = P.palette_matmul(xr, self.packed, self.codebook, self.scales, self.in_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)

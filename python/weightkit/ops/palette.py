@@ -27,6 +27,7 @@ __all__ = [
     "palette_pack",
     "tcq_dequantize",
     "tcq_encode",
+    "tcq_matmul",
     "tcq_words",
 ]
 
@@ -124,6 +125,15 @@ def tcq_dequantize(packed: torch.Tensor, scales: torch.Tensor, in_features: int,
                                           int(values_per_step))
 
 
+def tcq_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int, L: int,
+               bits_per_step: int, values_per_step: int) -> torch.Tensor:
+    """y (..., rows) = x (..., in_features)·Wᵀ in x's dtype, W as tcq_dequantize gives it. On CUDA
+    up to 16 tokens decode the trellis in registers (fp32 accumulation); more tokens, and every
+    call on the CPU, decode W once and call GEMM."""
+    return torch.ops.weightkit.tcq_matmul(x, packed, scales, int(in_features), int(L), int(bits_per_step),
+                                          int(values_per_step))
+
+
 def tcq_words(steps: int, L: int, bits_per_step: int) -> int:
     """int32 words of one row's stream: L + bits_per_step·(steps − 1) bits, plus one spare word."""
     bits = L + bits_per_step * (steps - 1) if steps > 0 else 0
@@ -138,3 +148,9 @@ def _tcq_encode_fake(W, L, bits_per_step, values_per_step):
 @torch.library.register_fake("weightkit::tcq_decode")
 def _tcq_decode_fake(packed, scales, in_features, L, bits_per_step, values_per_step):
     return scales.new_empty((packed.shape[0], in_features))
+
+
+@torch.library.register_fake("weightkit::tcq_matmul")
+def _tcq_matmul_fake(x, packed, scales, in_features, L, bits_per_step, values_per_step):
+    torch._check(x.shape[-1] == in_features, lambda: "weightkit.tcq_matmul: x must have in_features columns")
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
