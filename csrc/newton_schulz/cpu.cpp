@@ -40,9 +40,11 @@ inline float round_scalar(float v, Rounding r) {
 
 // The scalar path accumulates in double: it is the fallback, and a serial fp32 sum over a 16K
 // chunk loses ~1e-5 relative accuracy where the SIMD paths' many lanes lose ~1e-7.
+// Squares in fp64 in every path: an fp32 square overflows above |x| ~ 1.8e19 and underflows
+// below ~1e-19 (this pass is memory-bound next to the matrix products, so fp64 costs nothing).
 double sumsq_scalar(const float* x, int64_t n) {
   double acc = 0.0;
-  for (int64_t i = 0; i < n; ++i) acc += x[i] * x[i];
+  for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(x[i]) * x[i];
   return acc;
 }
 
@@ -101,14 +103,16 @@ WK_AVX2 inline __m256 round256(__m256 v, Rounding r) {
 }
 
 WK_AVX2 double sumsq_avx2(const float* x, int64_t n) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
-    a0 = _mm256_fmadd_ps(v0, v0, a0);
-    a1 = _mm256_fmadd_ps(v1, v1, a1);
+  for (; i + 8 <= n; i += 8) {
+    const __m256d v0 = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), v1 = _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4));
+    a0 = _mm256_fmadd_pd(v0, v0, a0);
+    a1 = _mm256_fmadd_pd(v1, v1, a1);
   }
-  return static_cast<double>(hsum256(_mm256_add_ps(a0, a1))) + sumsq_scalar(x + i, n - i);
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(a0, a1));
+  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + sumsq_scalar(x + i, n - i);
 }
 
 WK_AVX2 double sum_cosh2_avx2(const float* x, int64_t n, float s) {
@@ -163,14 +167,14 @@ WK_AVX512 inline __m512 round512(__m512 v, Rounding r) {
 }
 
 WK_AVX512 double sumsq_avx512(const float* x, int64_t n) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + 16);
-    a0 = _mm512_fmadd_ps(v0, v0, a0);
-    a1 = _mm512_fmadd_ps(v1, v1, a1);
+  for (; i + 16 <= n; i += 16) {
+    const __m512d v0 = _mm512_cvtps_pd(_mm256_loadu_ps(x + i)), v1 = _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8));
+    a0 = _mm512_fmadd_pd(v0, v0, a0);
+    a1 = _mm512_fmadd_pd(v1, v1, a1);
   }
-  return static_cast<double>(_mm512_reduce_add_ps(_mm512_add_ps(a0, a1))) + sumsq_scalar(x + i, n - i);
+  return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1)) + sumsq_scalar(x + i, n - i);
 }
 
 WK_AVX512 double sum_cosh2_avx512(const float* x, int64_t n, float s) {

@@ -48,19 +48,21 @@ dim3 elementwise_grid(int64_t batch, int64_t per_matrix) {
   return dim3(static_cast<unsigned>(x), static_cast<unsigned>(std::min(batch, kMaxGridY)));
 }
 
-// sums[b] += sum of in[b][i]^2: fp32 per thread and per block, fp64 across blocks.
+// sums[b] += sum of in[b][i]^2, in fp64: an fp32 square overflows above |x| ~ 1.8e19 and
+// underflows below ~1e-19, which would zero the output or blow it up (the kernel is memory-bound,
+// so fp64 costs nothing).
 template <class T>
 __global__ void sum_squares_kernel(const T* __restrict__ in, int64_t batch, int64_t per, double* __restrict__ sums) {
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
     const T* x = in + b * per;
-    float acc = 0.f;
+    double acc = 0.0;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < per;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      const float v = to_float(x[i]);
-      acc = fmaf(v, v, acc);
+      const double v = to_float(x[i]);
+      acc = fma(v, v, acc);
     }
     acc = block_sum(acc);
-    if (threadIdx.x == 0) atomicAdd(sums + b, static_cast<double>(acc));
+    if (threadIdx.x == 0) atomicAdd(sums + b, acc);
   }
 }
 

@@ -11,8 +11,9 @@ constexpr int kRows = 8;  // symmetrize: kTile x kRows threads, each covering kT
 
 __global__ void downdate_sym_kernel(double* __restrict__ C, const double* __restrict__ Gt,
                                     const double* __restrict__ Ft, int64_t n, int64_t u) {
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t i = blockIdx.y;
+  // Rows on x (up to 2^31 - 1 blocks), column tiles on y (65535 tiles of 256 cover n < 16.7M).
+  const int64_t i = blockIdx.x;
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   if (j >= n) return;
   double s = 0.0;
   for (int64_t k = 0; k < u; ++k) {
@@ -51,7 +52,7 @@ __global__ void symmetrize_kernel(double* __restrict__ C, int64_t n) {
 void downdate_sym(double* C, const double* Gt, const double* Ft, int64_t n, int64_t u, cudaStream_t stream) {
   if (n == 0 || u == 0) return;
   constexpr int kThreads = 256;
-  const dim3 grid(static_cast<unsigned>(ceil_div<int64_t>(n, kThreads)), static_cast<unsigned>(n));
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(ceil_div<int64_t>(n, kThreads)));
   downdate_sym_kernel<<<grid, kThreads, 0, stream>>>(C, Gt, Ft, n, u);
 }
 

@@ -13,7 +13,7 @@ namespace {
 
 bool is_float(at::ScalarType t) { return is_supported_float(t) || t == at::kDouble; }
 
-// Offline op: one sync per tensor is cheap next to the update, and a NaN would poison C forever.
+// A NaN would poison C forever. (rls_init is offline: one wait for the device is cheap there.)
 void check_finite(const char* op, const at::Tensor& t, const char* name) {
   WK_CHECK(op, at::isfinite(t).all().item<bool>(), name, " must be finite, got NaN or Inf entries");
 }
@@ -71,8 +71,6 @@ void rls_update(const RlsDevice& dev, at::Tensor& W, at::Tensor& C, const at::Te
   WK_CHECK(op, V.size(0) == u, "K and V must hold the same number of rows u, got ", u, " keys and ", V.size(0),
            " values");
   WK_CHECK(op, u >= 1, "K must hold at least one key, got shape ", K.sizes());
-  check_finite(op, K, "K");
-  check_finite(op, V, "V");
 
   const at::Tensor Kd = K.to(at::kDouble), Vd = V.to(at::kDouble);
   // One float64 copy of W serves the residual and the update (W itself when already float64).
@@ -83,20 +81,24 @@ void rls_update(const RlsDevice& dev, at::Tensor& W, at::Tensor& C, const at::Te
   S.diagonal().add_(1.0);
   S = (S + S.t()).mul_(0.5);
   auto [L, info] = at::linalg_cholesky_ex(S);
-  WK_CHECK(op, info.item<int64_t>() == 0,
-           "I + K C Kᵀ must be positive definite (C symmetric positive definite, as rls_init makes it), "
-           "got a Cholesky failure at column ", info.item<int64_t>());
-  check_finite(op, R, "W");
+  // Every check that reads values, in one device-to-host copy (one wait for a GPU, not five);
+  // reported in this order, so a NaN key is named as such rather than as a Cholesky failure.
   // F has u columns of C: a NaN/Inf in C almost surely reaches it, and checking F costs nothing.
-  check_finite(op, F, "C");
+  const at::Tensor ok = at::stack({at::isfinite(K).all(), at::isfinite(V).all(), info.eq(0),
+                                   at::isfinite(R).all(), at::isfinite(F).all()}).cpu();
+  const bool* passed = ok.const_data_ptr<bool>();
+  WK_CHECK(op, passed[0], "K must be finite, got NaN or Inf entries");
+  WK_CHECK(op, passed[1], "V must be finite, got NaN or Inf entries");
+  WK_CHECK(op, passed[2], "I + K C Kᵀ must be positive definite (C symmetric positive definite, as rls_init makes "
+           "it), got a Cholesky failure at column ", info.item<int64_t>());
+  WK_CHECK(op, passed[3], "W must be finite, got NaN or Inf entries");
+  WK_CHECK(op, passed[4], "C must be finite, got NaN or Inf entries");
   // Nothing is written above this line: a refused call leaves W and C as they were.
   const at::Tensor Ft = F.t().contiguous();
   const at::Tensor Gt = at::cholesky_solve(Ft, L).contiguous();  // (u, d_k) = S⁻¹ Fᵀ = Gᵀ
-  // W += Rᵀ Gᵀ, summed in float64 and rounded once to W's dtype.
-  Wd.addmm_(R.t(), Gt);
-  if (!Wd.is_same(W)) W.copy_(Wd);
-  // C -= G Fᵀ, symmetrized. G Fᵀ = F S⁻¹ Fᵀ is symmetric in exact arithmetic, so for symmetric C
-  // this is C - (G Fᵀ + F Gᵀ) / 2, which the fused kernel forms bitwise symmetric in one
+  // C -= G Fᵀ, symmetrized, before W changes (a failed kernel launch then leaves W as it was).
+  // G Fᵀ = F S⁻¹ Fᵀ is symmetric in exact arithmetic, so for symmetric C this is
+  // C - (G Fᵀ + F Gᵀ) / 2, which the fused kernel forms bitwise symmetric in one
   // streaming pass (C from rls_init is bitwise symmetric and stays so).
   if (u <= kFusedMaxU) {
     dev.downdate_sym(C, Gt, Ft);
@@ -104,6 +106,9 @@ void rls_update(const RlsDevice& dev, at::Tensor& W, at::Tensor& C, const at::Te
     C.addmm_(Gt.t(), Ft, 1.0, -1.0);
     dev.symmetrize(C);
   }
+  // W += Rᵀ Gᵀ, summed in float64 and rounded once to W's dtype.
+  Wd.addmm_(R.t(), Gt);
+  if (!Wd.is_same(W)) W.copy_(Wd);
 }
 
 namespace {

@@ -1,6 +1,8 @@
 #include "common/cuda_utils.cuh"
 #include "sparse_lowrank/kernels.cuh"
 
+#include <algorithm>
+
 namespace weightkit::sparse_lowrank_cuda {
 namespace {
 
@@ -52,10 +54,12 @@ void dispatch(const Csr& s, DType t, F&& f) {
 template <class R, class C>
 __global__ void validate_kernel(CsrT<R, C> s, int64_t nnz, long long* problem) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= s.rows) return;
   auto report = [&](long long code) { atomicMin(problem, (code << 40) + i); };
-  if (i == 0 && s.rp[0] != 0) report(1);
-  if (i == s.rows - 1 && int64_t(s.rp[s.rows]) != nnz) report(2);
+  if (i == 0) {  // also for a support of 0 rows (row_ptr = [0])
+    if (s.rp[0] != 0) report(1);
+    if (int64_t(s.rp[s.rows]) != nnz) report(2);
+  }
+  if (i >= s.rows) return;
   const int64_t k0 = s.rp[i], k1 = s.rp[i + 1];
   if (k1 < k0) {
     report(3);
@@ -82,22 +86,24 @@ __global__ void spmm_kernel(CsrT<R, C> s, const E* __restrict__ XT, int64_t T, f
   const int lane = threadIdx.x % kWarpSize;
   if (i >= s.rows) return;
   const int64_t k0 = s.rp[i], k1 = s.rp[i + 1];
-  const int64_t t_end = min(T, (blockIdx.y + 1) * kGridTokens);
-  for (int64_t base = blockIdx.y * kGridTokens; base < t_end; base += kWarpTokens) {
-    float acc[kTokensPerLane] = {};
-    for (int64_t k = k0; k < k1; ++k) {
-      const float v = s.v[k];
-      const E* x = XT + int64_t(s.ci[k]) * T;
+  for (int64_t chunk = blockIdx.y; chunk * kGridTokens < T; chunk += gridDim.y) {
+    const int64_t t_end = min(T, (chunk + 1) * kGridTokens);
+    for (int64_t base = chunk * kGridTokens; base < t_end; base += kWarpTokens) {
+      float acc[kTokensPerLane] = {};
+      for (int64_t k = k0; k < k1; ++k) {
+        const float v = s.v[k];
+        const E* x = XT + int64_t(s.ci[k]) * T;
+#pragma unroll
+        for (int u = 0; u < kTokensPerLane; ++u) {
+          const int64_t t = base + u * kWarpSize + lane;
+          if (t < t_end) acc[u] += v * to_float(x[t]);
+        }
+      }
 #pragma unroll
       for (int u = 0; u < kTokensPerLane; ++u) {
         const int64_t t = base + u * kWarpSize + lane;
-        if (t < t_end) acc[u] += v * to_float(x[t]);
+        if (t < t_end) YT[i * T + t] = acc[u];
       }
-    }
-#pragma unroll
-    for (int u = 0; u < kTokensPerLane; ++u) {
-      const int64_t t = base + u * kWarpSize + lane;
-      if (t < t_end) YT[i * T + t] = acc[u];
     }
   }
 }
@@ -109,21 +115,23 @@ __global__ void spmm_t_kernel(CsrT<R, C> s, const E* __restrict__ GT, int64_t T,
   const int lane = threadIdx.x % kWarpSize;
   if (i >= s.rows) return;
   const int64_t k0 = s.rp[i], k1 = s.rp[i + 1];
-  const int64_t t_end = min(T, (blockIdx.y + 1) * kGridTokens);
-  for (int64_t base = blockIdx.y * kGridTokens; base < t_end; base += kWarpTokens) {
-    float g[kTokensPerLane];
-#pragma unroll
-    for (int u = 0; u < kTokensPerLane; ++u) {
-      const int64_t t = base + u * kWarpSize + lane;
-      g[u] = t < t_end ? to_float(GT[i * T + t]) : 0.f;
-    }
-    for (int64_t k = k0; k < k1; ++k) {
-      const float v = s.v[k];
-      float* z = ZT + int64_t(s.ci[k]) * T;
+  for (int64_t chunk = blockIdx.y; chunk * kGridTokens < T; chunk += gridDim.y) {
+    const int64_t t_end = min(T, (chunk + 1) * kGridTokens);
+    for (int64_t base = chunk * kGridTokens; base < t_end; base += kWarpTokens) {
+      float g[kTokensPerLane];
 #pragma unroll
       for (int u = 0; u < kTokensPerLane; ++u) {
         const int64_t t = base + u * kWarpSize + lane;
-        if (t < t_end) atomicAdd(z + t, v * g[u]);
+        g[u] = t < t_end ? to_float(GT[i * T + t]) : 0.f;
+      }
+      for (int64_t k = k0; k < k1; ++k) {
+        const float v = s.v[k];
+        float* z = ZT + int64_t(s.ci[k]) * T;
+#pragma unroll
+        for (int u = 0; u < kTokensPerLane; ++u) {
+          const int64_t t = base + u * kWarpSize + lane;
+          if (t < t_end) atomicAdd(z + t, v * g[u]);
+        }
       }
     }
   }
@@ -153,18 +161,19 @@ __global__ void sddmm_kernel(CsrT<R, C> s, const E* __restrict__ AT, const E* __
   if (lane == 0) out[k] = acc;
 }
 
+// y: chunks of kGridTokens tokens, at most 65535 (the kernels loop over the rest).
 dim3 row_grid(int64_t rows, int64_t T) {
   return dim3(static_cast<unsigned>(ceil_div<int64_t>(rows, kWarpsPerBlock)),
-              static_cast<unsigned>(ceil_div<int64_t>(T, kGridTokens)));
+              static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(T, kGridTokens), 65535)));
 }
 
 }  // namespace
 
 void validate_support(const Csr& s, int64_t nnz, long long* problem, cudaStream_t stream) {
   dispatch(s, DType::F32, [&](auto csr, auto) {
-    const int threads = 256;
-    validate_kernel<<<static_cast<unsigned>(ceil_div<int64_t>(s.rows, threads)), threads, 0, stream>>>(csr, nnz,
-                                                                                                      problem);
+    const int threads = 256;  // at least one block: thread 0 checks row_ptr's ends
+    const int64_t blocks = ceil_div<int64_t>(std::max<int64_t>(s.rows, 1), threads);
+    validate_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(csr, nnz, problem);
   });
 }
 

@@ -2,7 +2,7 @@
 //
 // Like the CPU kernels they work in a feature-major layout (tokens contiguous: XT is (in, T)),
 // which the glue produces with ATen transposes: a warp then reads the tokens of one nonzero's
-// column as one coalesced, vectorized run, where the token-major layout would scatter a warp's
+// column as one coalesced run, where the token-major layout would scatter a warp's
 // loads over 32 rows. Values are fp32; activations fp32/bf16/fp16; accumulation fp32.
 // Launchers only enqueue work on `stream`; the caller checks for launch errors.
 #pragma once

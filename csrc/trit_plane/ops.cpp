@@ -69,6 +69,12 @@ Layout check_trits(const char* op, const at::Tensor& trits, int64_t group_size) 
   return Layout::make(trits.size(1), trits.size(2), group_size);
 }
 
+int64_t leading_numel(const at::Tensor& x) {
+  int64_t n = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) n *= x.size(d);
+  return n;
+}
+
 std::vector<int64_t> matmul_out_shape(const at::Tensor& x, int64_t out) {
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
@@ -134,7 +140,7 @@ at::Tensor trit_plane_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, 
   check_cpu(op, packed, "packed");
   const CpuIsa isa = selected_cpu_isa(op);
   const at::Tensor P = packed.contiguous(), S = scales.to(at::kFloat).contiguous();
-  const at::Tensor x2 = x.reshape({-1, in_features}).to(at::kFloat).contiguous();
+  const at::Tensor x2 = x.reshape({leading_numel(x), in_features}).to(at::kFloat).contiguous();
   const int64_t batch = x2.size(0);
   at::Tensor y = at::empty({batch, l.out}, x.options().dtype(at::kFloat));
   if (batch <= direct_max_batch(kCpuDirectMaxBatch)) {

@@ -29,6 +29,10 @@ void check_matmul_input(const char* op, const at::Tensor& x, const at::Tensor& p
 // trits int8 (2, out, in) with values in {-1, 0, +1} (the value check reads the tensor).
 Layout check_trits(const char* op, const at::Tensor& trits, int64_t group_size);
 
+// Rows of x seen as a matrix: the product of all but its last dimension (reshape({-1, 0}) is
+// ambiguous when in_features is 0).
+int64_t leading_numel(const at::Tensor& x);
+
 // Output shape of trit_plane_matmul: x's shape with the last dim replaced by out.
 std::vector<int64_t> matmul_out_shape(const at::Tensor& x, int64_t out);
 

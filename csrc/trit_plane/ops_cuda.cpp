@@ -73,7 +73,7 @@ at::Tensor trit_plane_matmul_cuda(const at::Tensor& x, const at::Tensor& packed,
   check_matmul_input(op, x, packed, in_features);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor P = aligned_planes(packed), S = scales.contiguous();
-  const at::Tensor x2 = x.reshape({-1, in_features}).contiguous();
+  const at::Tensor x2 = x.reshape({leading_numel(x), in_features}).contiguous();
   const int64_t batch = x2.size(0);
   at::Tensor y;
   if (batch <= direct_max_batch(kern::kDirectMaxBatch)) {
@@ -86,7 +86,9 @@ at::Tensor trit_plane_matmul_cuda(const at::Tensor& x, const at::Tensor& packed,
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   } else {
-    y = at::matmul(x2, dequantize_as(P, S, l, x2.scalar_type()).t());
+    // fp32 weights and an fp32 product, rounded once to x's dtype like the direct kernel and the
+    // CPU path: bf16/fp16 weights would round every alpha1*t1 + alpha2*t2.
+    y = at::matmul(x2.to(at::kFloat), dequantize_as(P, S, l, at::kFloat).t()).to(x2.scalar_type());
   }
   return y.view(matmul_out_shape(x, l.out));
 }

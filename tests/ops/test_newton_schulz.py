@@ -74,10 +74,13 @@ def projected_singular_values(G: torch.Tensor, X: torch.Tensor):
 BANDS = {"jordan": (3e-3, 0.65, 1.25), "polar_express": (1e-3, 0.80, 1.20)}
 
 
+# Both product forms: the CPU picks the Gram form for these bf16 inputs, CUDA the plain one.
+@pytest.mark.parametrize("gram", ["never", "always"])
 @pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["random", "ill", "rank_deficient"])
 @pytest.mark.parametrize("preset", ["jordan", "polar_express"])
-def test_singular_value_bands(device, preset, kind, compute):
+def test_singular_value_bands(device, preset, kind, compute, gram, monkeypatch):
+    monkeypatch.setenv("WEIGHTKIT_NS_GRAM", gram)
     G = make_input(kind, seed=1).to(device)
     X = wk.newton_schulz(G, 5, preset, compute_dtype=compute)
     d, S, null = projected_singular_values(G, X)
@@ -89,6 +92,30 @@ def test_singular_value_bands(device, preset, kind, compute):
         # In half precision each step's rounding noise is amplified by ~a along null
         # directions (0.1-0.3 here, as in plain torch bf16); fp32 keeps them at zero.
         assert null.numel() == 0 or null.max().item() <= 1e-2
+
+
+# The opt-in tensor-core X·Xᵀ kernel (WEIGHTKIT_NS_SYRK=1): several 64-row tiles, off-diagonal
+# tiles, m % 64 != 0, k % 8 != 0 (scalar loads), batches.
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("shape", [(48, 160), (3, 100, 264), (130, 130), (65, 67), (2, 17, 40), (200, 72)])
+def test_syrk_kernel_matches_reference(monkeypatch, shape, dtype):
+    monkeypatch.setenv("WEIGHTKIT_NS_GRAM", "never")
+    monkeypatch.setenv("WEIGHTKIT_NS_SYRK", "1")
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(7)).to("cuda", dtype)
+    coeffs = list(wk.ops.newton_schulz.JORDAN)
+    ref = newton_schulz_ref(G, 5, coeffs, 1e-7)
+    plain_err = rel_err(plain_torch(G, 5, coeffs, 1e-7, 1.0, dtype), ref)
+    assert rel_err(wk.newton_schulz(G, 5), ref) <= 2 * plain_err + 1e-3
+
+
+def test_huge_and_tiny_inputs_are_scaled_exactly(device):
+    """The Frobenius norm is summed in fp64: fp32 squares would overflow above ~1.8e19."""
+    G = make_input("random")
+    ref = newton_schulz_ref(G, 5, list(wk.ops.newton_schulz.JORDAN), 1e-7)
+    for scale in (1e20, 1e-20):
+        out = wk.newton_schulz((G.double() * scale).float().to(device), 5, eps=0.0)
+        assert torch.isfinite(out).all() and rel_err(out, ref) <= FP32_TOL, scale
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -179,9 +179,10 @@ def test_uniform_support_counts():
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_bad_support_is_rejected():
-    A, B, v, rp, ci, b = make_layer(out_f=4, in_f=10, rank=2, density=0.3)
-    x = torch.randn(3, 10)
+def test_bad_support_is_rejected(device):
+    """The same messages on every device (a GPU check that finds a problem asks the CPU to name it)."""
+    A, B, v, rp, ci, b = make_layer(out_f=4, in_f=10, rank=2, density=0.3, device=device)
+    x = torch.randn(3, 10, device=device)
     bad_col = ci.clone()
     bad_col[2] = 10
     with pytest.raises(RuntimeError, match=r"weightkit.sl_linear: invalid sparse support: col_idx\[2\] = 10 is out of range"):
@@ -199,7 +200,15 @@ def test_bad_support_is_rejected():
     with pytest.raises(RuntimeError, match="row_ptr must be non-decreasing"):
         sl_linear(x, A, B, v, bad_rp, ci, b, 1.0)
     with pytest.raises(RuntimeError, match="weightkit.sddmm: invalid sparse support"):
-        sddmm(torch.randn(3, 4), torch.randn(3, 10), rp, bad_col)
+        sddmm(torch.randn(3, 4, device=device), torch.randn(3, 10, device=device), rp, bad_col)
+
+
+def test_sddmm_of_a_support_without_rows(device):
+    a, b = torch.randn(3, 0, device=device), torch.randn(3, 10, device=device)
+    rp, ci = torch.zeros(1, dtype=torch.int32, device=device), torch.zeros(0, dtype=torch.int32, device=device)
+    assert sddmm(a, b, rp, ci).shape == (0,)
+    with pytest.raises(RuntimeError, match=r"weightkit.sddmm: invalid sparse support: row_ptr\[0\] must be 0"):
+        sddmm(a, b, torch.ones_like(rp), ci)
 
 
 @pytest.mark.parametrize(

@@ -166,6 +166,13 @@ def test_matmul_batched_shapes_and_quantized_weight(device):
     assert tp.trit_plane_matmul(torch.randn(0, 320).to(device), p, s, 320, 128).shape == (0, 48)
 
 
+@pytest.mark.parametrize("batch", [3, 40])  # the direct kernel and the dense path
+def test_matmul_without_inputs_gives_zeros(device, batch):
+    p, s = tp.ptqtp_quantize(torch.zeros(8, 0, device=device), 128)
+    y = tp.trit_plane_matmul(torch.randn(2, batch, 0, device=device), p, s, 0, 128)
+    assert y.shape == (2, batch, 8) and not y.any()
+
+
 # ---------------------------------------------------------------- opcheck
 
 
