@@ -69,8 +69,8 @@ TORCH_LIBRARY(weightkit, m) {
 
   // ---- palette: Hadamard rotation and fractional-bit codebook quantizers (Q-Palette / QTIP) -----
   // y = scale * (x * signs) H_n^T over the last dim, H_n = H_m (x) H_{2^k} with +-1 entries
-  // (n = 2^k * m, m in {1, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172}); scale = n^-1/2 makes it
-  // orthogonal. x fp32/bf16/fp16/fp64 (computed in fp32), signs (n,) float or None.
+  // (n = 2^k * m, m in {1, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172}); scale = n^-1/2
+  // makes it orthogonal. x fp32/bf16/fp16/fp64 (computed in fp32), signs (n,) float or None.
   m.def("hadamard_transform(Tensor x, Tensor? signs, float scale) -> Tensor");
   // Index (int32, (rows, in / d)) of the nearest codeword of a (2^c, d) float32 codebook (d = 1:
   // scalar, d = 2: pairs) for each unit of W (rows, in) float32.

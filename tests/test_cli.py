@@ -175,7 +175,7 @@ def test_other_load_reports_cores_or_none():
 def _stream(**arms) -> dict:
     base = {"n_known": 4, "value_steps": 20, "batch_size": 2, "mu": 2000.0,
             "unedited": {"efficacy": 0.0, "ppl_pydoc": 14.490570608}}
-    return {**base, **{name: {"efficacy": eff, "per_edit_ms": ms} for name, (eff, ms) in arms.items()}}
+    return {**base, **{name: {"efficacy": eff, "per_edit_ms": ms, "n_edits": 4} for name, (eff, ms) in arms.items()}}
 
 
 def test_rls_bench_merges_a_stored_arm_run_with_the_same_settings(tmp_path):
@@ -186,7 +186,7 @@ def test_rls_bench_merges_a_stored_arm_run_with_the_same_settings(tmp_path):
     new = _stream(memit_sequential=(0.8, 90.0))
     new["unedited"]["ppl_pydoc"] = 14.490570611  # another run's last digits
     merged = rls_bench._with_stored_arms(new, path)
-    assert merged["rls"] == {"efficacy": 0.9, "per_edit_ms": 100.0}
+    assert merged["rls"] == {"efficacy": 0.9, "per_edit_ms": 100.0, "n_edits": 4}
     assert merged["arms_from"] == {"rls": "abc"}
     (case,) = rls_bench._stream_cases(merged)
     assert (case["ours_ms"], case["baseline_ms"]) == (100.0, 90.0)

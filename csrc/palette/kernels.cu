@@ -33,8 +33,9 @@ __device__ __forceinline__ E from_f32(float v) {
 // ------------------------------------------------------------------------------- Hadamard
 
 template <class E>
-__global__ void __launch_bounds__(1024) hadamard_kernel(const E* __restrict__ x, E* __restrict__ y, int64_t n, int m,
-                                const int8_t* __restrict__ Hm, const float* __restrict__ signs, float scale) {
+__global__ void __launch_bounds__(1024)
+    hadamard_kernel(const E* __restrict__ x, E* __restrict__ y, int64_t n, int m, const int8_t* __restrict__ Hm,
+                    const float* __restrict__ signs, float scale) {
   extern __shared__ float buf[];
   const int64_t row = blockIdx.x;
   const E* xr = x + row * n;

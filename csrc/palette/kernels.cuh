@@ -26,8 +26,7 @@ bool hadamard_rows(const void* x, void* y, DType t, int64_t rows, int64_t n, int
                    const float* signs, float scale, cudaStream_t stream);
 
 // y (T x rows) = x (T x units*d) W^T, W decoded in registers from c-bit palette codes; one launch
-// per 16 tokens.
-// One warp per output row; the codebook (2^c x d) sits in shared memory.
+// per 16 tokens, one warp per output row; the codebook (2^c x d) sits in shared memory.
 void palette_gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c, int d,
                   const float* codebook, const float* scales, float* y, cudaStream_t stream);
 
@@ -36,8 +35,7 @@ void tcq_decode(const int32_t* packed, int64_t rows, int64_t steps, int L, int k
                 float* W, cudaStream_t stream);
 
 // y (T x rows) = x (T x steps*V) W^T with W the trellis code decoded in registers; one launch per
-// 16 tokens. One
-// warp per output row, lanes over steps.
+// 16 tokens, one warp per output row, lanes over steps.
 void tcq_gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t steps, int L, int kb, int V,
               const float* scales, float* y, cudaStream_t stream);
 

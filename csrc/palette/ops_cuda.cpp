@@ -1,7 +1,7 @@
 // CUDA glue of the palette family: the Hadamard transform, the decode-in-register GEMVs (palette
-// codes and trellis streams, any number of tokens in chunks of 16) and the Viterbi encoder run as our kernels; nearest-codeword encoding,
-// packing and palette dequantization are a few ATen ops on the device (their cost is one pass
-// over the weights, paid once per model or per large batch).
+// codes and trellis streams) and the Viterbi encoder run as our kernels; nearest-codeword
+// encoding, packing and palette dequantization are a few ATen ops on the device (their cost is
+// one pass over the weights, paid once per model or per large batch).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -150,6 +150,7 @@ at::Tensor tcq_encode_cuda(const at::Tensor& W, int64_t L, int64_t kb, int64_t V
   const at::Tensor Wc = W.contiguous();
   const int64_t rows = W.size(0), S = int64_t(1) << L, words = tcq::tcq_words(steps, L, kb);
   at::Tensor packed = at::zeros({rows, words}, W.options().dtype(at::kInt));
+  if (rows == 0) return packed;
   // The scratch (back pointers: steps * 2^(L-kb) bytes a row) is reused over chunks of rows that
   // keep it near 2 GiB: a 4096 x 4096 matrix at L = 16 would otherwise ask for 256 GiB.
   const int64_t per_row = steps * (S >> kb) + 2 * S * int64_t(sizeof(float));

@@ -147,14 +147,15 @@ def _synthetic(d_k: int, d_v: int, n_steps: int, lam: float = 1.0, mu: float = 1
 PPL_SLICE_MAX = 16384
 
 
-#: The real stream's arms, in the order they run.
-ARMS = {"rls": "RLSEditor", "memit_sequential": "MEMITEditor"}
+#: The real stream's arms (RLSEditor, MEMITEditor), in the order they run.
+ARMS = ("rls", "memit_sequential")
 
 
-def _real(n_edits: int, ppl_tokens: int, progress: bool, arms=tuple(ARMS), *, layers, batch_size: int, lam: float,
+def _real(n_edits: int, ppl_tokens: int, progress: bool, arms=ARMS, *, layers, batch_size: int, lam: float,
           mu: float, value_steps: int, stop_nll: float, anchor_facts: int, anchor_weight: float, preserve: int,
           preserve_weight: float, preserve_population: int, preserve_nearest: int, retries: int,
-          retry_nll: float) -> tuple[list[dict], dict]:
+          retry_nll: float) -> dict:
+    """The ``smollm2_stream`` result: settings, the unedited metrics and one entry per arm run."""
     from weightkit import data
     from weightkit.edit import MEMITEditor, RLSEditor, ValueConfig
     from weightkit.edit import facts as F
@@ -237,7 +238,7 @@ def _stream_cases(out: dict) -> list[dict]:
     if not all(a in out for a in ARMS):
         return []
     rls, memit = out["rls"], out["memit_sequential"]
-    return [{"case": f"smollm2-stream-{out['n_known']}-edits-per-edit", "baseline": "MEMIT-style sequential",
+    return [{"case": f"smollm2-stream-{rls['n_edits']}-edits-per-edit", "baseline": "MEMIT-style sequential",
              "ours_ms": rls["per_edit_ms"], "baseline_ms": memit["per_edit_ms"],
              "notes": f"wall time per edit incl. value optimization ({out['value_steps']} Adam steps, batches of "
                       f"{out['batch_size']}); efficacy rls {rls['efficacy']:.3f} vs memit {memit['efficacy']:.3f}"}]
@@ -250,12 +251,14 @@ def _with_stored_arms(out: dict, path: Path) -> dict:
         return out
     stored_file = json.loads(path.read_text())
     old = stored_file.get("smollm2_stream", {})
-    settings = lambda d: {k: v for k, v in d.items() if k not in ARMS and k not in ("unedited", "known_facts_s", "arms_from")}
+    not_settings = (*ARMS, "unedited", "known_facts_s", "arms_from")
+    settings = lambda d: {k: v for k, v in d.items() if k not in not_settings}
     if settings(old) != settings(out) or not _close(old.get("unedited"), out["unedited"]):
         print(f"stored arms in {path} ran with other settings: not merged", file=sys.stderr)
         return out
     stored = {a: old[a] for a in ARMS if a in old and a not in out}
-    return {**out, **stored, "arms_from": {**old.get("arms_from", {}), **{a: stored_file.get("commit", "earlier run") for a in stored}}}
+    arms_from = {**old.get("arms_from", {}), **{a: stored_file.get("commit", "earlier run") for a in stored}}
+    return {**out, **stored, "arms_from": arms_from}
 
 
 def _known_facts_cached(model, tok, all_facts, n: int) -> list[dict]:
