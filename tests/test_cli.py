@@ -189,7 +189,11 @@ def test_rls_bench_merges_a_stored_arm_run_with_the_same_settings(tmp_path):
     assert merged["rls"] == {"efficacy": 0.9, "per_edit_ms": 100.0, "n_edits": 4}
     assert merged["arms_from"] == {"rls": "abc"}
     (case,) = rls_bench._stream_cases(merged)
-    assert (case["ours_ms"], case["baseline_ms"]) == (100.0, 90.0)
+    assert (case["ours_ms"], case["baseline_ms"]) == (100.0, 90.0) and "rls from the run at abc" in case["notes"]
+    # Carried again from a file written by the merged run: still the run where rls really ran.
+    path.write_text(json.dumps({"commit": "def", "smollm2_stream": merged}))
+    again = rls_bench._with_stored_arms(_stream(memit_sequential=(0.8, 90.0)), path)
+    assert again["arms_from"] == {"rls": "abc"}
     # Other settings: the stored arm is not merged and no comparison is claimed.
     other = _stream(memit_sequential=(0.8, 90.0))
     other["mu"] = 1000.0

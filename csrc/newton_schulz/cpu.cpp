@@ -38,10 +38,9 @@ inline float round_scalar(float v, Rounding r) {
   }
 }
 
-// The scalar path accumulates in double: it is the fallback, and a serial fp32 sum over a 16K
-// chunk loses ~1e-5 relative accuracy where the SIMD paths' many lanes lose ~1e-7.
-// Squares in fp64 in every path: an fp32 square overflows above |x| ~ 1.8e19 and underflows
-// below ~1e-19 (this pass is memory-bound next to the matrix products, so fp64 costs nothing).
+// Squares are summed in fp64 in every path (scalar, AVX2, AVX-512): an fp32 square overflows
+// above |x| ~ 1.8e19 and underflows below ~1e-19 (this pass is memory-bound next to the matrix
+// products, so fp64 costs nothing).
 double sumsq_scalar(const float* x, int64_t n) {
   double acc = 0.0;
   for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(x[i]) * x[i];

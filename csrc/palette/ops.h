@@ -32,8 +32,9 @@ int64_t check_tcq_encode_args(const char* op, const at::Tensor& W, int64_t L, in
 int64_t check_tcq_decode_args(const char* op, const at::Tensor& packed, const at::Tensor& scales,
                               int64_t in_features, int64_t L, int64_t kb, int64_t V);
 
-// Checks x (..., in_features) float on packed's device for palette_matmul / tcq_matmul; returns
-// the number of tokens (rows of x seen as a matrix) and sets out_shape to x's shape with `out` last.
+// Checks x (..., in_features) float on packed's device for palette_matmul / tcq_matmul (after
+// in_features > 0 was checked with packed); returns the number of tokens (rows of x seen as a
+// matrix) and sets out_shape to x's shape with its last dim replaced by packed.size(0).
 int64_t check_matmul_x(const char* op, const at::Tensor& x, const at::Tensor& packed, int64_t in_features,
                        std::vector<int64_t>& out_shape);
 

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #include <map>
@@ -152,9 +153,13 @@ at::Tensor tcq_encode_cuda(const at::Tensor& W, int64_t L, int64_t kb, int64_t V
   at::Tensor packed = at::zeros({rows, words}, W.options().dtype(at::kInt));
   if (rows == 0) return packed;
   // The scratch (back pointers: steps * 2^(L-kb) bytes a row) is reused over chunks of rows that
-  // keep it near 2 GiB: a 4096 x 4096 matrix at L = 16 would otherwise ask for 256 GiB.
+  // fit a quarter of the free memory (at least 2 GiB): a 4096 x 4096 matrix at L = 16 would
+  // otherwise ask for 256 GiB, while too small a chunk leaves SMs idle (one block per row).
+  size_t free_bytes = 0, total_bytes = 0;
+  C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const int64_t budget = std::max<int64_t>(int64_t(1) << 31, static_cast<int64_t>(free_bytes / 4));
   const int64_t per_row = steps * (S >> kb) + 2 * S * int64_t(sizeof(float));
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t(1) << 31) / per_row));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, budget / per_row));
   at::Tensor cost = at::empty({chunk, 2, S}, W.options());
   at::Tensor bp = at::empty({chunk, steps, S >> kb}, W.options().dtype(at::kByte));
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {  // one stream: chunks run in order

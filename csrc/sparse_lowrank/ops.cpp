@@ -31,11 +31,12 @@ std::string validate_support_cpu(const at::Tensor& row_ptr, const at::Tensor& co
 
 void check_support(const char* op, const SlDevice& dev, const at::Tensor& row_ptr, const at::Tensor& col_idx,
                    int64_t rows, int64_t cols) {
-  std::string problem = dev.validate_support(row_ptr, col_idx, rows, cols);
+  const std::string found = dev.validate_support(row_ptr, col_idx, rows, cols);
+  if (found.empty()) return;
   // A device's check finds that something is wrong; the CPU names the first problem in row order,
   // so every device gives the same message (a rare path: the cost of the copy does not matter).
-  if (!problem.empty() && !row_ptr.is_cpu()) problem = validate_support_cpu(row_ptr.cpu(), col_idx.cpu(), rows, cols);
-  WK_CHECK(op, problem.empty(), "invalid sparse support: ", problem);
+  const std::string named = row_ptr.is_cpu() ? found : validate_support_cpu(row_ptr.cpu(), col_idx.cpu(), rows, cols);
+  WK_CHECK(op, false, "invalid sparse support: ", named.empty() ? found : named);
 }
 
 // Row of every nonzero, int64.

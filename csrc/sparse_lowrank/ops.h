@@ -26,7 +26,9 @@ struct SlDevice {
   // Cost of one multiply-add of the sparse kernels relative to one of a dense ATen product on
   // this device (the cost model's only device constant).
   double sparse_cost = 1.0;
-  // The first problem in the support (empty: valid); see sparse_lowrank_cpu::validate_support.
+  // Empty when the support is valid, else a description of a problem: the CPU's names the first
+  // one (sparse_lowrank_cpu::validate_support); a GPU's may only say that there is one, and
+  // check_support then asks the CPU to name it.
   std::function<std::string(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t out, int64_t in)>
       validate_support;
   // y (T, out) += x (T, in) S^T.

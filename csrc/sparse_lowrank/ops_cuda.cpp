@@ -43,7 +43,9 @@ std::string validate_support_cuda(const at::Tensor& row_ptr, const at::Tensor& c
   kern::validate_support(cuda_csr(rp, ci, nullptr, rows, cols), ci.numel(),
                          reinterpret_cast<long long*>(problem.data_ptr<int64_t>()), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return problem.item<int64_t>() == std::numeric_limits<int64_t>::max() ? std::string() : std::string("found");
+  return problem.item<int64_t>() == std::numeric_limits<int64_t>::max()
+             ? std::string()
+             : std::string("the device check found a problem (row_ptr or col_idx)");
 }
 
 void spmm_add_cuda(const SlArgs& a, const at::Tensor& x, at::Tensor& y) {

@@ -1,6 +1,7 @@
 // CUDA glue of the trit-plane family: the same checks as the CPU registration (ops.h), then the
-// kernels of kernels.cu on the current stream. Large batches dequantize into x's dtype and use
-// ATen's (cuBLAS) product; packing to and from int8 trits is a CPU round trip (offline work).
+// kernels of kernels.cu on the current stream. Large batches dequantize W in fp32 and use ATen's
+// (cuBLAS) fp32 product, rounded once to x's dtype as on the CPU (no tensor cores: a bf16 W
+// would round every weight; a faster bf16 prefill path is open); packing to and from int8 trits is a CPU round trip (offline work).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAException.h>

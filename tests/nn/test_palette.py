@@ -14,17 +14,17 @@ KINDS = [("sq", 2), ("sq", 4), ("vq", 2), ("vq", 2.5), ("tcq", 2), ("tcq", 2.5),
 
 
 @pytest.mark.parametrize("kind,bits", KINDS)
-def test_forward_and_error(kind, bits):
+def test_forward_and_error(device, kind, bits):
     torch.manual_seed(0)
     lin = torch.nn.Linear(576, 96)
     layer = PaletteLinear.from_linear(lin, kind, bits)
     W = layer.dequantize()
     rel = ((W - lin.weight).norm() / lin.weight.norm()).item() ** 2
     assert rel < {2: 0.125, 2.25: 0.1, 2.5: 0.065, 4: 0.011}[bits]
-    x = torch.randn(3, 576)
-    assert torch.allclose(layer(x), x @ W.T + lin.bias, atol=1e-4)
-    x = torch.randn(40, 576)  # the dequantize + GEMM path
-    assert torch.allclose(layer(x), x @ W.T + lin.bias, atol=1e-4)
+    layer = layer.to(device)
+    for tokens in (3, 40):  # in-register decode (CUDA) and dequantize + GEMM
+        x = torch.randn(tokens, 576)
+        assert torch.allclose(layer(x.to(device)).cpu(), x @ W.T + lin.bias, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind,bits", KINDS)

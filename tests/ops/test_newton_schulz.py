@@ -109,13 +109,22 @@ def test_syrk_kernel_matches_reference(monkeypatch, shape, dtype):
     assert rel_err(wk.newton_schulz(G, 5), ref) <= 2 * plain_err + 1e-3
 
 
-def test_huge_and_tiny_inputs_are_scaled_exactly(device):
+def check_huge_and_tiny(device):
     """The Frobenius norm is summed in fp64: fp32 squares would overflow above ~1.8e19."""
     G = make_input("random")
     ref = newton_schulz_ref(G, 5, list(wk.ops.newton_schulz.JORDAN), 1e-7)
     for scale in (1e20, 1e-20):
         out = wk.newton_schulz((G.double() * scale).float().to(device), 5, eps=0.0)
         assert torch.isfinite(out).all() and rel_err(out, ref) <= FP32_TOL, scale
+
+
+@pytest.mark.cuda
+def test_huge_and_tiny_inputs_are_scaled_exactly_cuda():
+    check_huge_and_tiny("cuda")
+
+
+def test_huge_and_tiny_inputs_are_scaled_exactly_every_isa(cpu_isa):
+    check_huge_and_tiny("cpu")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -266,6 +266,19 @@ def test_device_mismatch_is_rejected():
 
 
 @pytest.mark.cuda
+def test_cuda_sparse_grad_x_is_flagged_nondeterministic(monkeypatch):
+    monkeypatch.setenv("WEIGHTKIT_SL_PATH", "factored")
+    A, B, v, rp, ci, b = make_layer(out_f=4, in_f=10, rank=2, density=0.3, device="cuda")
+    x = torch.randn(3, 10, device="cuda", requires_grad=True)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="weightkit.sl_linear_backward: grad_x of the CUDA sparse kernel"):
+            sl_linear(x, A, B, v, rp, ci, b, 1.0).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.cuda
 def test_cuda_support_matches_cpu_and_cost_model_paths_agree():
     A, B, v, rp, ci, b = make_layer(out_f=300, in_f=260, rank=40, density=0.05)
     x = torch.randn(1000, 260)

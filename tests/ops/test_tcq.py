@@ -101,6 +101,15 @@ def test_matmul_half_precision_and_batch_shapes(device, dtype, tokens):
     assert rel_err(y, ref) < 1e-2
 
 
+def test_matmul_shapes(device):
+    packed, scales, L, kb, V = encoded(5, 64, 2)
+    W = tcq_decode_ref(packed, scales, 64, L, kb, V)
+    for x in (torch.randn(64), torch.randn(0, 64), torch.randn(2, 0, 64), torch.randn(2, 3, 64)):
+        y = tcq_matmul(x.to(device), packed.to(device), scales.to(device), 64, L, kb, V)
+        assert y.shape == (*x.shape[:-1], 5)
+        assert rel_err(y, x.double() @ W.T) < 2e-6 or x.numel() == 0
+
+
 def test_opcheck(device):
     w = torch.randn(3, 32)
     packed = tcq_encode(w, 8, 2, 1).to(device)

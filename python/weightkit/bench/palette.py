@@ -79,7 +79,7 @@ def palette_format(dev, n: int, x, c: int, d: int):
     sc = torch.rand(n, device=dev) + 0.5
     nbytes = n * P.packed_words(n // d, c) * 4
     k = _copies(nbytes, dev)
-    packs = [P.palette_pack(torch.randint(0, 1 << c, (n, n // d), dtype=torch.int32), c).to(dev) for _ in range(k)]
+    packs = [P.palette_pack(torch.randint(0, 1 << c, (n, n // d), dtype=torch.int32, device=dev), c) for _ in range(k)]
     return (lambda i: P.palette_matmul(x, packs[i], cb, sc, n)), nbytes, k
 
 
@@ -96,10 +96,12 @@ def tcq_format(dev, n: int, x, bits: float, L: int = 16):
     return (lambda i: P.tcq_matmul(x, packs[i], sc, n, L, kb, V)), nbytes, k
 
 
-def gemv_cases(dev, n: int, settings, formats, baselines=(torch.float32, torch.bfloat16), rounds: int = 3) -> list:
+def gemv_cases(dev, n: int, settings, formats, baselines=(torch.float32, torch.bfloat16), rounds: int = 3,
+               x_dtype=torch.float32) -> list:
     """Batch-1 GEMV of each format (label, kind "palette" | "tcq", args) against torch F.linear at
     each baseline dtype, timed alternately in ``rounds`` rounds; each keeps its best round (the
-    machine is shared: the minimum over rounds is the least disturbed)."""
+    machine is shared: the minimum over rounds is the least disturbed). Our ops get x in
+    ``x_dtype`` (a bf16 model's activations on a GPU: the casts are part of the call)."""
     x = torch.randn(1, n, device=dev)
     base_fns = {}
     for dtype in baselines:
@@ -112,7 +114,7 @@ def gemv_cases(dev, n: int, settings, formats, baselines=(torch.float32, torch.b
     baseline_name = "cuBLAS" if dev.type == "cuda" else "torch"
     cases = []
     for label, kind, args in formats:
-        fn_of_copy, nbytes, k = (palette_format if kind == "palette" else tcq_format)(dev, n, x, *args)
+        fn_of_copy, nbytes, k = (palette_format if kind == "palette" else tcq_format)(dev, n, x.to(x_dtype), *args)
         ours_fn = _rotating(fn_of_copy, k)
         best = {"ours": float("inf"), **{dtype: float("inf") for dtype in baselines}}
         with common.OtherLoad() as load:
@@ -215,7 +217,7 @@ def plot_ppl(ppl: dict, path) -> str | None:
     return str(path)
 
 
-def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=None) -> dict:
+def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=None, mse: bool = True) -> dict:
     dev = common.resolve_device(device)
     settings = dict(warmup=2, repeats=7, min_time_s=0.3, max_time_s=3.0 if quick else 8.0, long_call_s=1.0)
     formats = [(label, "palette", (c, d)) for label, c, d in (
@@ -226,7 +228,8 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=
         # The bars' setting: 8192² against cuBLAS fp16 (and bf16); the activation batch in bf16.
         n = 2048 if quick else 8192
         formats += [(f"tcq{b:g}", "tcq", (b,)) for b in (2, 2.5, 3, 4)]
-        cases = gemv_cases(dev, n, settings, formats, baselines=(torch.float16, torch.bfloat16))
+        cases = gemv_cases(dev, n, settings, formats, baselines=(torch.float16, torch.bfloat16),
+                           x_dtype=torch.bfloat16)
         cases += hadamard_cases(dev, 256 if quick else 4096, 4096, settings, dtype=torch.bfloat16)
     else:
         n = 2048 if quick else 4096
@@ -234,7 +237,7 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=
         cases += hadamard_cases(dev, 256 if quick else 4096, n, settings)
         skipped.append({"case": "gemv-tcq2-b1", "reason": "tcq_matmul on the CPU decodes W and calls GEMM (no "
                         "CPU trellis GEMV); the decode-in-register TCQ GEMV is CUDA-only and needs a GPU to time"})
-    extra = {"quick": quick, "mse": mse_results(16 if quick else 18, 16)}
+    extra = {"quick": quick, "mse": mse_results(16 if quick else 18, 16) if mse else []}
     if ppl_json:
         with open(ppl_json) as f:
             ppl = json.load(f)
@@ -250,11 +253,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="2048² GEMVs, 2^16-sample MSE (a smoke run)")
     parser.add_argument("--json", metavar="PATH", help="where to write results (default bench/results/<device>/palette.json)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-mse", action="store_true", help="skip the quantizer MSE part (CPU Viterbi at L = 16: "
+                        "minutes on few cores; the GPU run times kernels only)")
     parser.add_argument("--ppl-json", metavar="PATH", help="merge a perplexity sweep written by "
                         "`python -m weightkit.bench.palette_ppl PATH` (slow: ~30 min on 2 cores) and plot it")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    res = run(device=args.device, quick=args.quick, progress=common.progress, ppl_json=args.ppl_json)
+    res = run(device=args.device, quick=args.quick, progress=common.progress, ppl_json=args.ppl_json,
+              mse=not args.no_mse)
     wall = time.perf_counter() - t0
     common.print_table(FAMILY, args.device, res["cases"], skipped=res["skipped"])
     for r in res["extra"]["mse"]:

@@ -241,7 +241,8 @@ def _stream_cases(out: dict) -> list[dict]:
     return [{"case": f"smollm2-stream-{rls['n_edits']}-edits-per-edit", "baseline": "MEMIT-style sequential",
              "ours_ms": rls["per_edit_ms"], "baseline_ms": memit["per_edit_ms"],
              "notes": f"wall time per edit incl. value optimization ({out['value_steps']} Adam steps, batches of "
-                      f"{out['batch_size']}); efficacy rls {rls['efficacy']:.3f} vs memit {memit['efficacy']:.3f}"}]
+                      f"{out['batch_size']}); efficacy rls {rls['efficacy']:.3f} vs memit {memit['efficacy']:.3f}"
+                      + "".join(f"; {a} from the run at {c}" for a, c in out.get("arms_from", {}).items())}]
 
 
 def _with_stored_arms(out: dict, path: Path) -> dict:
@@ -250,14 +251,17 @@ def _with_stored_arms(out: dict, path: Path) -> dict:
     if not path.is_file():
         return out
     stored_file = json.loads(path.read_text())
-    old = stored_file.get("smollm2_stream", {})
+    old = stored_file.get("smollm2_stream")
+    if old is None:
+        return out
     not_settings = (*ARMS, "unedited", "known_facts_s", "arms_from")
     settings = lambda d: {k: v for k, v in d.items() if k not in not_settings}
     if settings(old) != settings(out) or not _close(old.get("unedited"), out["unedited"]):
         print(f"stored arms in {path} ran with other settings: not merged", file=sys.stderr)
         return out
     stored = {a: old[a] for a in ARMS if a in old and a not in out}
-    arms_from = {**old.get("arms_from", {}), **{a: stored_file.get("commit", "earlier run") for a in stored}}
+    # Where each carried arm ran: its own record if it was carried before, else the stored run.
+    arms_from = {a: old.get("arms_from", {}).get(a, stored_file.get("commit", "earlier run")) for a in stored}
     return {**out, **stored, "arms_from": arms_from}
 
 
@@ -335,13 +339,16 @@ def main(argv=None) -> int:
                         help="extra RLS steps for requests whose target NLL stays above --retry-nll")
     parser.add_argument("--retry-nll", type=float, default=REAL["retry_nll"])
     parser.add_argument("--ppl-tokens", type=int, default=None, help="pydoc tokens for perplexity (default 16 384)")
-    parser.add_argument("--arms", default=",".join(ARMS), help="real stream: editors to run, of "
-                        f"{','.join(ARMS)}; an arm not run is kept from the JSON file when it ran with the same settings")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"real stream: editors to run, of {','.join(ARMS)}; "
+                        "an arm not run is kept from the JSON file when it ran with the same settings")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--max-minutes", type=float, default=None, help="synthetic stream: stop after this long "
                         "and report the windows reached")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="synthetic part's device")
     args = parser.parse_args(argv)
+    arms = list(dict.fromkeys(a for a in args.arms.split(",") if a))  # in order, once each
+    if not arms or set(arms) - set(ARMS):
+        parser.error(f"--arms: choose among {','.join(ARMS)}, got {args.arms!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -356,9 +363,6 @@ def main(argv=None) -> int:
     if args.only in (None, "real"):
         settings = {k: getattr(args, k) for k in REAL}
         settings["layers"] = [int(x) for x in args.layers.split(",")]
-        arms = [a for a in args.arms.split(",") if a]
-        if not arms or set(arms) - set(ARMS):
-            parser.error(f"--arms: choose among {','.join(ARMS)}, got {args.arms!r}")
         stream = _real(args.edits or (16 if args.quick else 1000), args.ppl_tokens or (4096 if args.quick else 16384),
                        progress=True, arms=arms, **settings)
         stream = _with_stored_arms(stream, path)
