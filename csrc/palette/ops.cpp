@@ -197,14 +197,12 @@ at::Tensor palette_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, con
   std::vector<int64_t> out_shape;
   const int64_t rows = packed.size(0), T = check_matmul_x(op, x, packed, in_features, out_shape);
   if (use_gemv(op, T)) {
-    const at::Tensor xf = x.reshape({T, in_features}).to(at::kFloat).contiguous();
     const at::Tensor pc = packed.contiguous(), cb = codebook.contiguous(), sc = scales.contiguous();
-    at::Tensor y = at::empty({T, rows}, xf.options());
-    if (T > 0)
+    return gemv_matmul(x, T, in_features, rows, out_shape, [&](const at::Tensor& xf, at::Tensor& y) {
       palette_cpu::gemv(xf.data_ptr<float>(), T, pc.data_ptr<int32_t>(), rows, in_features / codebook.size(1), c,
                         static_cast<int>(codebook.size(1)), cb.data_ptr<float>(), sc.data_ptr<float>(),
                         y.data_ptr<float>(), selected_cpu_isa(op));
-    return y.to(x.scalar_type()).reshape(out_shape);
+    });
   }
   const at::Tensor W = dequantize_impl(packed, codebook, scales, in_features, c).to(x.scalar_type());
   return at::matmul(x, W.t());

@@ -38,6 +38,17 @@ int64_t check_tcq_decode_args(const char* op, const at::Tensor& packed, const at
 int64_t check_matmul_x(const char* op, const at::Tensor& x, const at::Tensor& packed, int64_t in_features,
                        std::vector<int64_t>& out_shape);
 
+// y (..., rows) in x's dtype (shape out_shape) through a GEMV: `launch(xf, y)` fills y (T, rows)
+// fp32 from xf = x as (T, in_features) fp32; not called for T = 0.
+template <class Launch>
+at::Tensor gemv_matmul(const at::Tensor& x, int64_t T, int64_t in_features, int64_t rows,
+                       const std::vector<int64_t>& out_shape, Launch&& launch) {
+  const at::Tensor xf = x.reshape({T, in_features}).to(at::kFloat).contiguous();
+  at::Tensor y = xf.new_empty({T, rows});
+  if (T > 0) launch(xf, y);
+  return y.to(x.scalar_type()).reshape(out_shape);
+}
+
 // GEMV or dequantize + GEMM for this many tokens (WEIGHTKIT_PALETTE_PATH=gemv|dense forces one).
 bool use_gemv(const char* op, int64_t tokens);
 

@@ -131,14 +131,13 @@ at::Tensor palette_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, co
   const int64_t rows = packed.size(0), T = check_matmul_x(op, x, packed, in_features, out_shape);
   const c10::cuda::CUDAGuard guard(x.device());
   if (use_gemv(op, T)) {
-    const at::Tensor xf = x.reshape({T, in_features}).to(at::kFloat).contiguous();
     const at::Tensor pc = packed.contiguous(), cb = codebook.contiguous(), sc = scales.contiguous();
-    at::Tensor y = at::empty({T, rows}, xf.options());
-    kern::palette_gemv(xf.data_ptr<float>(), T, pc.data_ptr<int32_t>(), rows, in_features / codebook.size(1), c,
-                       static_cast<int>(codebook.size(1)), cb.data_ptr<float>(), sc.data_ptr<float>(),
-                       y.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return y.to(x.scalar_type()).reshape(out_shape);
+    return gemv_matmul(x, T, in_features, rows, out_shape, [&](const at::Tensor& xf, at::Tensor& y) {
+      kern::palette_gemv(xf.data_ptr<float>(), T, pc.data_ptr<int32_t>(), rows, in_features / codebook.size(1), c,
+                         static_cast<int>(codebook.size(1)), cb.data_ptr<float>(), sc.data_ptr<float>(),
+                         y.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   }
   const at::Tensor W = dequantize_aten(packed, codebook, scales, in_features, c).to(x.scalar_type());
   return at::matmul(x, W.t());
@@ -197,14 +196,13 @@ at::Tensor tcq_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const 
   const int64_t rows = packed.size(0), T = check_matmul_x(op, x, packed, in_features, out_shape);
   const c10::cuda::CUDAGuard guard(x.device());
   if (use_gemv(op, T)) {
-    const at::Tensor xf = x.reshape({T, in_features}).to(at::kFloat).contiguous();
     const at::Tensor pc = packed.contiguous(), sc = scales.contiguous();
-    at::Tensor y = at::empty({T, rows}, xf.options());
-    kern::tcq_gemv(xf.data_ptr<float>(), T, pc.data_ptr<int32_t>(), rows, steps, static_cast<int>(L),
-                   static_cast<int>(kb), static_cast<int>(V), sc.data_ptr<float>(), y.data_ptr<float>(),
-                   c10::cuda::getCurrentCUDAStream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return y.to(x.scalar_type()).reshape(out_shape);
+    return gemv_matmul(x, T, in_features, rows, out_shape, [&](const at::Tensor& xf, at::Tensor& y) {
+      kern::tcq_gemv(xf.data_ptr<float>(), T, pc.data_ptr<int32_t>(), rows, steps, static_cast<int>(L),
+                     static_cast<int>(kb), static_cast<int>(V), sc.data_ptr<float>(), y.data_ptr<float>(),
+                     c10::cuda::getCurrentCUDAStream());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   }
   const at::Tensor W = tcq_decode_impl(packed, scales, in_features, steps, L, kb, V).to(x.scalar_type());
   return at::matmul(x, W.t());

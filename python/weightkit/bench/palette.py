@@ -96,8 +96,8 @@ def tcq_format(dev, n: int, x, bits: float, L: int = 16):
     return (lambda i: P.tcq_matmul(x, packs[i], sc, n, L, kb, V)), nbytes, k
 
 
-def gemv_cases(dev, n: int, settings, formats, baselines=(torch.float32, torch.bfloat16), rounds: int = 3,
-               x_dtype=torch.float32) -> list:
+def gemv_cases(dev, n: int, settings, formats, stream_gbs: float, baselines=(torch.float32, torch.bfloat16),
+               rounds: int = 3, x_dtype=torch.float32) -> list:
     """Batch-1 GEMV of each format (label, kind "palette" | "tcq", args) against torch F.linear at
     each baseline dtype, timed alternately in ``rounds`` rounds; each keeps its best round (the
     machine is shared: the minimum over rounds is the least disturbed). Our ops get x in
@@ -110,7 +110,6 @@ def gemv_cases(dev, n: int, settings, formats, baselines=(torch.float32, torch.b
         Ws = [torch.randn(n, n, device=dev).to(dtype) for _ in range(k)]
         xd = x.to(dtype)
         base_fns[dtype] = (_rotating(lambda i, Ws=Ws, xd=xd: F.linear(xd, Ws[i]), k), k, nbytes)
-    stream_gbs = streaming_gbs(dev, settings)
     baseline_name = "cuBLAS" if dev.type == "cuda" else "torch"
     cases = []
     for label, kind, args in formats:
@@ -139,7 +138,7 @@ def gemv_cases(dev, n: int, settings, formats, baselines=(torch.float32, torch.b
     return cases
 
 
-def hadamard_cases(dev, rows: int, n: int, settings, dtype=torch.float32) -> list:
+def hadamard_cases(dev, rows: int, n: int, settings, stream_gbs: float, dtype=torch.float32) -> list:
     """hadamard_transform of a (rows, n) batch against a dense product by H_n in the same dtype;
     the bytes moved (read + write) per second against a plain streaming read."""
     x = torch.randn(rows, n, device=dev).to(dtype)
@@ -151,7 +150,6 @@ def hadamard_cases(dev, rows: int, n: int, settings, dtype=torch.float32) -> lis
     scale = 1 / math.sqrt(n)
     base = common.measure(lambda: (x * s_d) @ H.T * scale, device=dev, **settings).median_ms
     nbytes = 2 * x.numel() * x.element_size()
-    stream_gbs = streaming_gbs(dev, settings)
     gbs = nbytes / ours / 1e6
     library = "cuBLAS" if dev.type == "cuda" else "MKL"
     return [{"case": f"hadamard-{rows}x{n}-m{m}-{SHORT_DTYPE[dtype]}",
@@ -224,17 +222,18 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=
         ("sq2", 2, 1), ("sq3", 3, 1), ("sq4", 4, 1), ("vq2", 4, 2), ("vq2.5", 5, 2), ("vq3", 6, 2), ("vq3.5", 7, 2),
         ("vq4", 8, 2))]
     skipped = []
+    stream_gbs = streaming_gbs(dev, settings)  # the yardstick of both parts, measured once
     if dev.type == "cuda":
         # The bars' setting: 8192² against cuBLAS fp16 (and bf16); the activation batch in bf16.
         n = 2048 if quick else 8192
         formats += [(f"tcq{b:g}", "tcq", (b,)) for b in (2, 2.5, 3, 4)]
-        cases = gemv_cases(dev, n, settings, formats, baselines=(torch.float16, torch.bfloat16),
+        cases = gemv_cases(dev, n, settings, formats, stream_gbs, baselines=(torch.float16, torch.bfloat16),
                            x_dtype=torch.bfloat16)
-        cases += hadamard_cases(dev, 256 if quick else 4096, 4096, settings, dtype=torch.bfloat16)
+        cases += hadamard_cases(dev, 256 if quick else 4096, 4096, settings, stream_gbs, dtype=torch.bfloat16)
     else:
         n = 2048 if quick else 4096
-        cases = gemv_cases(dev, n, settings, formats)
-        cases += hadamard_cases(dev, 256 if quick else 4096, n, settings)
+        cases = gemv_cases(dev, n, settings, formats, stream_gbs)
+        cases += hadamard_cases(dev, 256 if quick else 4096, n, settings, stream_gbs)
         skipped.append({"case": "gemv-tcq2-b1", "reason": "tcq_matmul on the CPU decodes W and calls GEMM (no "
                         "CPU trellis GEMV); the decode-in-register TCQ GEMV is CUDA-only and needs a GPU to time"})
     extra = {"quick": quick, "mse": mse_results(16 if quick else 18, 16) if mse else []}
