@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+import weightkit
+
 from weightkit import cli
 from weightkit.bench import FAMILIES, common
 from weightkit.bench import newton_schulz as ns_bench
@@ -90,7 +92,8 @@ def test_write_results_rejects_missing_keys(tmp_path):
 
 def test_device_slug_and_name():
     slug = common.device_slug("cpu")
-    assert slug.startswith("cpu-") and slug.endswith(f"-{torch.get_num_threads()}t")
+    isa = weightkit.build_info()["cpu_isa_best"]
+    assert slug.startswith("cpu-") and slug.endswith(f"-{isa}-{torch.get_num_threads()}t")
     assert slug == slug.lower() and " " not in slug
     assert f"{torch.get_num_threads()} thread" in common.device_name("cpu")
 

@@ -27,8 +27,11 @@ from weightkit.ops.palette import (
     palette_pack,
 )
 
-# The small orders with a power of two, and the LLM widths named in DESIGN.md that we support.
-WIDTHS = [1, 2, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172, 24, 80, 576, 1536, 4096, 5120, 11008]
+# The small orders with a power of two, and the LLM widths named in DESIGN.md that we support;
+# then segments (n / m) of 8, 16 and 32 floats, where the AVX2 / AVX-512 paths change shape, with
+# small factors that mix 6-row and 4-row tiles (28, 40, 140, 172).
+WIDTHS = [1, 2, 12, 20, 28, 36, 40, 52, 60, 108, 140, 156, 172, 24, 80, 576, 1536, 4096, 5120, 11008, 14336,
+          96, 192, 384, 448, 640, 2240, 2752]
 
 
 def rel_err(x, ref):

@@ -90,12 +90,21 @@ def _gpu_word(name: str) -> str:
     return tokens[0]
 
 
+def _cpu_isa() -> str:
+    """The best SIMD path weightkit's CPU kernels take here (``avx512``, ``avx2`` or ``scalar``)."""
+    import weightkit
+
+    return weightkit.build_info()["cpu_isa_best"]
+
+
 def device_slug(device) -> str:
-    """Folder name for results: ``cpu-epyc-2t`` (model word, torch's thread count) or ``h100``."""
+    """Folder name for results: ``cpu-epyc-avx2-2t`` (model word, the SIMD path our kernels take,
+    torch's thread count) or ``h100``. The ISA is in the name because one model word covers CPUs
+    with and without AVX-512 (this project's "AMD EPYC" machines have been both)."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         return _gpu_word(torch.cuda.get_device_name(dev))
-    return f"cpu-{_cpu_word(_cpu_model_name())}-{torch.get_num_threads()}t"
+    return f"cpu-{_cpu_word(_cpu_model_name())}-{_cpu_isa()}-{torch.get_num_threads()}t"
 
 
 def device_name(device) -> str:
@@ -328,7 +337,6 @@ def write_results(
         import weightkit
 
         info = weightkit.build_info()
-        # The slug names the CPU line, not its SIMD level: say which machine of that line this was.
         payload["cpu_isa"] = info["cpu_isa_best"]
         payload["cpu_fast_bf16"] = info["cpu_fast_bf16"]
     if extra:

@@ -138,6 +138,12 @@ def gemv_cases(dev, n: int, settings, formats, stream_gbs: float, baselines=(tor
     return cases
 
 
+#: Activation widths of real models whose Hadamard size is 2^k·m with m > 1 (the small factor
+#: costs m multiply-adds per element): SmolLM2's hidden 576 (m = 36) and MLP 1536 (m = 12),
+#: Llama-2-7B's MLP 11008 (m = 172), Llama-3-8B's MLP 14336 (m = 28).
+LLM_WIDTHS = (576, 1536, 11008, 14336)
+
+
 def hadamard_cases(dev, rows: int, n: int, settings, stream_gbs: float, dtype=torch.float32) -> list:
     """hadamard_transform of a (rows, n) batch against a dense product by H_n in the same dtype;
     the bytes moved (read + write) per second against a plain streaming read."""
@@ -230,10 +236,15 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=
         cases = gemv_cases(dev, n, settings, formats, stream_gbs, baselines=(torch.float16, torch.bfloat16),
                            x_dtype=torch.bfloat16)
         cases += hadamard_cases(dev, 256 if quick else 4096, 4096, settings, stream_gbs, dtype=torch.bfloat16)
+        for width in LLM_WIDTHS[:1] if quick else LLM_WIDTHS:
+            cases += hadamard_cases(dev, 256 if quick else 4096, width, settings, stream_gbs, dtype=torch.bfloat16)
     else:
         n = 2048 if quick else 4096
         cases = gemv_cases(dev, n, settings, formats, stream_gbs)
         cases += hadamard_cases(dev, 256 if quick else 4096, n, settings, stream_gbs)
+        # The dense baseline costs rows·n² multiply-adds: fewer rows for the widest layers.
+        for width in LLM_WIDTHS[:1] if quick else LLM_WIDTHS:
+            cases += hadamard_cases(dev, 256 if quick or width > 4096 else 2048, width, settings, stream_gbs)
         skipped.append({"case": "gemv-tcq2-b1", "reason": "tcq_matmul on the CPU decodes W and calls GEMM (no "
                         "CPU trellis GEMV); the decode-in-register TCQ GEMV is CUDA-only and needs a GPU to time"})
     extra = {"quick": quick, "mse": mse_results(16 if quick else 18, 16) if mse else []}

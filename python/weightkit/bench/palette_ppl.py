@@ -127,12 +127,16 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", nargs="?", default="bench/results/cpu-epyc-2t/palette-ppl.json")
+    ap.add_argument("out", nargs="?", help="default: bench/results/<device>/palette-ppl.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="labels of UNIFORM to run (skips the fp baseline and the mixed plan)")
     ap.add_argument("--mixed-from", metavar="JSON", help="only the mixed plan, with the sensitivities stored in JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.out is None:
+        from weightkit.bench.common import results_path
+
+        args.out = str(results_path("palette", "cpu").with_name("palette-ppl.json"))
     if args.mixed_from:
         sens = json.loads(Path(args.mixed_from).read_text())["sensitivity"]
         run_sweep(args.out, configs=[], baseline=False, uniform_tcq=False, sensitivity=sens)
