@@ -219,6 +219,10 @@ struct GemvArgs {
   int64_t ls;
   const float* scales;
   float* y;
+  // The AVX2 2-D VQ path for 32+ codewords only (else null): activations (T, upad, 2) with each
+  // unit's two components side by side, and the codewords as 64-bit (c0, c1) pairs.
+  const float* xi = nullptr;
+  const double* pairs = nullptr;
 };
 
 template <int C>
@@ -313,6 +317,9 @@ WK_AVX2 WK_INLINE __m256 decode8_tree(__m256i i, const float* table) {
   return v[0];
 }
 
+// Codes of at least this many bits take gemv_rows_avx2_pairs for 2-D VQ on AVX2.
+constexpr int kPairsMinC = 5;
+
 template <int C>
 WK_AVX2 WK_INLINE __m256 decode8(__m256i i, const __m256* t, const float* table) {
   if constexpr (C <= 3) {
@@ -395,6 +402,61 @@ void gemv_rows_scalar(const GemvArgs& a, int64_t r0, int64_t r1, int64_t t0, int
   }
 }
 
+// 2-D VQ with 32 to 256 codewords on AVX2: each codeword is one 64-bit (c0, c1) pair, loaded
+// with plain scalar loads four to a vector and multiplied with activations interleaved the same
+// way. A Zen 3 AVX2 gather costs ~3 cycles per element (two per codeword, one per component), a
+// 64-bit load into a vector ~0.8 cycles per codeword (standalone loop on the AVX2 EPYC).
+template <int C, int NT>
+WK_AVX2 void gemv_rows_avx2_pairs(const GemvArgs& a, int64_t r0, int64_t r1, int64_t t0) {
+  constexpr int P = 32 / C;
+  constexpr int SETS = NT <= 2 ? 2 : 1;  // accumulator sets alternating by slot: FMA latency
+  const __m256i mask = _mm256_set1_epi32((1 << C) - 1);
+  alignas(32) int32_t code[8 * P];
+  for (int64_t r = r0; r < r1; ++r) {
+    const int32_t* w = a.packed + r * a.nblk * 16;
+    __m256 acc[SETS][NT][2];
+    for (auto& set : acc)
+      for (auto& tok : set) tok[0] = tok[1] = _mm256_setzero_ps();
+    for (int64_t blk = 0; blk < a.nblk; ++blk) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + blk * 16) + kPrefetchBytes, _MM_HINT_T0);
+      for (int half = 0; half < 2; ++half) {
+        __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + blk * 16 + 8 * half));
+        // Unit blk*16*P + p*16 + 8*half + j (j < 8) is lane j of slot p.
+        const float* xb = a.xi + 2 * ((t0 * a.upad) + blk * 16 * P + 8 * half);
+        // All slots' codes to memory first, then one load per code: GCC would otherwise turn the
+        // reads of a just-stored vector into vpextrd + sign extension, ~3 uops per code.
+        for (int p = 0; p < P; ++p) {
+          _mm256_store_si256(reinterpret_cast<__m256i*>(code + 8 * p), _mm256_and_si256(wv, mask));
+          wv = _mm256_srli_epi32(wv, C);
+        }
+        asm volatile("" : : "r"(code) : "memory");
+#pragma GCC unroll 8
+        for (int p = 0; p < P; ++p) {
+          // Two codes per 64-bit load (the load ports, not the ALUs, are the limit here).
+          uint64_t cc[4];
+          std::memcpy(cc, code + 8 * p, sizeof(cc));
+          const double* pr = a.pairs;
+          const __m256 lo = _mm256_castpd_ps(_mm256_setr_pd(pr[uint32_t(cc[0])], pr[cc[0] >> 32],
+                                                            pr[uint32_t(cc[1])], pr[cc[1] >> 32]));
+          const __m256 hi = _mm256_castpd_ps(_mm256_setr_pd(pr[uint32_t(cc[2])], pr[cc[2] >> 32],
+                                                            pr[uint32_t(cc[3])], pr[cc[3] >> 32]));
+          for (int t = 0; t < NT; ++t) {
+            const float* xt = xb + 2 * t * a.upad + 32 * p;
+            __m256* ac = acc[p % SETS][t];
+            ac[0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xt), ac[0]);
+            ac[1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xt + 8), ac[1]);
+          }
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      __m256 sum = _mm256_add_ps(acc[0][t][0], acc[0][t][1]);
+      for (int k = 1; k < SETS; ++k) sum = _mm256_add_ps(sum, _mm256_add_ps(acc[k][t][0], acc[k][t][1]));
+      a.y[(t0 + t) * a.rows + r] = a.scales[r] * hsum256(sum);
+    }
+  }
+}
+
 template <int C, int D>
 void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
   for (int64_t t0 = 0; t0 < a.T; t0 += 4) {
@@ -407,11 +469,20 @@ void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
         default: gemv_rows_avx512<C, D, 4>(a, r0, r1, t0); break;
       }
     } else if (isa == CpuIsa::Avx2) {
-      switch (nt) {
-        case 1: gemv_rows_avx2<C, D, 1>(a, r0, r1, t0); break;
-        case 2: gemv_rows_avx2<C, D, 2>(a, r0, r1, t0); break;
-        case 3: gemv_rows_avx2<C, D, 3>(a, r0, r1, t0); break;
-        default: gemv_rows_avx2<C, D, 4>(a, r0, r1, t0); break;
+      if constexpr (D == 2 && C >= kPairsMinC) {  // gemv() filled a.xi and a.pairs
+        switch (nt) {
+          case 1: gemv_rows_avx2_pairs<C, 1>(a, r0, r1, t0); break;
+          case 2: gemv_rows_avx2_pairs<C, 2>(a, r0, r1, t0); break;
+          case 3: gemv_rows_avx2_pairs<C, 3>(a, r0, r1, t0); break;
+          default: gemv_rows_avx2_pairs<C, 4>(a, r0, r1, t0); break;
+        }
+      } else {
+        switch (nt) {
+          case 1: gemv_rows_avx2<C, D, 1>(a, r0, r1, t0); break;
+          case 2: gemv_rows_avx2<C, D, 2>(a, r0, r1, t0); break;
+          case 3: gemv_rows_avx2<C, D, 3>(a, r0, r1, t0); break;
+          default: gemv_rows_avx2<C, D, 4>(a, r0, r1, t0); break;
+        }
       }
     } else {
       gemv_rows_scalar<C, D>(a, r0, r1, t0, nt);
@@ -720,7 +791,17 @@ void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_
   std::vector<float> lut(static_cast<size_t>(d * ls), 0.f);
   for (int64_t k = 0; k < ncb; ++k)
     for (int e = 0; e < d; ++e) lut[e * ls + k] = codebook[k * d + e];
-  const GemvArgs a{xs.data(), T, upad, packed, rows, nblk, lut.data(), ls, scales, y};
+  GemvArgs a{xs.data(), T, upad, packed, rows, nblk, lut.data(), ls, scales, y};
+  std::vector<float> xi;
+  std::vector<double> pairs;
+  if (isa == CpuIsa::Avx2 && d == 2 && c >= kPairsMinC) {
+    xi.assign(static_cast<size_t>(T * upad * 2), 0.f);
+    for (int64_t t = 0; t < T; ++t) std::memcpy(&xi[t * upad * 2], x + t * units * 2, sizeof(float) * units * 2);
+    pairs.resize(ncb);
+    std::memcpy(pairs.data(), codebook, sizeof(float) * 2 * ncb);  // (c0, c1) bit patterns
+    a.xi = xi.data();
+    a.pairs = pairs.data();
+  }
   // Rows are independent; a grain of ~64 KiB of codes per task balances two to many threads.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(nblk * 16, 1));
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
