@@ -297,12 +297,12 @@ WK_AVX512 void gemv_rows_avx512(const GemvArgs& a, int64_t r0, int64_t r1, int64
   }
 }
 
-// 32-entry tables (C = 5): register permutes over the table's four 8-entry slices (vpermps reads
-// only an index's low 3 bits), then blends on index bits 3 and 4: 4 permutes and 3 blends per 8
-// codes, the slices read from L1 as memory operands. On the Zen 3 EPYC (AVX2 only), VQ 2.5-bit at
-// 4096², 2 threads: 3.3 ms against 4.8 ms with one 8-lane gather per 8 codes. For 64 entries the
-// 8 permutes and 7 blends lose to the gather (5.8-8.5 ms against 4.3-8.0, a noisy machine), so
-// C >= 6 keeps the gather.
+// 32-entry tables (C = 5; the scalar quantizer's, as 2-D VQ takes gemv_rows_avx2_pairs): register
+// permutes over the table's four 8-entry slices (vpermps reads only an index's low 3 bits), then
+// blends on index bits 3 and 4: 4 permutes and 3 blends per 8 codes, the slices read from L1 as
+// memory operands. On the Zen 3 EPYC (AVX2 only) this took VQ 2.5-bit at 4096², 2 threads, from
+// 4.8 ms (one 8-lane gather per 8 codes) to 3.3 ms. For 64 entries the 8 permutes and 7 blends
+// lost to the gather, so C >= 6 keeps it.
 template <int C>
 WK_AVX2 WK_INLINE __m256 decode8_tree(__m256i i, const float* table) {
   constexpr int S = 1 << (C - 3);
