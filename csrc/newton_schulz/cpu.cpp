@@ -8,6 +8,8 @@
 #include <cstring>
 #include <vector>
 
+#include "common/cpu_target.h"
+
 namespace weightkit::newton_schulz_cpu {
 namespace {
 
@@ -61,8 +63,6 @@ void scale_round_scalar(float* x, int64_t n, float s, Rounding r) {
 }
 
 // ---------------------------------------------------------------- AVX2 + FMA + F16C path
-
-#define WK_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 WK_AVX2 inline float hsum256(__m256 v) {
   __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -134,8 +134,6 @@ WK_AVX2 void scale_round_avx2(float* x, int64_t n, float s, Rounding r) {
 }
 
 // ---------------------------------------------------------------- AVX-512 path
-
-#define WK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
 WK_AVX512 inline __m512 exp512(__m512 x) {
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));

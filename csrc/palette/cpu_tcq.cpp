@@ -15,13 +15,10 @@
 #include <mutex>
 #include <vector>
 
+#include "common/cpu_target.h"
 #include "palette/tcq.h"
 
 namespace weightkit::tcq {
-
-#define WK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
-#define WK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define WK_INLINE inline __attribute__((always_inline))
 
 namespace {
 

@@ -8,11 +8,10 @@
 #include <algorithm>
 #include <sstream>
 
+#include "common/cpu_target.h"
+
 namespace weightkit::sparse_lowrank_cpu {
 namespace {
-
-#define WK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define WK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
 // Tokens per tile: 4 AVX-512 or 8 AVX2 registers of fp32 lanes.
 constexpr int64_t kTile = 64;

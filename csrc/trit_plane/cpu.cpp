@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/cpu_target.h"
 #include "trit_plane/quantizer.h"
 
 namespace weightkit::trit_plane_cpu {
@@ -147,8 +148,6 @@ void dequant_group_scalar(const int32_t* packed, const float* scb, const Layout&
 
 // ---------------------------------------------------------------- AVX2 path
 
-#define WK_AVX2 __attribute__((target("avx2,fma,f16c")))
-
 // NB batch rows at once for one block of 8 rows (lanes = rows). Per pair, plane and batch row:
 // two lookups of the 4 subset sums (vpermilps reads the low 2 bits of each lane: the positive
 // half of the code, then, shifted by 2, the negative half) into separate accumulators.
@@ -234,8 +233,6 @@ WK_AVX2 void dequant_group_avx2(const int32_t* packed, const float* scb, const L
 }
 
 // ---------------------------------------------------------------- AVX-512 path
-
-#define WK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 
 // Two row blocks (16 rows) per register: the code vector is the two blocks' words side by side,
 // and one vpermps looks the low 4 bits of every lane up in the pair's 16-entry table of signed

@@ -1,0 +1,11 @@
+// Function attributes that compile one function for one SIMD level. Every CPU kernel is built for
+// each level and cpu_features.h picks one at run time, so one build runs on any x86-64.
+#pragma once
+
+// AVX2 with FMA and F16C: what CpuFeatures::avx2 checks.
+#define WK_AVX2 __attribute__((target("avx2,fma,f16c")))
+// AVX-512 F + BW + VL + DQ (CpuFeatures::avx512); implies AVX2.
+#define WK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+// For generic helpers that must be inlined into a target-attributed caller, whose ISA they then
+// compile for.
+#define WK_INLINE inline __attribute__((always_inline))
