@@ -243,7 +243,7 @@ WK_AVX2 void gemv_rows_avx2_pairs(const GemvArgs& a, int64_t r0, int64_t r1, int
         asm volatile("" : : "r"(code) : "memory");
 #pragma GCC unroll 8
         for (int p = 0; p < P; ++p) {
-          // Two codes per 64-bit load (the load ports, not the ALUs, are the limit here).
+          // Two codes per 64-bit load: fewer load uops than one per code (a few % faster).
           uint64_t cc[4];
           std::memcpy(cc, code + 8 * p, sizeof(cc));
           const double* pr = a.pairs;
