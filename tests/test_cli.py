@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import weightkit
-
 from weightkit import cli
 from weightkit.bench import FAMILIES, common
 from weightkit.bench import newton_schulz as ns_bench

@@ -20,7 +20,7 @@ namespace {
 
 // xs: (T, d, upad) activations split by codeword component and zero-padded to whole blocks;
 // lut: (d, ls) codebook components, ls = max(16, 2^c) (zero-padded so a 16-entry table load is
-// always in bounds).
+// always in bounds). Both null where uses_vq_pairs, which reads xi and pairs instead.
 struct GemvArgs {
   const float* xs;
   int64_t T, upad;
@@ -30,8 +30,8 @@ struct GemvArgs {
   int64_t ls;
   const float* scales;
   float* y;
-  // The AVX2 2-D VQ path for 32+ codewords only (else null): activations (T, upad, 2) with each
-  // unit's two components side by side, and the codewords as 64-bit (c0, c1) pairs.
+  // uses_vq_pairs only (else null): activations (T, upad, 2) with each unit's two components
+  // side by side, and the codewords as 64-bit (c0, c1) pairs.
   const float* xi = nullptr;
   const double* pairs = nullptr;
 };
@@ -130,6 +130,7 @@ WK_AVX2 WK_INLINE __m256 decode8_tree(__m256i i, const float* table) {
 
 // Codes of at least this many bits take gemv_rows_avx2_pairs for 2-D VQ on AVX2.
 constexpr int kPairsMinC = 5;
+constexpr bool uses_vq_pairs(int c, int d, CpuIsa isa) { return isa == CpuIsa::Avx2 && d == 2 && c >= kPairsMinC; }
 
 template <int C>
 WK_AVX2 WK_INLINE __m256 decode8(__m256i i, const __m256* t, const float* table) {
@@ -280,7 +281,7 @@ void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
         default: gemv_rows_avx512<C, D, 4>(a, r0, r1, t0); break;
       }
     } else if (isa == CpuIsa::Avx2) {
-      if constexpr (D == 2 && C >= kPairsMinC) {  // gemv() filled a.xi and a.pairs
+      if constexpr (uses_vq_pairs(C, D, CpuIsa::Avx2)) {  // gemv() filled a.xi and a.pairs
         switch (nt) {
           case 1: gemv_rows_avx2_pairs<C, 1>(a, r0, r1, t0); break;
           case 2: gemv_rows_avx2_pairs<C, 2>(a, r0, r1, t0); break;
@@ -580,25 +581,29 @@ void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_
   if (uses_int8_vq(c, d, isa) && gemv_vq_int8(x, T, packed, rows, units, c, codebook, scales, y)) return;
   const int P = codes_per_word(c);
   const int64_t nblk = num_blocks(units, c), upad = nblk * 16 * P;
-  // Activations split by component and zero-padded, so every block reads whole vectors.
-  std::vector<float> xs(static_cast<size_t>(T * d * upad), 0.f);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t u = 0; u < units; ++u)
-      for (int e = 0; e < d; ++e) xs[(t * d + e) * upad + u] = x[(t * units + u) * d + e];
   const int64_t ncb = int64_t(1) << c, ls = std::max<int64_t>(16, ncb);
-  std::vector<float> lut(static_cast<size_t>(d * ls), 0.f);
-  for (int64_t k = 0; k < ncb; ++k)
-    for (int e = 0; e < d; ++e) lut[e * ls + k] = codebook[k * d + e];
-  GemvArgs a{xs.data(), T, upad, packed, rows, nblk, lut.data(), ls, scales, y};
-  std::vector<float> xi;
+  GemvArgs a{nullptr, T, upad, packed, rows, nblk, nullptr, ls, scales, y};
+  std::vector<float> xs, lut, xi;
   std::vector<double> pairs;
-  if (isa == CpuIsa::Avx2 && d == 2 && c >= kPairsMinC) {
+  if (uses_vq_pairs(c, d, isa)) {
+    // x is already (T, units, 2): zero-pad each token to whole blocks.
     xi.assign(static_cast<size_t>(T * upad * 2), 0.f);
     for (int64_t t = 0; t < T; ++t) std::memcpy(&xi[t * upad * 2], x + t * units * 2, sizeof(float) * units * 2);
     pairs.resize(ncb);
     std::memcpy(pairs.data(), codebook, sizeof(float) * 2 * ncb);  // (c0, c1) bit patterns
     a.xi = xi.data();
     a.pairs = pairs.data();
+  } else {
+    // Activations split by component and zero-padded, so every block reads whole vectors.
+    xs.assign(static_cast<size_t>(T * d * upad), 0.f);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t u = 0; u < units; ++u)
+        for (int e = 0; e < d; ++e) xs[(t * d + e) * upad + u] = x[(t * units + u) * d + e];
+    lut.assign(static_cast<size_t>(d * ls), 0.f);
+    for (int64_t k = 0; k < ncb; ++k)
+      for (int e = 0; e < d; ++e) lut[e * ls + k] = codebook[k * d + e];
+    a.xs = xs.data();
+    a.lut = lut.data();
   }
   // Rows are independent; a grain of ~64 KiB of codes per task balances two to many threads.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(nblk * 16, 1));
