@@ -6,6 +6,9 @@
 #define WK_AVX2 __attribute__((target("avx2,fma,f16c")))
 // AVX-512 F + BW + VL + DQ (CpuFeatures::avx512); implies AVX2.
 #define WK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+// AVX-512 with VBMI and VNNI, checked separately (CpuFeatures::avx512_vbmi / avx512_vnni): the
+// palette GEMV's int8 byte-table path.
+#define WK_VBMI_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,fma")))
 // For generic helpers that must be inlined into a target-attributed caller, whose ISA they then
 // compile for.
 #define WK_INLINE inline __attribute__((always_inline))

@@ -353,8 +353,6 @@ struct Int8GemvArgs {
   float* y;
 };
 
-#define WK_VBMI_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,fma")))
-
 template <int C>
 WK_VBMI_VNNI WK_INLINE void code_bytes(const int32_t* w, __m512i* idx) {
   const __m512i v = _mm512_loadu_si512(w);

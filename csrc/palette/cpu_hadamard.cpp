@@ -30,7 +30,7 @@ WK_INLINE void fwht_segments(float* buf, int64_t m, int64_t P) {
   }
 }
 
-WK_INLINE void hadamard_row(const float* x, float* y, float* buf, int64_t n, int m, const int8_t* Hm,
+WK_INLINE void hadamard_row(const float* x, float* y, float* buf, int64_t n, int m, const float* Hf,
                             const float* signs, float scale) {
   if (signs != nullptr)
     for (int64_t i = 0; i < n; ++i) buf[i] = x[i] * signs[i];
@@ -47,7 +47,7 @@ WK_INLINE void hadamard_row(const float* x, float* y, float* buf, int64_t n, int
     float* out = y + a * P;
     for (int64_t b = 0; b < P; ++b) out[b] = 0.f;
     for (int a2 = 0; a2 < m; ++a2) {
-      const float h = Hm[a * m + a2] > 0 ? scale : -scale;
+      const float h = Hf[a * m + a2] * scale;
       const float* in = buf + a2 * P;
       for (int64_t b = 0; b < P; ++b) out[b] += h * in[b];
     }
@@ -175,14 +175,13 @@ WK_INLINE void hadamard_row_vec(const float* x, float* y, float* buf, int64_t n,
 struct HadamardArgs {
   int64_t n;
   int m;
-  const int8_t* Hm;  // the small factor, +-1 as int8 (the scalar path)
-  const float* Hf;   // the same as floats (the vector paths)
+  const float* Hf;  // the small factor, +-1 as floats
   const float* signs;
   float scale;
 };
 
 void hadamard_row_scalar(const float* x, float* y, float* buf, const HadamardArgs& a) {
-  hadamard_row(x, y, buf, a.n, a.m, a.Hm, a.signs, a.scale);
+  hadamard_row(x, y, buf, a.n, a.m, a.Hf, a.signs, a.scale);
 }
 // The vector paths need whole vectors per segment; narrower segments (n / m < W, small widths
 // only) take the plain loops, compiled for the same ISA.
@@ -190,13 +189,13 @@ WK_AVX2 void hadamard_row_avx2(const float* x, float* y, float* buf, const Hadam
   if (a.n / a.m >= 8)
     hadamard_row_vec<f32x8, i32x8, 8>(x, y, buf, a.n, a.m, a.Hf, a.signs, a.scale);
   else
-    hadamard_row(x, y, buf, a.n, a.m, a.Hm, a.signs, a.scale);
+    hadamard_row(x, y, buf, a.n, a.m, a.Hf, a.signs, a.scale);
 }
 WK_AVX512 void hadamard_row_avx512(const float* x, float* y, float* buf, const HadamardArgs& a) {
   if (a.n / a.m >= 16)
     hadamard_row_vec<f32x16, i32x16, 16>(x, y, buf, a.n, a.m, a.Hf, a.signs, a.scale);
   else
-    hadamard_row(x, y, buf, a.n, a.m, a.Hm, a.signs, a.scale);
+    hadamard_row(x, y, buf, a.n, a.m, a.Hf, a.signs, a.scale);
 }
 
 }  // namespace
@@ -206,7 +205,7 @@ void hadamard_rows(const float* x, float* y, int64_t rows, int64_t n, int m, con
   auto row_fn = isa == CpuIsa::Avx512 ? &hadamard_row_avx512 : isa == CpuIsa::Avx2 ? &hadamard_row_avx2
                                                                                    : &hadamard_row_scalar;
   const std::vector<float> Hf(Hm, Hm + static_cast<int64_t>(m) * m);
-  const HadamardArgs args{n, m, Hm, Hf.data(), signs, scale};
+  const HadamardArgs args{n, m, Hf.data(), signs, scale};
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(n, 1));
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> buf(n);
