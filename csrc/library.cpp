@@ -47,6 +47,10 @@ TORCH_LIBRARY(weightkit, m) {
   // y = x W^T for the packed W: x (..., in_features) fp32/bf16/fp16 -> (..., out) in x's dtype,
   // fp32 accumulation, no multiplications by weights on the direct (small-batch) path.
   m.def("trit_plane_matmul(Tensor x, Tensor packed, Tensor scales, int in_features, int group_size) -> Tensor");
+  // The same product with x rounded to int8 per row and weight group (W-ternary A8): s = max|x_g| / 127,
+  // q = rint(x / s); y = sum_g s_g (alpha1 T1 q + alpha2 T2 q), integer plane sums. Error bound
+  // against trit_plane_matmul and edge cases: csrc/trit_plane/act_quant.h.
+  m.def("trit_plane_matmul_a8(Tensor x, Tensor packed, Tensor scales, int in_features, int group_size) -> Tensor");
   // The dequantized weight, fp32 (out, in_features).
   m.def("trit_plane_unpack(Tensor packed, Tensor scales, int in_features, int group_size) -> Tensor");
   // trits int8 (2, out, in) in {-1, 0, +1} -> packed; and back (out is not recoverable from the

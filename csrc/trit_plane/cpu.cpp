@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/cpu_target.h"
+#include "common/parallel_units.h"
 #include "trit_plane/quantizer.h"
 
 namespace weightkit::trit_plane_cpu {
@@ -42,20 +43,6 @@ void store_row(const Layout& l, int64_t r, const uint32_t* words, int32_t* packe
     for (int k = 0; k < kPlanes; ++k) packed[l.word_index(r, w, k)] = static_cast<int32_t>(words[w * kPlanes + k]);
 }
 
-// at::parallel_for over [0, n) units, but each thread takes the next unit from a shared counter
-// until none is left: on a shared machine a descheduled thread then delays only the unit it holds,
-// not a fixed half of the work (with static halves, a 4096 x 4096 GEMV on 2 threads took 16 ms
-// instead of ~0.7 ms while another process kept both cores busy).
-template <class F>
-void parallel_units(int64_t n, F&& f) {
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
-    for (int64_t u = next.fetch_add(1, std::memory_order_relaxed); u < n;
-         u = next.fetch_add(1, std::memory_order_relaxed))
-      f(u);
-  });
-}
-
 // ---------------------------------------------------------------- matmul: shared pieces
 
 // Per activation pair (x0, x1) a lookup table for each batch row, indexed by a pair code
@@ -82,16 +69,6 @@ void build_tables(const float* x, int64_t batch, const Layout& l, bool wide, flo
       }
     }
   });
-}
-
-// fp32 scales of row block rb: sc[(g * 2 + k) * 8 + j] = alpha_{k+1} of row 8 rb + j (0 past out).
-void block_scales(const float* scales, const Layout& l, int64_t rb, float* sc) {
-  for (int64_t g = 0; g < l.n_groups; ++g)
-    for (int k = 0; k < kPlanes; ++k)
-      for (int j = 0; j < kRowsPerBlock; ++j) {
-        const int64_t r = rb * kRowsPerBlock + j;
-        sc[(g * 2 + k) * kRowsPerBlock + j] = r < l.out ? scales[(r * l.n_groups + g) * 2 + k] : 0.f;
-      }
 }
 
 // ---------------------------------------------------------------- scalar path
@@ -184,6 +161,7 @@ WK_AVX2 void block_avx2(const float* tables, const int32_t* P, const float* sc, 
       if (++k == kCodesPerWord) {
         k = 0;
         if (++w < words) {
+          _mm_prefetch(reinterpret_cast<const char*>(Pv + w * 2) + kPrefetchBytes, _MM_HINT_T0);
           m0 = _mm256_loadu_si256(Pv + w * 2);
           m1 = _mm256_loadu_si256(Pv + w * 2 + 1);
         }
@@ -318,6 +296,61 @@ WK_AVX512 void blocks2_avx512(const float* tables, int64_t batch, const int32_t*
 
 }  // namespace
 
+namespace {
+
+inline float half_to_float(uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
+
+void block_scales_scalar(const uint16_t* scales, const Layout& l, int64_t rb, int64_t g0, float* sc) {
+  for (int64_t g = g0; g < l.n_groups; ++g)
+    for (int k = 0; k < kPlanes; ++k)
+      for (int j = 0; j < kRowsPerBlock; ++j) {
+        const int64_t r = rb * kRowsPerBlock + j;
+        sc[(g * 2 + k) * kRowsPerBlock + j] = r < l.out ? half_to_float(scales[(r * l.n_groups + g) * 2 + k]) : 0.f;
+      }
+}
+
+// Four groups at a time: per row the 8 halves (alpha1, alpha2 of 4 groups) converted to fp32, then
+// an 8 x 8 transpose puts each (group, plane) across the 8 rows.
+WK_AVX2 void block_scales_avx2(const uint16_t* scales, const Layout& l, int64_t rb, float* sc) {
+  int64_t g0 = 0;
+  for (; g0 + 4 <= l.n_groups; g0 += 4) {
+    __m256 r[kRowsPerBlock];
+    for (int j = 0; j < kRowsPerBlock; ++j) {
+      const int64_t row = rb * kRowsPerBlock + j;
+      r[j] = row < l.out ? _mm256_cvtph_ps(_mm_loadu_si128(
+                               reinterpret_cast<const __m128i*>(scales + (row * l.n_groups + g0) * 2)))
+                         : _mm256_setzero_ps();
+    }
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
+      u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+      u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xEE);
+      u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+      u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+    }
+    float* dst = sc + g0 * 2 * kRowsPerBlock;
+    for (int i = 0; i < 4; ++i) {
+      _mm256_storeu_ps(dst + i * kRowsPerBlock, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+      _mm256_storeu_ps(dst + (4 + i) * kRowsPerBlock, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+    }
+  }
+  block_scales_scalar(scales, l, rb, g0, sc);
+}
+
+}  // namespace
+
+void block_scales(const uint16_t* scales, const Layout& l, int64_t rb, float* sc, CpuIsa isa) {
+  if (isa == CpuIsa::Scalar) {
+    block_scales_scalar(scales, l, rb, 0, sc);
+  } else {
+    block_scales_avx2(scales, l, rb, sc);
+  }
+}
+
 // ---------------------------------------------------------------- quantizer
 
 bool quantize(const float* W, const Layout& l, int64_t max_iters, double tol, int32_t* packed, uint16_t* scales) {
@@ -388,9 +421,9 @@ void unpack_trits(const int32_t* packed, const Layout& l, int8_t* trits) {
   });
 }
 
-void block_scales_all(const float* scales, const Layout& l, float* scb) {
+void block_scales_all(const uint16_t* scales, const Layout& l, float* scb, CpuIsa isa) {
   at::parallel_for(0, l.row_blocks, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t rb = begin; rb < end; ++rb) block_scales(scales, l, rb, scb + rb * l.n_groups * 16);
+    for (int64_t rb = begin; rb < end; ++rb) block_scales(scales, l, rb, scb + rb * l.n_groups * 16, isa);
   });
 }
 
@@ -408,7 +441,7 @@ void dequantize_tile_t(const int32_t* packed, const float* scb, const Layout& l,
 
 // ---------------------------------------------------------------- matmul
 
-void matmul(const float* x, int64_t batch, const int32_t* packed, const float* scales, const Layout& l, float* y,
+void matmul(const float* x, int64_t batch, const int32_t* packed, const uint16_t* scales, const Layout& l, float* y,
             CpuIsa isa) {
   if (batch == 0 || l.out == 0) return;
   if (l.in == 0) {
@@ -438,12 +471,12 @@ void matmul(const float* x, int64_t batch, const int32_t* packed, const float* s
     out.resize(static_cast<size_t>(2 * batch * kRowsPerBlock));
     const int64_t rb = u * per_unit;
     const int32_t* P = packed + rb * block_elems;
-    block_scales(scales, l, rb, sc.data());
+    block_scales(scales, l, rb, sc.data(), isa);
     float* o1 = out.data() + batch * kRowsPerBlock;
     if (wide) {
       const bool pair = rb + 1 < l.row_blocks;
       if (pair) {
-        block_scales(scales, l, rb + 1, sc.data() + sc_elems);
+        block_scales(scales, l, rb + 1, sc.data() + sc_elems, isa);
       } else {
         zero_block.assign(static_cast<size_t>(block_elems), 0);
       }

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "common/cuda_utils.cuh"
+#include "trit_plane/act_quant.h"
 
 namespace weightkit::trit_plane_cuda {
 namespace {
@@ -303,6 +304,25 @@ __global__ void dequantize_kernel(const int32_t* __restrict__ packed, const __ha
   }
 }
 
+// One warp per (batch row, group): the group's max |x| (NaN-sticky), then x_hat = s * q.
+constexpr int kRoundWarps = 8;
+
+__global__ void __launch_bounds__(kRoundWarps * kWarpSize)
+    round_activations_kernel(const float* __restrict__ x, int64_t batch, Layout l, float* __restrict__ xq) {
+  const int64_t unit = static_cast<int64_t>(blockIdx.x) * kRoundWarps + threadIdx.x / kWarpSize;
+  if (unit >= batch * l.n_groups) return;  // the whole warp leaves together
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t b = unit / l.n_groups, g = unit % l.n_groups;
+  const int64_t len = g + 1 == l.n_groups ? l.last_len : l.group;
+  const float* xg = x + b * l.in + g * l.group;
+  float amax = 0.f;
+  for (int64_t j = lane; j < len; j += kWarpSize) amax = trit_plane::act_amax(amax, xg[j]);
+  for (int off = kWarpSize / 2; off > 0; off /= 2) amax = trit_plane::act_amax(amax, __shfl_xor_sync(kFullMask, amax, off));
+  const trit_plane::ActScale sc = trit_plane::act_scale(amax);
+  float* out = xq + b * l.in + g * l.group;
+  for (int64_t j = lane; j < len; j += kWarpSize) out[j] = sc.s * static_cast<float>(trit_plane::act_code(xg[j], sc.inv));
+}
+
 template <class F>
 void dispatch(DType t, F&& f) {
   switch (t) {
@@ -354,6 +374,13 @@ void matmul_direct(const void* x, DType t, int64_t batch, const int32_t* packed,
       }
     }
   });
+}
+
+void round_activations(const float* x, int64_t batch, const Layout& l, float* xq, cudaStream_t stream) {
+  const int64_t warps = batch * l.n_groups;
+  if (warps == 0) return;
+  const unsigned blocks = static_cast<unsigned>(ceil_div<int64_t>(warps, kRoundWarps));
+  round_activations_kernel<<<blocks, kRoundWarps * kWarpSize, 0, stream>>>(x, batch, l, xq);
 }
 
 void dequantize(const int32_t* packed, const uint16_t* scales, const Layout& l, void* W, DType t,

@@ -39,6 +39,10 @@ void quantize(const float* W, const Layout& l, int64_t max_iters, double tol, in
 void matmul_direct(const void* x, DType t, int64_t batch, const int32_t* packed, const uint16_t* scales,
                    const Layout& l, void* y, cudaStream_t stream);
 
+// xq (batch, in) fp32 = x rounded to int8 per row and group and scaled back (act_quant.h): the
+// activations trit_plane_matmul_a8 multiplies.
+void round_activations(const float* x, int64_t batch, const Layout& l, float* xq, cudaStream_t stream);
+
 // W (out, in) of dtype t = alpha1 T1 + alpha2 T2 (computed in fp32, rounded once).
 void dequantize(const int32_t* packed, const uint16_t* scales, const Layout& l, void* W, DType t,
                 cudaStream_t stream);

@@ -67,31 +67,47 @@ at::Tensor aligned_planes(const at::Tensor& packed) {
   return reinterpret_cast<uintptr_t>(P.const_data_ptr()) % 16 == 0 ? P : P.clone();
 }
 
+// y (batch, out) = x2 (batch, in) W^T in x2's dtype: the direct kernel for small batches, else
+// fp32 weights and an fp32 product, rounded once to x's dtype like the direct kernel and the CPU
+// path (bf16/fp16 weights would round every alpha1*t1 + alpha2*t2).
+at::Tensor product(const at::Tensor& x2, const at::Tensor& P, const at::Tensor& S, const Layout& l) {
+  const int64_t batch = x2.size(0);
+  if (batch > direct_max_batch(kern::kDirectMaxBatch)) {
+    return at::matmul(x2.to(at::kFloat), dequantize_as(P, S, l, at::kFloat).t()).to(x2.scalar_type());
+  }
+  at::Tensor y = at::empty({batch, l.out}, x2.options());
+  if (l.in == 0) return y.zero_();
+  kern::matmul_direct(x2.const_data_ptr(), kernel_dtype(x2.scalar_type()), batch, P.const_data_ptr<int32_t>(),
+                      scale_bits(S), l, y.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y;
+}
+
 at::Tensor trit_plane_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                                   int64_t in_features, int64_t group_size) {
   constexpr const char* op = "trit_plane_matmul";
   const Layout l = check_packed(op, packed, scales, in_features, group_size);
   check_matmul_input(op, x, packed, in_features);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor P = aligned_planes(packed), S = scales.contiguous();
   const at::Tensor x2 = x.reshape({leading_numel(x), in_features}).contiguous();
-  const int64_t batch = x2.size(0);
-  at::Tensor y;
-  if (batch <= direct_max_batch(kern::kDirectMaxBatch)) {
-    y = at::empty({batch, l.out}, x2.options());
-    if (l.in == 0) {
-      y.zero_();
-    } else {
-      kern::matmul_direct(x2.const_data_ptr(), kernel_dtype(x2.scalar_type()), batch, P.const_data_ptr<int32_t>(),
-                          scale_bits(S), l, y.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  } else {
-    // fp32 weights and an fp32 product, rounded once to x's dtype like the direct kernel and the
-    // CPU path: bf16/fp16 weights would round every alpha1*t1 + alpha2*t2.
-    y = at::matmul(x2.to(at::kFloat), dequantize_as(P, S, l, at::kFloat).t()).to(x2.scalar_type());
-  }
-  return y.view(matmul_out_shape(x, l.out));
+  return product(x2, aligned_planes(packed), scales.contiguous(), l).view(matmul_out_shape(x, l.out));
+}
+
+// The activations rounded to int8 and scaled back in fp32 (one small kernel), then the fp32
+// product: the same y as the CPU's integer plane sums up to fp32 rounding.
+at::Tensor trit_plane_matmul_a8_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                                     int64_t in_features, int64_t group_size) {
+  constexpr const char* op = "trit_plane_matmul_a8";
+  const Layout l = check_packed(op, packed, scales, in_features, group_size);
+  check_matmul_input(op, x, packed, in_features);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor x2 = x.reshape({leading_numel(x), in_features}).to(at::kFloat).contiguous();
+  at::Tensor xq = at::empty_like(x2);
+  kern::round_activations(x2.const_data_ptr<float>(), x2.size(0), l, xq.mutable_data_ptr<float>(),
+                          c10::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor y = product(xq, aligned_planes(packed), scales.contiguous(), l);
+  return y.to(x.scalar_type()).view(matmul_out_shape(x, l.out));
 }
 
 // Offline format conversions: run the CPU kernels through the dispatcher and copy back.
@@ -115,6 +131,7 @@ at::Tensor trit_plane_trits_cuda(const at::Tensor& packed, int64_t out_features,
 TORCH_LIBRARY_IMPL(weightkit, CUDA, m) {
   m.impl("ptqtp_quantize", &ptqtp_quantize_cuda);
   m.impl("trit_plane_matmul", &trit_plane_matmul_cuda);
+  m.impl("trit_plane_matmul_a8", &trit_plane_matmul_a8_cuda);
   m.impl("trit_plane_unpack", &trit_plane_unpack_cuda);
   m.impl("trit_plane_pack", &trit_plane_pack_cuda);
   m.impl("trit_plane_trits", &trit_plane_trits_cuda);

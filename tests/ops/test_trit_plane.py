@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.reference.trit_plane import dequantize_ref, ptqtp_ref
+from tests.reference.trit_plane import dequantize_ref, matmul_a8_ref, ptqtp_ref, round_activations_ref
 from weightkit.ops import trit_plane as tp
 
 # (out, in, group_size): ragged last group, odd out, group not a multiple of 2, tiny rows.
@@ -173,6 +173,127 @@ def test_matmul_without_inputs_gives_zeros(device, batch):
     assert y.shape == (2, batch, 8) and not y.any()
 
 
+# ---------------------------------------------------------------- matmul with int8 activations
+
+# Besides SHAPES: groups of 1 and 2 plane words (16, 32 columns), a group longer than the 16 words
+# the int16 accumulators hold (512), and a single group not a multiple of 16 columns.
+A8_SHAPES = SHAPES + [(8, 96, 16), (24, 160, 32), (16, 1100, 512), (8, 200, 200)]
+
+
+def random_trits(out, inf, gs, seed=8):
+    g = torch.Generator().manual_seed(seed)
+    trits = torch.randint(-1, 2, (2, out, inf), generator=g, dtype=torch.int8)
+    scales = (torch.rand(out, tp.n_groups(inf, gs), 2, generator=g) + 0.1).half()
+    return trits, scales
+
+
+@pytest.mark.parametrize("path", ["auto", "direct", "dense"])
+@pytest.mark.parametrize("batch", [1, 2, 7, 16, 128])
+@pytest.mark.parametrize("shape", A8_SHAPES)
+def test_matmul_a8_matches_reference(cpu_isa, shape, batch, path, monkeypatch):
+    if path != "auto":
+        monkeypatch.setenv("WEIGHTKIT_TRIT_PLANE_DIRECT_MAX_BATCH", "1000000" if path == "direct" else "0")
+    out, inf, gs = shape
+    trits, scales = random_trits(out, inf, gs)
+    x = torch.randn(batch, inf, generator=torch.Generator().manual_seed(9)) * 3
+    y = tp.trit_plane_matmul_a8(x, tp.trit_plane_pack(trits, gs), scales, inf, gs)
+    assert y.shape == (batch, out) and y.dtype == torch.float32
+    ref, _ = matmul_a8_ref(x, trits, scales, gs)
+    q, s = round_activations_ref(x, inf, gs)
+    xq = q * s.repeat_interleave(gs, dim=1)[:, :inf]
+    assert ((y.double() - ref).abs() <= 2e-6 * dense_bound(xq, dequantize_ref(trits, scales, gs)) + 1e-30).all()
+
+
+@pytest.mark.parametrize("shape", A8_SHAPES)
+def test_matmul_a8_error_bound(cpu_isa, shape):
+    """Against the fp32-activation product the outputs move by at most the stated bound; on
+    Gaussian activations the move is real (the op does round) and small."""
+    out, inf, gs = shape
+    trits, scales = random_trits(out, inf, gs, seed=3)
+    D = dequantize_ref(trits, scales, gs)
+    x = torch.randn(16, inf, generator=torch.Generator().manual_seed(4))
+    y = tp.trit_plane_matmul_a8(x, tp.trit_plane_pack(trits, gs), scales, inf, gs).double()
+    exact = x.double() @ D.T
+    _, bound = matmul_a8_ref(x, trits, scales, gs)
+    assert ((y - exact).abs() <= bound + 2e-6 * dense_bound(x, D)).all()
+    if inf >= 64:
+        rel = (y - exact).norm() / exact.norm()
+        assert 1e-5 < rel < 2e-2, rel
+
+
+def test_matmul_a8_largest_sums(cpu_isa):
+    """All trits +1 and every activation at the int8 maximum: the int16 accumulators reach their
+    largest values (32512 per lane over 16 words) and must not wrap."""
+    for gs in (256, 512):
+        out, inf = 16, 1024
+        trits = torch.ones(2, out, inf, dtype=torch.int8)
+        trits[1, 1::2] = -1
+        scales = torch.ones(out, inf // gs, 2, dtype=torch.float16)
+        y = tp.trit_plane_matmul_a8(torch.full((1, inf), 0.5), tp.trit_plane_pack(trits, gs), scales, inf, gs)
+        want = torch.where(torch.arange(out) % 2 == 0, 1024.0, 0.0)
+        torch.testing.assert_close(y[0], want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 16, 128])
+def test_matmul_a8_half(cpu_isa, dtype, batch):
+    out, inf, gs = 37, 300, 128
+    trits, scales = random_trits(out, inf, gs)
+    x = torch.randn(batch, inf).to(dtype)
+    y = tp.trit_plane_matmul_a8(x, tp.trit_plane_pack(trits, gs), scales, inf, gs)
+    assert y.dtype == dtype and y.shape == (batch, out)
+    ref, _ = matmul_a8_ref(x.float(), trits, scales, gs)
+    eps = 2**-8 if dtype == torch.bfloat16 else 2**-11
+    D = dequantize_ref(trits, scales, gs)
+    assert ((y.double() - ref).abs() <= eps * ref.abs() + 2e-6 * dense_bound(x, D)).all()
+
+
+@pytest.mark.parametrize("batch", [2, 40])  # the direct kernel and the dense path
+def test_matmul_a8_zero_tiny_and_nonfinite_groups(cpu_isa, batch):
+    out, inf, gs = 16, 256, 128
+    trits, scales = random_trits(out, inf, gs)
+    p = tp.trit_plane_pack(trits, gs)
+    x = torch.randn(batch, inf)
+    x[0, :128] = 0.0  # a zero group
+    x[0, 128:] = 1e-38  # 127 / max|x| overflows: flushed to zero
+    x[1, 5] = float("nan")
+    y = tp.trit_plane_matmul_a8(x, p, scales, inf, gs)
+    assert (y[0] == 0).all()
+    assert y[1].isnan().all()
+    assert torch.isfinite(y[2:]).all()
+    x[1, 5] = float("inf")
+    assert tp.trit_plane_matmul_a8(x, p, scales, inf, gs)[1].isnan().all()
+
+
+def test_matmul_a8_shapes_and_quantized_weight(device):
+    W = gaussian(48, 320, seed=10).to(device)
+    p, s = tp.ptqtp_quantize(W, 128)
+    x = torch.randn(2, 3, 320).to(device)
+    y = tp.trit_plane_matmul_a8(x, p, s, 320, 128)
+    assert y.shape == (2, 3, 48) and y.device.type == device
+    exact = tp.trit_plane_matmul(x, p, s, 320, 128)
+    assert 1e-4 < ((y - exact).norm() / exact.norm()).item() < 2e-2  # ~0.6% for Gaussian x
+    assert tp.trit_plane_matmul_a8(torch.randn(320).to(device), p, s, 320, 128).shape == (48,)
+    assert tp.trit_plane_matmul_a8(torch.randn(0, 320).to(device), p, s, 320, 128).shape == (0, 48)
+    p0, s0 = tp.ptqtp_quantize(torch.zeros(8, 0, device=device), 128)
+    assert not tp.trit_plane_matmul_a8(torch.randn(3, 0, device=device), p0, s0, 0, 128).any()
+
+
+def test_matmul_a8_rejects_bad_input():
+    p, s = tp.ptqtp_quantize(gaussian(16, 256), 128)
+    mm = tp.trit_plane_matmul_a8
+    with pytest.raises(RuntimeError, match=r"weightkit\.trit_plane_matmul_a8: x's last dimension must equal in_features"):
+        mm(torch.randn(2, 255), p, s, 256, 128)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul_a8: packed must have shape \[2, 16, 2, 8\]"):
+        mm(torch.randn(2, 256), p[:, :-1].contiguous(), s, 256, 128)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul_a8: scales must be float16"):
+        mm(torch.randn(2, 256), p, s.float(), 256, 128)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul_a8: x must be float32, bfloat16 or float16"):
+        mm(torch.randn(2, 256).double(), p, s, 256, 128)
+    with pytest.raises(RuntimeError, match=r"trit_plane_matmul_a8: x and packed must be on the same device, got meta"):
+        mm(torch.randn(2, 256, device="meta"), p, s, 256, 128)
+
+
 # ---------------------------------------------------------------- opcheck
 
 
@@ -186,6 +307,9 @@ def test_opcheck(device):
     torch.library.opcheck(ops.trit_plane_matmul.default, (x, p, s, 200, 64))
     torch.library.opcheck(ops.trit_plane_matmul.default, (x[:1].bfloat16(), p, s, 200, 64))
     torch.library.opcheck(ops.trit_plane_matmul.default, (torch.randn(40, 200).to(device), p, s, 200, 64))
+    torch.library.opcheck(ops.trit_plane_matmul_a8.default, (x, p, s, 200, 64))
+    torch.library.opcheck(ops.trit_plane_matmul_a8.default, (x[:1].half(), p, s, 200, 64))
+    torch.library.opcheck(ops.trit_plane_matmul_a8.default, (torch.randn(40, 200).to(device), p, s, 200, 64))
     torch.library.opcheck(ops.trit_plane_unpack.default, (p, s, 200, 64))
     torch.library.opcheck(ops.trit_plane_pack.default, (trits, 64))
     torch.library.opcheck(ops.trit_plane_trits.default, (p, 24, 200, 64))
@@ -297,3 +421,31 @@ def test_cuda_device_mismatch():
         tp.trit_plane_matmul(torch.randn(1, 300), p.cuda(), s.cuda(), 300, 128)
     with pytest.raises(RuntimeError, match=r"packed and scales must be on the same device"):
         tp.trit_plane_matmul(torch.randn(1, 300).cuda(), p.cuda(), s, 300, 128)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 7, 16, 128])
+@pytest.mark.parametrize("shape", A8_SHAPES)
+def test_cuda_matmul_a8(shape, batch, dtype):
+    out, inf, gs = shape
+    trits, scales = random_trits(out, inf, gs)
+    x = (torch.randn(batch, inf) * 3).to(dtype)
+    y = tp.trit_plane_matmul_a8(x.cuda(), tp.trit_plane_pack(trits, gs).cuda(), scales.cuda(), inf, gs)
+    assert y.dtype == dtype and y.device.type == "cuda"
+    ref, _ = matmul_a8_ref(x.float(), trits, scales, gs)
+    eps = {torch.float32: 0.0, torch.bfloat16: 2**-8}[dtype]
+    D = dequantize_ref(trits, scales, gs)
+    assert ((y.cpu().double() - ref).abs() <= eps * ref.abs() + 4e-6 * dense_bound(x, D)).all()
+
+
+@pytest.mark.cuda
+def test_cuda_matmul_a8_nonfinite_group():
+    trits, scales = random_trits(16, 256, 128)
+    x = torch.randn(3, 256)
+    x[1, 200] = float("nan")
+    x[2, :128] = 0.0
+    y = tp.trit_plane_matmul_a8(x.cuda(), tp.trit_plane_pack(trits, 128).cuda(), scales.cuda(), 256, 128).cpu()
+    assert y[1].isnan().all() and torch.isfinite(y[[0, 2]]).all()
+    ref, _ = matmul_a8_ref(x[[0, 2]], trits, scales, 128)
+    assert torch.allclose(y[[0, 2]].double(), ref, rtol=1e-5, atol=1e-4)

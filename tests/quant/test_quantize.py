@@ -79,6 +79,22 @@ def test_trit_plane_linear_forward(bias):
     assert "pack_version=1" in repr(q)
 
 
+def test_trit_plane_linear_int8_activations():
+    lin = make_linear()
+    q = TritPlaneLinear.from_linear(lin, group_size=128, activations="int8")
+    x = torch.randn(4, 300)
+    want = tp.trit_plane_matmul_a8(x, q.packed, q.scales, 300, 128) + lin.bias
+    torch.testing.assert_close(q(x), want, rtol=0, atol=0)
+    q.activations = "fp32"
+    assert not torch.equal(q(x), want)
+    assert "activations=fp32" in repr(q)
+    with pytest.raises(ValueError, match="activations must be one of"):
+        TritPlaneLinear(300, 37, activations="int4")
+    q.activations = "int4"
+    with pytest.raises(ValueError, match="activations must be one of"):
+        q(x)
+
+
 def test_trit_plane_linear_state_dict_round_trip():
     lin = make_linear()
     q = TritPlaneLinear.from_linear(lin, group_size=64)

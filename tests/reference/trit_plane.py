@@ -98,3 +98,36 @@ def dequantize_ref(trits: torch.Tensor, scales: torch.Tensor, group_size: int) -
     inf = trits.shape[2]
     a = scales.double().repeat_interleave(group_size, dim=1)[:, :inf]  # (out, in, 2)
     return a[..., 0] * trits[0].double() + a[..., 1] * trits[1].double()
+
+
+def round_activations_ref(x: torch.Tensor, in_features: int, group_size: int):
+    """int8 activations of trit_plane_matmul_a8 (csrc/trit_plane/act_quant.h), in the op's fp32
+    arithmetic: x (batch, in) float32 -> (q float64 (batch, in), s float64 (batch, n_groups))."""
+    x = x.float().cpu()
+    groups = -(-in_features // group_size)
+    q = torch.zeros(x.shape, dtype=torch.float64)
+    s = torch.zeros(x.shape[0], groups, dtype=torch.float64)
+    for g in range(groups):
+        cols = slice(g * group_size, min((g + 1) * group_size, in_features))
+        amax = x[:, cols].abs().amax(1)
+        inv = torch.tensor(127.0) / amax  # fp32, as the op
+        finite = torch.isfinite(inv) & (amax > 0)
+        qg = torch.round(x[:, cols] * torch.where(finite, inv, 0.0)[:, None]).clamp(-127, 127)
+        q[:, cols] = qg.double()
+        s[:, g] = torch.where(finite, amax / 127.0, 0.0).double()
+        s[~torch.isfinite(amax), g] = float("nan")  # a NaN or Inf in the group
+    return q, s
+
+
+def matmul_a8_ref(x: torch.Tensor, trits: torch.Tensor, scales: torch.Tensor, group_size: int):
+    """y of trit_plane_matmul_a8 in float64, and the bound on its distance from x·Ŵᵀ:
+    x (batch, in) float32, trits (2, out, in), scales (out, n_groups, 2) ->
+    (y (batch, out), bound (batch, out)) with bound = Σ_g (s_g / 2)·(|α¹|·nnz(T¹_g) + |α²|·nnz(T²_g))."""
+    inf = trits.shape[2]
+    q, s = round_activations_ref(x, inf, group_size)
+    step = s.repeat_interleave(group_size, dim=1)[:, :inf]
+    y = (q * step) @ dequantize_ref(trits, scales, group_size).T
+    a = scales.double().abs().repeat_interleave(group_size, dim=1)[:, :inf]  # (out, in, 2)
+    weight = a[..., 0] * trits[0].abs().double() + a[..., 1] * trits[1].abs().double()  # (out, in)
+    bound = (step / 2) @ weight.T
+    return y, bound

@@ -1,5 +1,8 @@
 """Trit-plane (PTQTP) matmul benchmark: weightkit's packed product against dense F.linear.
 
+Two variants of ours per case: ``trit_plane_matmul`` (activations as given) and, with "-a8"
+appended to the case name, ``trit_plane_matmul_a8`` (activations rounded to int8 per row and group).
+
 A decode-time linear layer is memory-bound, so each side is timed on rotating copies of its
 weights that together exceed twice the last-level cache (CPU L3 ~32 MB, H100 L2 50 MB): every
 call streams its weights from DRAM/HBM, as in a model whose layers do not fit in cache. Ours reads
@@ -124,14 +127,16 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait
         x = torch.randn(case.batch, case.inf, generator=gen).to(dev)
         base_dtypes = [torch.float16] if dev.type == "cuda" else [torch.float32, torch.bfloat16]
         xo = x.half() if dev.type == "cuda" else x
+        # Ours with fp32 activations, and with int8 ones (case name + "-a8").
+        variants = {"": tp.trit_plane_matmul, "-a8": tp.trit_plane_matmul_a8}
         best = None
         for _ in range(attempts):
             if dev.type == "cpu" and wait_quiet_s > 0:
                 wait_quiet(wait_quiet_s)
             with common.OtherLoad() as load:
-                ours = common.measure(
-                    _rotating(lambda it: tp.trit_plane_matmul(xo, it[0], it[1], case.inf, GROUP), ours_items),
-                    device=dev, **settings)
+                ours = {suffix: common.measure(
+                    _rotating(lambda it, f=f: f(xo, it[0], it[1], case.inf, GROUP), ours_items),
+                    device=dev, **settings) for suffix, f in variants.items()}
                 stream = common.measure(_rotating(lambda it: it[0].amax(), ours_items), device=dev, **settings)
                 base = {}
                 for dt in base_dtypes:
@@ -148,32 +153,35 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait
             if cores <= BUSY_CORES:
                 break
         _, load, ours, stream, base = best
-        path = "direct" if case.batch <= _direct_max(dev) else "dequantize + dense"
-        y = tp.trit_plane_matmul(xo, packed, scales, case.inf, GROUP).float()
         ref = xo.float() @ tp.trit_plane_unpack(packed, scales, case.inf, GROUP).T
-        err = ((y - ref).norm() / ref.norm()).item()
-        for dt, (t, nbytes, ncopies) in base.items():
-            name = "cuBLAS fp16 F.linear" if dev.type == "cuda" else f"torch {str(dt).replace('torch.', '')} F.linear"
-            notes = [f"ours: {path} path, x {str(xo.dtype).replace('torch.', '')}",
-                     f"rel diff vs x·dequant(W)ᵀ {err:.1e}",
-                     f"copies {len(ours_items)}/{ncopies}", f"timed calls {ours.calls}/{t.calls}"]
-            if load.cores is not None and load.cores > BUSY_CORES:
-                notes.append(f"BUSY MACHINE: other processes used {load.cores:.1f} cores")
-            results.append({
-                "case": case.name,
-                "baseline": name,
-                "ours_ms": ours.median_ms,
-                "baseline_ms": t.median_ms,
-                "notes": "; ".join(notes),
-                "ours_gbs": round(our_bytes / ours.median_ms / 1e6, 2),
-                "baseline_gbs": round(nbytes / t.median_ms / 1e6, 2),
-                "stream_read_ms": round(stream.median_ms, 4),
-                "stream_read_gbs": round(our_bytes / stream.median_ms / 1e6, 2),
-                "ours_bytes": our_bytes,
-                "baseline_bytes": nbytes,
-                "bits_per_weight": round(our_bytes * 8 / (case.out * case.inf), 3),
-                "other_cores": None if load.cores is None else round(load.cores, 2),
-            })
+        for suffix, f in variants.items():
+            a8 = suffix == "-a8"
+            path = "direct" if case.batch <= _direct_max(dev, a8) else "dequantize + dense"
+            y = f(xo, packed, scales, case.inf, GROUP).float()
+            err = ((y - ref).norm() / ref.norm()).item()
+            for dt, (t, nbytes, ncopies) in base.items():
+                name = "cuBLAS fp16 F.linear" if dev.type == "cuda" else f"torch {str(dt).replace('torch.', '')} F.linear"
+                notes = [f"ours: {path} path, x {str(xo.dtype).replace('torch.', '')}"
+                         + (", rounded to int8 per row and group (trit_plane_matmul_a8)" if a8 else ""),
+                         f"rel diff vs x·dequant(W)ᵀ {err:.1e}",
+                         f"copies {len(ours_items)}/{ncopies}", f"timed calls {ours[suffix].calls}/{t.calls}"]
+                if load.cores is not None and load.cores > BUSY_CORES:
+                    notes.append(f"BUSY MACHINE: other processes used {load.cores:.1f} cores")
+                results.append({
+                    "case": case.name + suffix,
+                    "baseline": name,
+                    "ours_ms": ours[suffix].median_ms,
+                    "baseline_ms": t.median_ms,
+                    "notes": "; ".join(notes),
+                    "ours_gbs": round(our_bytes / ours[suffix].median_ms / 1e6, 2),
+                    "baseline_gbs": round(nbytes / t.median_ms / 1e6, 2),
+                    "stream_read_ms": round(stream.median_ms, 4),
+                    "stream_read_gbs": round(our_bytes / stream.median_ms / 1e6, 2),
+                    "ours_bytes": our_bytes,
+                    "baseline_bytes": nbytes,
+                    "bits_per_weight": round(our_bytes * 8 / (case.out * case.inf), 3),
+                    "other_cores": None if load.cores is None else round(load.cores, 2),
+                })
         del ours_items
     extra = {
         "quick": quick,
@@ -183,7 +191,8 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait
             "weights": "N(0, 0.02^2), PTQTP-quantized (max_iters 50, tol 1e-4)",
             "rotating_copies": f"> 2 x {LLC_BYTES[dev.type] >> 20} MB of weights per side",
             "stream_read": "amax over the packed int32 planes (rotating copies): a plain read of our bytes",
-            "direct_max_batch": _direct_max(dev),
+            "direct_max_batch": _direct_max(dev, False),
+            "direct_max_batch_a8": _direct_max(dev, True),
             "wait_quiet_s": wait_quiet_s,
             "attempts": attempts,
             "timing": settings,
@@ -193,18 +202,21 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait
     return {"cases": results, "skipped": [], "extra": extra}
 
 
-def _direct_max(dev: torch.device) -> int:
-    """Mirror of the op's path choice (csrc/trit_plane), for the notes."""
+def _direct_max(dev: torch.device, a8: bool) -> int:
+    """Mirror of the ops' path choice (csrc/trit_plane), for the notes."""
     import os
 
     env = os.environ.get("WEIGHTKIT_TRIT_PLANE_DIRECT_MAX_BATCH")
     if env:
         return int(env)
-    return 16 if dev.type == "cuda" else CPU_DIRECT_MAX_BATCH
+    if dev.type == "cuda":
+        return 16
+    return CPU_A8_DIRECT_MAX_BATCH if a8 else CPU_DIRECT_MAX_BATCH
 
 
-#: Keep equal to kCpuDirectMaxBatch in csrc/trit_plane/ops.cpp.
+#: Keep equal to kCpuDirectMaxBatch and kCpuA8DirectMaxBatch in csrc/trit_plane/ops.cpp.
 CPU_DIRECT_MAX_BATCH = 32
+CPU_A8_DIRECT_MAX_BATCH = 64
 
 
 def main(argv=None) -> int:

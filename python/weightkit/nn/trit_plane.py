@@ -19,11 +19,20 @@ class TritPlaneLinear(nn.Module):
     different pack version or geometry raises ``ValueError``.
 
     ``forward``: x (..., in_features) float32/bfloat16/float16 -> (..., out_features), x's dtype.
+    ``activations`` (an attribute, not saved): ``"fp32"`` multiplies x as given
+    (:func:`~weightkit.ops.trit_plane.trit_plane_matmul`); ``"int8"`` rounds x to int8 per row and
+    group first (:func:`~weightkit.ops.trit_plane.trit_plane_matmul_a8`: ~0.6% relative change on
+    Gaussian inputs, faster on AVX2-only CPUs).
     """
 
+    ACTIVATIONS = ("fp32", "int8")
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128, device=None,
-                 bias_dtype: torch.dtype = torch.float32):
+                 bias_dtype: torch.dtype = torch.float32, activations: str = "fp32"):
         super().__init__()
+        if activations not in self.ACTIVATIONS:
+            raise ValueError(f"TritPlaneLinear: activations must be one of {self.ACTIVATIONS}, got {activations!r}")
+        self.activations = activations
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"TritPlaneLinear: {name} must be an int >= 0, got {v!r}")
@@ -44,15 +53,15 @@ class TritPlaneLinear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear, group_size: int = 128, max_iters: int = 50, tol: float = 1e-4
-                    ) -> TritPlaneLinear:
+    def from_linear(cls, linear: nn.Linear, group_size: int = 128, max_iters: int = 50, tol: float = 1e-4,
+                    activations: str = "fp32") -> TritPlaneLinear:
         """Quantize ``linear.weight`` with PTQTP (on its device); the bias is copied as is."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"TritPlaneLinear.from_linear: linear must be an nn.Linear, got {type(linear).__name__}")
         W = linear.weight.detach()
         b = linear.bias
         mod = cls(linear.in_features, linear.out_features, bias=b is not None, group_size=group_size,
-                  device=W.device, bias_dtype=b.dtype if b is not None else torch.float32)
+                  device=W.device, bias_dtype=b.dtype if b is not None else torch.float32, activations=activations)
         packed, scales = tp.ptqtp_quantize(W, group_size, max_iters, tol)
         mod.packed.copy_(packed)
         mod.scales.copy_(scales)
@@ -61,7 +70,13 @@ class TritPlaneLinear(nn.Module):
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = tp.trit_plane_matmul(x, self.packed, self.scales, self.in_features, self.group_size)
+        if self.activations == "int8":
+            y = tp.trit_plane_matmul_a8(x, self.packed, self.scales, self.in_features, self.group_size)
+        elif self.activations == "fp32":
+            y = tp.trit_plane_matmul(x, self.packed, self.scales, self.in_features, self.group_size)
+        else:
+            raise ValueError(f"TritPlaneLinear: activations must be one of {self.ACTIVATIONS}, "
+                             f"got {self.activations!r}")
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y
@@ -92,4 +107,4 @@ class TritPlaneLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"group_size={self.group_size}, pack_version={self.pack_version}")
+                f"group_size={self.group_size}, pack_version={self.pack_version}, activations={self.activations}")

@@ -36,6 +36,7 @@ __all__ = [
     "packed_shape",
     "ptqtp_quantize",
     "trit_plane_matmul",
+    "trit_plane_matmul_a8",
     "trit_plane_pack",
     "trit_plane_trits",
     "trit_plane_unpack",
@@ -82,6 +83,28 @@ def trit_plane_matmul(
     """y = x·Ŵᵀ for the packed weight Ŵ: x (..., in_features) float32/bfloat16/float16 ->
     (..., out) in x's dtype, accumulated in fp32."""
     return torch.ops.weightkit.trit_plane_matmul(x, packed, scales, int(in_features), int(group_size))
+
+
+def trit_plane_matmul_a8(
+    x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int, group_size: int = 128
+) -> torch.Tensor:
+    """y ≈ x·Ŵᵀ with the activations rounded to int8 ("W1.58-A8"): x (..., in_features)
+    float32/bfloat16/float16 -> (..., out) in x's dtype.
+
+    Per row of x and per weight group g (the scales' column groups): s = max|x_g| / 127 and
+    q = round(x_g / s) ∈ [−127, 127], computed in fp32 as ``rint(x * (127 / max|x_g|))``. Then
+    y = Σ_g s_g·(α¹·T¹q + α²·T²q) with exact integer plane sums. Against
+    :func:`trit_plane_matmul` (same W, fp32 x) each output moves by at most
+    Σ_g (s_g / 2)·(|α¹|·nnz(T¹_g) + |α²|·nnz(T²_g)) (tests/reference/trit_plane.py computes it).
+    A group whose |x| is all below ~3.7e−37 counts as zero; a NaN or Inf in a group makes that
+    row's outputs NaN.
+
+    Why: on CPUs without AVX-512 the fp32 kernel is limited by table lookups; with int8
+    activations one byte shuffle and one u8·s8 multiply-add handle 32 weights. On CUDA the
+    activations are rounded by a small kernel and the fp32 kernel does the rest (the same y up to
+    fp32 rounding, no faster).
+    """
+    return torch.ops.weightkit.trit_plane_matmul_a8(x, packed, scales, int(in_features), int(group_size))
 
 
 def trit_plane_unpack(
@@ -142,9 +165,7 @@ def _ptqtp_quantize_fake(W, group_size, max_iters, tol):
     return packed, scales
 
 
-@torch.library.register_fake("weightkit::trit_plane_matmul")
-def _trit_plane_matmul_fake(x, packed, scales, in_features, group_size):
-    op = "trit_plane_matmul"
+def _matmul_fake(op: str, x, packed, scales, in_features: int, group_size: int):
     out = _check_packed_fake(op, packed, scales, in_features, group_size)
     if x.dtype not in _FLOATS:
         _fail(op, f"x must be float32, bfloat16 or float16, got {x.dtype}")
@@ -153,6 +174,16 @@ def _trit_plane_matmul_fake(x, packed, scales, in_features, group_size):
     if x.dim() < 1 or x.shape[-1] != in_features:
         _fail(op, f"x's last dimension must equal in_features = {in_features}, got x of shape {tuple(x.shape)}")
     return x.new_empty((*x.shape[:-1], out))
+
+
+@torch.library.register_fake("weightkit::trit_plane_matmul")
+def _trit_plane_matmul_fake(x, packed, scales, in_features, group_size):
+    return _matmul_fake("trit_plane_matmul", x, packed, scales, in_features, group_size)
+
+
+@torch.library.register_fake("weightkit::trit_plane_matmul_a8")
+def _trit_plane_matmul_a8_fake(x, packed, scales, in_features, group_size):
+    return _matmul_fake("trit_plane_matmul_a8", x, packed, scales, in_features, group_size)
 
 
 @torch.library.register_fake("weightkit::trit_plane_unpack")

@@ -1,0 +1,240 @@
+// trit_plane_matmul_a8 on the CPU: the packed trit-planes times int8-rounded activations
+// (act_quant.h), with integer plane sums.
+//
+// Why: with fp32 activations the AVX2 kernel needs four 4-entry table lookups (vpermilps, one
+// per cycle on Zen 3) per pair of columns and 8 rows; that port alone caps a 4096 x 4096 GEMV at
+// ~0.9 ms. With int8 activations one byte shuffle turns 32 pair codes into 32 unsigned trits
+// t + 1 in {0, 1, 2}, and vpmaddubsw multiplies them by 32 activation bytes and adds neighbours:
+// per plane word (8 rows x 16 columns) 4 shuffles + 4 multiply-adds + 4 adds, against 16
+// lookups + 16 adds. The +1 offset is removed once per group: sum (t + 1) q = T q + sum q.
+//
+// The words of a row block hold, lane j = row j, 8 pair codes (4 bits: pos | neg << 2) of 16
+// columns. After splitting each byte into its low and high nibble (pairs 2i and 2i+1 of the word),
+// shuffle i (i = 0..3: nibble low/high x column 0/1 of the pair) gives in byte b of every lane the
+// trit of pair-slot 4b + i (slot = 2 * pair + column within the word). So activation bytes are
+// stored per word in that order, xr[16 w + 4 i + b] = q(slot 16 w + 4 b + i), and each shuffle is
+// multiplied by one 4-byte activation pattern broadcast to all 8 lanes.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "common/cpu_target.h"
+#include "common/parallel_units.h"
+#include "trit_plane/act_quant.h"
+#include "trit_plane/cpu.h"
+
+namespace weightkit::trit_plane_cpu {
+namespace {
+
+using trit_plane::kCodesPerWord;
+using trit_plane::kPlanes;
+using trit_plane::kRowsPerBlock;
+
+constexpr int64_t kSlotsPerWord = 2 * kCodesPerWord;  // 16 columns (pair slots) per word
+// int16 accumulators: each vpmaddubsw lane adds two products |(t + 1) q| <= 2 * 127 and a word
+// adds four of them, so 16 words (256 columns) stay below 32767; longer groups flush to int32.
+constexpr int64_t kWordsPerFlush = 16;
+
+// Rounded activations of a batch: codes in the kernel's order, their per-group sums and steps.
+struct Activations {
+  int64_t words = 0;         // words_per_row
+  int64_t n_groups = 0;
+  std::vector<int8_t> code;  // batch x words * 16, xr order (above); zero in padding slots
+  std::vector<int32_t> sum;  // batch x n_groups: sum of q over the group
+  std::vector<float> step;   // batch x n_groups: s
+
+  const int8_t* codes(int64_t b) const { return code.data() + b * words * kSlotsPerWord; }
+};
+
+// Position in xr of pair slot z of a row.
+inline int64_t xr_index(int64_t z) { return z / kSlotsPerWord * kSlotsPerWord + 4 * (z % 4) + (z % kSlotsPerWord) / 4; }
+
+// Calls f(c, z) for each column c of group g and its pair slot z.
+template <class F>
+void for_group_columns(const Layout& l, int64_t g, F&& f) {
+  const int64_t z0 = 2 * l.group_first_pair(g), c0 = g * l.group;
+  for (int64_t j = 0; j < l.group_len(g); ++j) f(c0 + j, z0 + j);
+}
+
+Activations round_to_codes(const float* x, int64_t batch, const Layout& l) {
+  Activations a;
+  a.words = l.words_per_row;
+  a.n_groups = l.n_groups;
+  a.code.assign(static_cast<size_t>(batch * a.words * kSlotsPerWord), 0);
+  a.sum.resize(static_cast<size_t>(batch * l.n_groups));
+  a.step.resize(static_cast<size_t>(batch * l.n_groups));
+  at::parallel_for(0, batch * l.n_groups, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / l.n_groups, g = bg % l.n_groups;
+      const float* xb = x + b * l.in;
+      float amax = 0.f;
+      for_group_columns(l, g, [&](int64_t c, int64_t) { amax = trit_plane::act_amax(amax, xb[c]); });
+      const trit_plane::ActScale sc = trit_plane::act_scale(amax);
+      int8_t* codes = a.code.data() + b * a.words * kSlotsPerWord;
+      int32_t sum = 0;
+      for_group_columns(l, g, [&](int64_t c, int64_t z) {
+        const int q = trit_plane::act_code(xb[c], sc.inv);
+        codes[xr_index(z)] = static_cast<int8_t>(q);
+        sum += q;
+      });
+      a.sum[bg] = sum;
+      a.step[bg] = sc.s;
+    }
+  });
+  return a;
+}
+
+// ---------------------------------------------------------------- scalar path
+
+void block_a8_scalar(const Activations& a, int64_t batch, const int32_t* P, const float* sc, const Layout& l,
+                     float* out /* batch x 8 */) {
+  for (int64_t b = 0; b < batch; ++b) {
+    const int8_t* q = a.codes(b);
+    for (int j = 0; j < kRowsPerBlock; ++j) {
+      float y = 0.f;
+      for (int64_t g = 0; g < l.n_groups; ++g) {
+        int32_t s[kPlanes] = {0, 0};
+        const int64_t p0 = l.group_first_pair(g);
+        for (int64_t p = p0; p < p0 + l.group_pairs(g); ++p) {
+          const int64_t w = p / kCodesPerWord;
+          const int shift = static_cast<int>(4 * (p % kCodesPerWord));
+          for (int k = 0; k < kPlanes; ++k) {
+            const uint32_t code = (static_cast<uint32_t>(P[(w * kPlanes + k) * kRowsPerBlock + j]) >> shift) & 15u;
+            for (int bit = 0; bit < 2; ++bit) {
+              const int t = static_cast<int>((code >> bit) & 1u) - static_cast<int>((code >> (bit + 2)) & 1u);
+              s[k] += t * q[xr_index(2 * p + bit)];
+            }
+          }
+        }
+        const float step = a.step[b * l.n_groups + g];
+        y += sc[(g * 2) * kRowsPerBlock + j] * step * static_cast<float>(s[0]) +
+             sc[(g * 2 + 1) * kRowsPerBlock + j] * step * static_cast<float>(s[1]);
+      }
+      out[b * kRowsPerBlock + j] = y;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- AVX2 path
+
+// The AVX2 kernel sums whole words per group, so every group but the last must fill whole words.
+bool groups_fill_words(const Layout& l) { return l.n_groups <= 1 || l.pairs_full % kCodesPerWord == 0; }
+
+// Adds one plane word's products with NB batch rows' activation patterns to acc[b].
+template <int NB>
+WK_AVX2 WK_INLINE void word_a8(__m256i v, const __m256i (&x)[NB][4], __m256i (&acc)[NB]) {
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  // t + 1 of column 0 / column 1 of a pair, indexed by its 4-bit code (pos | neg << 2).
+  const __m256i lut0 = _mm256_setr_epi8(1, 2, 1, 2, 0, 1, 0, 1, 1, 2, 1, 2, 0, 1, 0, 1, 1, 2, 1, 2, 0, 1, 0, 1, 1, 2,
+                                        1, 2, 0, 1, 0, 1);
+  const __m256i lut1 = _mm256_setr_epi8(1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0,
+                                        1, 1, 0, 0, 1, 1);
+  const __m256i lo = _mm256_and_si256(v, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+  const __m256i t0 = _mm256_shuffle_epi8(lut0, lo), t1 = _mm256_shuffle_epi8(lut1, lo);
+  const __m256i t2 = _mm256_shuffle_epi8(lut0, hi), t3 = _mm256_shuffle_epi8(lut1, hi);
+  for (int b = 0; b < NB; ++b) {
+    const __m256i s01 = _mm256_add_epi16(_mm256_maddubs_epi16(t0, x[b][0]), _mm256_maddubs_epi16(t1, x[b][1]));
+    const __m256i s23 = _mm256_add_epi16(_mm256_maddubs_epi16(t2, x[b][2]), _mm256_maddubs_epi16(t3, x[b][3]));
+    acc[b] = _mm256_add_epi16(acc[b], _mm256_add_epi16(s01, s23));
+  }
+}
+
+// NB batch rows (b0 ..) for one block of 8 rows (lanes = rows).
+template <int NB>
+WK_AVX2 void block_a8_avx2(const Activations& a, int64_t b0, const int32_t* P, const float* sc, const Layout& l,
+                           float* out) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t words_per_group = l.pairs_full / kCodesPerWord;
+  const __m256i* Pv = reinterpret_cast<const __m256i*>(P);
+  __m256 y[NB];
+  for (int b = 0; b < NB; ++b) y[b] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < l.n_groups; ++g) {
+    const int64_t w_begin = g * words_per_group, w_end = g + 1 == l.n_groups ? l.words_per_row : w_begin + words_per_group;
+    __m256i sum32[NB][kPlanes];
+    for (int b = 0; b < NB; ++b) sum32[b][0] = sum32[b][1] = _mm256_setzero_si256();
+    for (int64_t c0 = w_begin; c0 < w_end; c0 += kWordsPerFlush) {
+      __m256i acc0[NB], acc1[NB];
+      for (int b = 0; b < NB; ++b) acc0[b] = acc1[b] = _mm256_setzero_si256();
+      for (int64_t w = c0; w < std::min(c0 + kWordsPerFlush, w_end); ++w) {
+        _mm_prefetch(reinterpret_cast<const char*>(Pv + 2 * w) + kPrefetchBytes, _MM_HINT_T0);
+        __m256i x[NB][4];
+        for (int b = 0; b < NB; ++b) {
+          const int32_t* xb = reinterpret_cast<const int32_t*>(a.codes(b0 + b) + w * kSlotsPerWord);
+          for (int i = 0; i < 4; ++i) x[b][i] = _mm256_set1_epi32(xb[i]);
+        }
+        word_a8<NB>(_mm256_loadu_si256(Pv + 2 * w), x, acc0);
+        word_a8<NB>(_mm256_loadu_si256(Pv + 2 * w + 1), x, acc1);
+      }
+      for (int b = 0; b < NB; ++b) {
+        sum32[b][0] = _mm256_add_epi32(sum32[b][0], _mm256_madd_epi16(acc0[b], ones));
+        sum32[b][1] = _mm256_add_epi32(sum32[b][1], _mm256_madd_epi16(acc1[b], ones));
+      }
+    }
+    const __m256 s1 = _mm256_loadu_ps(sc + g * 16), s2 = _mm256_loadu_ps(sc + g * 16 + 8);
+    for (int b = 0; b < NB; ++b) {
+      const int64_t bg = (b0 + b) * l.n_groups + g;
+      const __m256i offset = _mm256_set1_epi32(a.sum[bg]);  // the +1 of every unsigned trit
+      const __m256 step = _mm256_set1_ps(a.step[bg]);
+      const __m256 p1 = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum32[b][0], offset));
+      const __m256 p2 = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum32[b][1], offset));
+      y[b] = _mm256_fmadd_ps(_mm256_mul_ps(s1, step), p1, y[b]);
+      y[b] = _mm256_fmadd_ps(_mm256_mul_ps(s2, step), p2, y[b]);
+    }
+  }
+  for (int b = 0; b < NB; ++b) _mm256_storeu_ps(out + b * kRowsPerBlock, y[b]);
+}
+
+WK_AVX2 void blocks_a8_avx2(const Activations& a, int64_t batch, const int32_t* P, const float* sc, const Layout& l,
+                            float* out) {
+  int64_t b = 0;
+  for (; b + 2 <= batch; b += 2) block_a8_avx2<2>(a, b, P, sc, l, out + b * kRowsPerBlock);
+  if (b < batch) block_a8_avx2<1>(a, b, P, sc, l, out + b * kRowsPerBlock);
+}
+
+}  // namespace
+
+void round_activations(const float* x, int64_t batch, const Layout& l, float* xq) {
+  at::parallel_for(0, batch * l.n_groups, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / l.n_groups, g = bg % l.n_groups;
+      const float* xb = x + b * l.in;
+      float amax = 0.f;
+      for_group_columns(l, g, [&](int64_t c, int64_t) { amax = trit_plane::act_amax(amax, xb[c]); });
+      const trit_plane::ActScale sc = trit_plane::act_scale(amax);
+      for_group_columns(l, g, [&](int64_t c, int64_t) {
+        xq[b * l.in + c] = sc.s * static_cast<float>(trit_plane::act_code(xb[c], sc.inv));
+      });
+    }
+  });
+}
+
+void matmul_a8(const float* x, int64_t batch, const int32_t* packed, const uint16_t* scales, const Layout& l, float* y,
+               CpuIsa isa) {
+  if (batch == 0 || l.out == 0) return;
+  if (l.in == 0) {
+    std::fill(y, y + batch * l.out, 0.f);
+    return;
+  }
+  const Activations a = round_to_codes(x, batch, l);
+  const bool simd = isa != CpuIsa::Scalar && groups_fill_words(l);
+  const int64_t block_elems = l.words_per_row * kPlanes * kRowsPerBlock;
+  parallel_units(l.row_blocks, [&](int64_t rb) {
+    thread_local std::vector<float> sc, out;
+    sc.resize(static_cast<size_t>(l.n_groups * 2 * kRowsPerBlock));
+    out.resize(static_cast<size_t>(batch * kRowsPerBlock));
+    block_scales(scales, l, rb, sc.data(), isa);
+    const int32_t* P = packed + rb * block_elems;
+    if (simd) {
+      blocks_a8_avx2(a, batch, P, sc.data(), l, out.data());
+    } else {
+      block_a8_scalar(a, batch, P, sc.data(), l, out.data());
+    }
+    const int64_t rows = std::min<int64_t>(kRowsPerBlock, l.out - rb * kRowsPerBlock);
+    for (int64_t b = 0; b < batch; ++b)
+      std::memcpy(y + b * l.out + rb * kRowsPerBlock, out.data() + b * kRowsPerBlock, rows * sizeof(float));
+  });
+}
+
+}  // namespace weightkit::trit_plane_cpu
