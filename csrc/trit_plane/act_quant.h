@@ -44,9 +44,13 @@ WK_TP_HD ActScale act_scale(float amax) {
   return {amax / kActQMax, inv};
 }
 
+// Comparisons rather than fminf/fmaxf, which GCC calls out of line; a NaN (only in a group whose
+// s is NaN anyway) becomes -127 instead of an undefined conversion.
 WK_TP_HD int act_code(float x, float inv) {
-  const float v = rintf(x * inv);
-  return static_cast<int>(fminf(fmaxf(v, -kActQMax), kActQMax));
+  float v = rintf(x * inv);
+  v = v >= -kActQMax ? v : -kActQMax;
+  v = v <= kActQMax ? v : kActQMax;
+  return static_cast<int>(v);
 }
 
 }  // namespace weightkit::trit_plane

@@ -17,6 +17,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <utility>
 #include <cstring>
 #include <vector>
 
@@ -58,29 +61,87 @@ void for_group_columns(const Layout& l, int64_t g, F&& f) {
   for (int64_t j = 0; j < l.group_len(g); ++j) f(c0 + j, z0 + j);
 }
 
-Activations round_to_codes(const float* x, int64_t batch, const Layout& l) {
+// Work items (batch row, group) per thread: rounding is ~1 ns per activation, so a GEMV's few
+// thousand run inline instead of paying for a parallel region.
+inline int64_t rounding_grain(const Layout& l) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(l.group, 1)); }
+
+// Rounds group g of one row into its codes (xr order) and returns (sum of q, s), scalar.
+std::pair<int32_t, float> round_group_scalar(const float* xb, const Layout& l, int64_t g, int8_t* codes) {
+  float amax = 0.f;
+  for_group_columns(l, g, [&](int64_t c, int64_t) { amax = trit_plane::act_amax(amax, xb[c]); });
+  const trit_plane::ActScale sc = trit_plane::act_scale(amax);
+  int32_t sum = 0;
+  for_group_columns(l, g, [&](int64_t c, int64_t z) {
+    const int q = trit_plane::act_code(xb[c], sc.inv);
+    codes[xr_index(z)] = static_cast<int8_t>(q);
+    sum += q;
+  });
+  return {sum, sc.s};
+}
+
+// The same for a group whose pair slots are its columns (group % 16 == 0): 16 columns = one
+// word's codes, reordered by one byte shuffle. cvtps2dq rounds to nearest even like rintf, and
+// maps NaN to INT_MIN, which the clamp makes -127 as act_code does.
+WK_AVX2 std::pair<int32_t, float> round_group_avx2(const float* xb, const Layout& l, int64_t g, int8_t* codes) {
+  const int64_t len = l.group_len(g), c0 = g * l.group;
+  const float* xg = xb + c0;
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 m = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    const __m256 v = _mm256_loadu_ps(xg + j);
+    m = _mm256_max_ps(m, _mm256_and_ps(v, abs_mask));
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float amax = _mm256_movemask_ps(nan) ? NAN : _mm_cvtss_f32(h);
+  for (; j < len; ++j) amax = trit_plane::act_amax(amax, xg[j]);
+  const trit_plane::ActScale sc = trit_plane::act_scale(amax);
+  const __m256 inv = _mm256_set1_ps(sc.inv);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  // Byte k of a word's codes holds column 4 (k % 4) + k / 4 (xr order, a 4 x 4 transpose).
+  const __m128i order = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  __m256i acc = _mm256_setzero_si256();
+  j = 0;
+  for (; j + 16 <= len; j += 16) {
+    __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + j), inv));
+    __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + j + 8), inv));
+    q0 = _mm256_max_epi32(_mm256_min_epi32(q0, hi), lo);
+    q1 = _mm256_max_epi32(_mm256_min_epi32(q1, hi), lo);
+    acc = _mm256_add_epi32(acc, _mm256_add_epi32(q0, q1));
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);  // int16, columns in order
+    const __m128i b = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + c0 + j), _mm_shuffle_epi8(b, order));
+  }
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+  int32_t sum = _mm_cvtsi128_si32(s4);
+  for (; j < len; ++j) {
+    const int q = trit_plane::act_code(xg[j], sc.inv);
+    codes[xr_index(c0 + j)] = static_cast<int8_t>(q);
+    sum += q;
+  }
+  return {sum, sc.s};
+}
+
+Activations round_to_codes(const float* x, int64_t batch, const Layout& l, bool simd) {
   Activations a;
   a.words = l.words_per_row;
   a.n_groups = l.n_groups;
   a.code.assign(static_cast<size_t>(batch * a.words * kSlotsPerWord), 0);
   a.sum.resize(static_cast<size_t>(batch * l.n_groups));
   a.step.resize(static_cast<size_t>(batch * l.n_groups));
-  at::parallel_for(0, batch * l.n_groups, 16, [&](int64_t begin, int64_t end) {
+  const bool vector_groups = simd && l.group % kSlotsPerWord == 0;
+  at::parallel_for(0, batch * l.n_groups, rounding_grain(l), [&](int64_t begin, int64_t end) {
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / l.n_groups, g = bg % l.n_groups;
       const float* xb = x + b * l.in;
-      float amax = 0.f;
-      for_group_columns(l, g, [&](int64_t c, int64_t) { amax = trit_plane::act_amax(amax, xb[c]); });
-      const trit_plane::ActScale sc = trit_plane::act_scale(amax);
       int8_t* codes = a.code.data() + b * a.words * kSlotsPerWord;
-      int32_t sum = 0;
-      for_group_columns(l, g, [&](int64_t c, int64_t z) {
-        const int q = trit_plane::act_code(xb[c], sc.inv);
-        codes[xr_index(z)] = static_cast<int8_t>(q);
-        sum += q;
-      });
-      a.sum[bg] = sum;
-      a.step[bg] = sc.s;
+      std::tie(a.sum[bg], a.step[bg]) =
+          vector_groups ? round_group_avx2(xb, l, g, codes) : round_group_scalar(xb, l, g, codes);
     }
   });
   return a;
@@ -196,7 +257,7 @@ WK_AVX2 void blocks_a8_avx2(const Activations& a, int64_t batch, const int32_t* 
 }  // namespace
 
 void round_activations(const float* x, int64_t batch, const Layout& l, float* xq) {
-  at::parallel_for(0, batch * l.n_groups, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * l.n_groups, rounding_grain(l), [&](int64_t begin, int64_t end) {
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / l.n_groups, g = bg % l.n_groups;
       const float* xb = x + b * l.in;
@@ -217,8 +278,8 @@ void matmul_a8(const float* x, int64_t batch, const int32_t* packed, const uint1
     std::fill(y, y + batch * l.out, 0.f);
     return;
   }
-  const Activations a = round_to_codes(x, batch, l);
   const bool simd = isa != CpuIsa::Scalar && groups_fill_words(l);
+  const Activations a = round_to_codes(x, batch, l, isa != CpuIsa::Scalar);
   const int64_t block_elems = l.words_per_row * kPlanes * kRowsPerBlock;
   parallel_units(l.row_blocks, [&](int64_t rb) {
     thread_local std::vector<float> sc, out;
