@@ -55,6 +55,6 @@ void matmul_a8(const float* x, int64_t batch, const int32_t* packed, const uint1
 
 // x (batch x in) -> s * q, the activations as matmul_a8 rounds them (fp32): what the large-batch
 // path multiplies with the dequantized W.
-void round_activations(const float* x, int64_t batch, const Layout& l, float* xq);
+void round_activations(const float* x, int64_t batch, const Layout& l, float* xq, CpuIsa isa);
 
 }  // namespace weightkit::trit_plane_cpu

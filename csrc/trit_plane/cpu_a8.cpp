@@ -18,9 +18,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <tuple>
 #include <utility>
-#include <cstring>
 #include <vector>
 
 #include "common/cpu_target.h"
@@ -61,8 +61,8 @@ void for_group_columns(const Layout& l, int64_t g, F&& f) {
   for (int64_t j = 0; j < l.group_len(g); ++j) f(c0 + j, z0 + j);
 }
 
-// Work items (batch row, group) per thread: rounding is ~1 ns per activation, so a GEMV's few
-// thousand run inline instead of paying for a parallel region.
+// Work items (batch row, group) per thread: rounding costs about a nanosecond per activation or
+// less, so a GEMV's few thousand run inline instead of paying for a parallel region.
 inline int64_t rounding_grain(const Layout& l) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(l.group, 1)); }
 
 // Rounds group g of one row into its codes (xr order) and returns (sum of q, s), scalar.
@@ -79,12 +79,9 @@ std::pair<int32_t, float> round_group_scalar(const float* xb, const Layout& l, i
   return {sum, sc.s};
 }
 
-// The same for a group whose pair slots are its columns (group % 16 == 0): 16 columns = one
-// word's codes, reordered by one byte shuffle. cvtps2dq rounds to nearest even like rintf, and
-// maps NaN to INT_MIN, which the clamp makes -127 as act_code does.
-WK_AVX2 std::pair<int32_t, float> round_group_avx2(const float* xb, const Layout& l, int64_t g, int8_t* codes) {
-  const int64_t len = l.group_len(g), c0 = g * l.group;
-  const float* xg = xb + c0;
+// max|x| over len activations (NaN if any is NaN; cvtps2dq below maps NaN to INT_MIN, which the
+// clamp makes -127 as act_code does) and the group's rounding.
+WK_AVX2 trit_plane::ActScale group_scale_avx2(const float* xg, int64_t len) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   __m256 m = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
   int64_t j = 0;
@@ -98,18 +95,28 @@ WK_AVX2 std::pair<int32_t, float> round_group_avx2(const float* xb, const Layout
   h = _mm_max_ss(h, _mm_movehdup_ps(h));
   float amax = _mm256_movemask_ps(nan) ? NAN : _mm_cvtss_f32(h);
   for (; j < len; ++j) amax = trit_plane::act_amax(amax, xg[j]);
-  const trit_plane::ActScale sc = trit_plane::act_scale(amax);
+  return trit_plane::act_scale(amax);
+}
+
+// act_code of 8 activations (cvtps2dq rounds to nearest even like rintf).
+WK_AVX2 WK_INLINE __m256i codes8_avx2(const float* p, __m256 inv) {
+  const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p), inv));
+  return _mm256_max_epi32(_mm256_min_epi32(q, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+}
+
+// round_group_scalar for a group whose pair slots are its columns (group % 16 == 0): 16 columns
+// are one word's codes, put in the kernel's order by one byte shuffle.
+WK_AVX2 std::pair<int32_t, float> round_group_avx2(const float* xb, const Layout& l, int64_t g, int8_t* codes) {
+  const int64_t len = l.group_len(g), c0 = g * l.group;
+  const float* xg = xb + c0;
+  const trit_plane::ActScale sc = group_scale_avx2(xg, len);
   const __m256 inv = _mm256_set1_ps(sc.inv);
-  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
   // Byte k of a word's codes holds column 4 (k % 4) + k / 4 (xr order, a 4 x 4 transpose).
   const __m128i order = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   __m256i acc = _mm256_setzero_si256();
-  j = 0;
+  int64_t j = 0;
   for (; j + 16 <= len; j += 16) {
-    __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + j), inv));
-    __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + j + 8), inv));
-    q0 = _mm256_max_epi32(_mm256_min_epi32(q0, hi), lo);
-    q1 = _mm256_max_epi32(_mm256_min_epi32(q1, hi), lo);
+    const __m256i q0 = codes8_avx2(xg + j, inv), q1 = codes8_avx2(xg + j + 8, inv);
     acc = _mm256_add_epi32(acc, _mm256_add_epi32(q0, q1));
     const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);  // int16, columns in order
     const __m128i b = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
@@ -125,6 +132,22 @@ WK_AVX2 std::pair<int32_t, float> round_group_avx2(const float* xb, const Layout
     sum += q;
   }
   return {sum, sc.s};
+}
+
+// s * q of one group into xq (the dense path's activations).
+void round_group_values_scalar(const float* xg, int64_t len, float* xq) {
+  float amax = 0.f;
+  for (int64_t j = 0; j < len; ++j) amax = trit_plane::act_amax(amax, xg[j]);
+  const trit_plane::ActScale sc = trit_plane::act_scale(amax);
+  for (int64_t j = 0; j < len; ++j) xq[j] = sc.s * static_cast<float>(trit_plane::act_code(xg[j], sc.inv));
+}
+
+WK_AVX2 void round_group_values_avx2(const float* xg, int64_t len, float* xq) {
+  const trit_plane::ActScale sc = group_scale_avx2(xg, len);
+  const __m256 inv = _mm256_set1_ps(sc.inv), step = _mm256_set1_ps(sc.s);
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) _mm256_storeu_ps(xq + j, _mm256_mul_ps(step, _mm256_cvtepi32_ps(codes8_avx2(xg + j, inv))));
+  for (; j < len; ++j) xq[j] = sc.s * static_cast<float>(trit_plane::act_code(xg[j], sc.inv));
 }
 
 Activations round_to_codes(const float* x, int64_t batch, const Layout& l, bool simd) {
@@ -256,17 +279,16 @@ WK_AVX2 void blocks_a8_avx2(const Activations& a, int64_t batch, const int32_t* 
 
 }  // namespace
 
-void round_activations(const float* x, int64_t batch, const Layout& l, float* xq) {
+void round_activations(const float* x, int64_t batch, const Layout& l, float* xq, CpuIsa isa) {
   at::parallel_for(0, batch * l.n_groups, rounding_grain(l), [&](int64_t begin, int64_t end) {
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t b = bg / l.n_groups, g = bg % l.n_groups;
-      const float* xb = x + b * l.in;
-      float amax = 0.f;
-      for_group_columns(l, g, [&](int64_t c, int64_t) { amax = trit_plane::act_amax(amax, xb[c]); });
-      const trit_plane::ActScale sc = trit_plane::act_scale(amax);
-      for_group_columns(l, g, [&](int64_t c, int64_t) {
-        xq[b * l.in + c] = sc.s * static_cast<float>(trit_plane::act_code(xb[c], sc.inv));
-      });
+      const int64_t offset = b * l.in + g * l.group;
+      if (isa == CpuIsa::Scalar) {
+        round_group_values_scalar(x + offset, l.group_len(g), xq + offset);
+      } else {
+        round_group_values_avx2(x + offset, l.group_len(g), xq + offset);
+      }
     }
   });
 }

@@ -179,7 +179,7 @@ at::Tensor matmul_cpu(const char* op, bool int8_activations, const at::Tensor& x
   } else {
     if (int8_activations) {
       at::Tensor xq = at::empty_like(x2);
-      cpu::round_activations(xp, batch, l, xq.mutable_data_ptr<float>());
+      cpu::round_activations(xp, batch, l, xq.mutable_data_ptr<float>(), isa);
       x2 = xq;
     }
     dense_product(x2, P, S, l, y, isa);
