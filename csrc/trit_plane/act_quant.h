@@ -8,8 +8,8 @@
 // product is bounded per output row r by
 //     |dy_r| <= sum_g (s_g / 2) * (|alpha1_rg| * nnz(T1_rg) + |alpha2_rg| * nnz(T2_rg)).
 // Edge cases: amax == 0, or amax so small that 127 / amax overflows (< ~3.7e-37), gives s = 0 and
-// q = 0 (the group is flushed to zero); a NaN or +-Inf in the group gives s = NaN, so every output
-// of that batch row is NaN, as in a float product.
+// q = 0: the group is flushed to zero, and its term of the bound is amax instead of s / 2. A NaN
+// or +-Inf in the group gives s = NaN, so every output of that batch row is NaN.
 #pragma once
 
 #include <cfloat>

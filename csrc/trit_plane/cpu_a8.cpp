@@ -65,11 +65,16 @@ void for_group_columns(const Layout& l, int64_t g, F&& f) {
 // less, so a GEMV's few thousand run inline instead of paying for a parallel region.
 inline int64_t rounding_grain(const Layout& l) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(l.group, 1)); }
 
+// The rounding of one group of len activations (contiguous columns), scalar.
+trit_plane::ActScale group_scale_scalar(const float* xg, int64_t len) {
+  float amax = 0.f;
+  for (int64_t j = 0; j < len; ++j) amax = trit_plane::act_amax(amax, xg[j]);
+  return trit_plane::act_scale(amax);
+}
+
 // Rounds group g of one row into its codes (xr order) and returns (sum of q, s), scalar.
 std::pair<int32_t, float> round_group_scalar(const float* xb, const Layout& l, int64_t g, int8_t* codes) {
-  float amax = 0.f;
-  for_group_columns(l, g, [&](int64_t c, int64_t) { amax = trit_plane::act_amax(amax, xb[c]); });
-  const trit_plane::ActScale sc = trit_plane::act_scale(amax);
+  const trit_plane::ActScale sc = group_scale_scalar(xb + g * l.group, l.group_len(g));
   int32_t sum = 0;
   for_group_columns(l, g, [&](int64_t c, int64_t z) {
     const int q = trit_plane::act_code(xb[c], sc.inv);
@@ -136,9 +141,7 @@ WK_AVX2 std::pair<int32_t, float> round_group_avx2(const float* xb, const Layout
 
 // s * q of one group into xq (the dense path's activations).
 void round_group_values_scalar(const float* xg, int64_t len, float* xq) {
-  float amax = 0.f;
-  for (int64_t j = 0; j < len; ++j) amax = trit_plane::act_amax(amax, xg[j]);
-  const trit_plane::ActScale sc = trit_plane::act_scale(amax);
+  const trit_plane::ActScale sc = group_scale_scalar(xg, len);
   for (int64_t j = 0; j < len; ++j) xq[j] = sc.s * static_cast<float>(trit_plane::act_code(xg[j], sc.inv));
 }
 
@@ -150,6 +153,7 @@ WK_AVX2 void round_group_values_avx2(const float* xg, int64_t len, float* xq) {
   for (; j < len; ++j) xq[j] = sc.s * static_cast<float>(trit_plane::act_code(xg[j], sc.inv));
 }
 
+// simd: round with AVX2 where a group's pair slots are its columns (group % 16 == 0).
 Activations round_to_codes(const float* x, int64_t batch, const Layout& l, bool simd) {
   Activations a;
   a.words = l.words_per_row;
@@ -238,15 +242,16 @@ WK_AVX2 void block_a8_avx2(const Activations& a, int64_t b0, const int32_t* P, c
     const int64_t w_begin = g * words_per_group, w_end = g + 1 == l.n_groups ? l.words_per_row : w_begin + words_per_group;
     __m256i sum32[NB][kPlanes];
     for (int b = 0; b < NB; ++b) sum32[b][0] = sum32[b][1] = _mm256_setzero_si256();
-    for (int64_t c0 = w_begin; c0 < w_end; c0 += kWordsPerFlush) {
+    for (int64_t w0 = w_begin; w0 < w_end; w0 += kWordsPerFlush) {
       __m256i acc0[NB], acc1[NB];
       for (int b = 0; b < NB; ++b) acc0[b] = acc1[b] = _mm256_setzero_si256();
-      for (int64_t w = c0; w < std::min(c0 + kWordsPerFlush, w_end); ++w) {
+      for (int64_t w = w0; w < std::min(w0 + kWordsPerFlush, w_end); ++w) {
         _mm_prefetch(reinterpret_cast<const char*>(Pv + 2 * w) + kPrefetchBytes, _MM_HINT_T0);
         __m256i x[NB][4];
         for (int b = 0; b < NB; ++b) {
-          const int32_t* xb = reinterpret_cast<const int32_t*>(a.codes(b0 + b) + w * kSlotsPerWord);
-          for (int i = 0; i < 4; ++i) x[b][i] = _mm256_set1_epi32(xb[i]);
+          int32_t pattern[4];  // the word's 16 activation bytes as 4 broadcast patterns
+          std::memcpy(pattern, a.codes(b0 + b) + w * kSlotsPerWord, sizeof(pattern));
+          for (int i = 0; i < 4; ++i) x[b][i] = _mm256_set1_epi32(pattern[i]);
         }
         word_a8<NB>(_mm256_loadu_si256(Pv + 2 * w), x, acc0);
         word_a8<NB>(_mm256_loadu_si256(Pv + 2 * w + 1), x, acc1);
@@ -300,7 +305,7 @@ void matmul_a8(const float* x, int64_t batch, const int32_t* packed, const uint1
     std::fill(y, y + batch * l.out, 0.f);
     return;
   }
-  const bool simd = isa != CpuIsa::Scalar && groups_fill_words(l);
+  const bool simd_kernel = isa != CpuIsa::Scalar && groups_fill_words(l);
   const Activations a = round_to_codes(x, batch, l, isa != CpuIsa::Scalar);
   const int64_t block_elems = l.words_per_row * kPlanes * kRowsPerBlock;
   parallel_units(l.row_blocks, [&](int64_t rb) {
@@ -309,7 +314,7 @@ void matmul_a8(const float* x, int64_t batch, const int32_t* packed, const uint1
     out.resize(static_cast<size_t>(batch * kRowsPerBlock));
     block_scales(scales, l, rb, sc.data(), isa);
     const int32_t* P = packed + rb * block_elems;
-    if (simd) {
+    if (simd_kernel) {
       blocks_a8_avx2(a, batch, P, sc.data(), l, out.data());
     } else {
       block_a8_scalar(a, batch, P, sc.data(), l, out.data());

@@ -81,6 +81,10 @@ std::vector<int64_t> matmul_out_shape(const at::Tensor& x, int64_t out) {
   return shape;
 }
 
+const uint16_t* scale_bits(const at::Tensor& scales) {
+  return reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::Half>());
+}
+
 int64_t direct_max_batch(int64_t fallback) {
   const char* v = std::getenv("WEIGHTKIT_TRIT_PLANE_DIRECT_MAX_BATCH");
   if (v == nullptr || v[0] == '\0') return fallback;
@@ -95,16 +99,13 @@ namespace cpu = weightkit::trit_plane_cpu;
 // 0.69 / 5.8, 16 5.2 / 10.3, 64 20 / 20, 128 31 / 31: the direct kernel's cost grows with every
 // batch row, the dense product's barely, and they meet between 32 and 64 rows.
 constexpr int64_t kCpuDirectMaxBatch = 32;
-// With int8 activations the direct kernel costs ~0.3 ms more per batch row (2-core AVX2 EPYC,
-// 4096 x 4096, ms direct / dense: 16 5.6 / 23, 32 11 / 27, 64 20 / 38, 128 36 / 51); the dense
-// path is relatively faster with AVX-512, so switch at 64 rows.
+// With int8 activations the direct kernel costs ~0.3 ms per batch row at 4096 x 4096 (2-core AVX2
+// EPYC, ms direct / dense: 16 5.6 / 23, 32 11 / 27, 64 20 / 38, 128 36 / 51) and still wins at
+// 128 rows there. 64 leaves a margin for CPUs whose dense GEMM is faster (AVX-512: unmeasured;
+// the a8 op runs the AVX2 kernel there too).
 constexpr int64_t kCpuA8DirectMaxBatch = 64;
 // Weights dequantized at once on the large-batch path: ~8 MB of fp32.
 constexpr int64_t kTileFloats = int64_t{1} << 21;
-
-const uint16_t* scale_bits(const at::Tensor& scales) {
-  return reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::Half>());
-}
 
 void check_cpu(const char* op, const at::Tensor& t, const char* name) {
   WK_CHECK(op, t.device().is_cpu(), name, " must be a CPU tensor here, got ", t.device());

@@ -40,4 +40,7 @@ std::vector<int64_t> matmul_out_shape(const at::Tensor& x, int64_t out);
 // of W and use a dense product. WEIGHTKIT_TRIT_PLANE_DIRECT_MAX_BATCH overrides `fallback`.
 int64_t direct_max_batch(int64_t fallback);
 
+// The float16 scales (contiguous) as the bit patterns the kernels take.
+const uint16_t* scale_bits(const at::Tensor& scales);
+
 }  // namespace weightkit::trit_plane

@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdint>
 #include <tuple>
 
@@ -21,10 +22,6 @@ namespace weightkit::trit_plane {
 namespace {
 
 namespace kern = weightkit::trit_plane_cuda;
-
-const uint16_t* scale_bits(const at::Tensor& scales) {
-  return reinterpret_cast<const uint16_t*>(scales.const_data_ptr<at::Half>());
-}
 
 std::tuple<at::Tensor, at::Tensor> ptqtp_quantize_cuda(const at::Tensor& W, int64_t group_size, int64_t max_iters,
                                                        double tol) {
@@ -106,7 +103,10 @@ at::Tensor trit_plane_matmul_a8_cuda(const at::Tensor& x, const at::Tensor& pack
   kern::round_activations(x2.const_data_ptr<float>(), x2.size(0), l, xq.mutable_data_ptr<float>(),
                           c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const at::Tensor y = product(xq, aligned_planes(packed), scales.contiguous(), l);
+  at::Tensor y = product(xq, aligned_planes(packed), scales.contiguous(), l);
+  // A non-finite group leaves s * q all NaN, but the direct kernel adds an activation only where
+  // a trit is nonzero: make the whole row NaN as on the CPU (act_quant.h).
+  if (xq.numel() > 0 && l.out > 0) y.masked_fill_(xq.isnan().any(1, /*keepdim=*/true), NAN);
   return y.to(x.scalar_type()).view(matmul_out_shape(x, l.out));
 }
 

@@ -122,12 +122,14 @@ def round_activations_ref(x: torch.Tensor, in_features: int, group_size: int):
 def matmul_a8_ref(x: torch.Tensor, trits: torch.Tensor, scales: torch.Tensor, group_size: int):
     """y of trit_plane_matmul_a8 in float64, and the bound on its distance from x·Ŵᵀ:
     x (batch, in) float32, trits (2, out, in), scales (out, n_groups, 2) ->
-    (y (batch, out), bound (batch, out)) with bound = Σ_g (s_g / 2)·(|α¹|·nnz(T¹_g) + |α²|·nnz(T²_g))."""
+    (y (batch, out), bound (batch, out)) with bound = Σ_g e_g·(|α¹|·nnz(T¹_g) + |α²|·nnz(T²_g)),
+    e_g = s_g / 2, or max|x_g| for a group flushed to zero (s_g = 0)."""
     inf = trits.shape[2]
     q, s = round_activations_ref(x, inf, group_size)
     step = s.repeat_interleave(group_size, dim=1)[:, :inf]
     y = (q * step) @ dequantize_ref(trits, scales, group_size).T
+    amax = torch.stack([x[:, g * group_size:(g + 1) * group_size].abs().amax(1) for g in range(s.shape[1])], 1)
+    err = torch.where(s > 0, s / 2, amax.double()).repeat_interleave(group_size, dim=1)[:, :inf]
     a = scales.double().abs().repeat_interleave(group_size, dim=1)[:, :inf]  # (out, in, 2)
     weight = a[..., 0] * trits[0].abs().double() + a[..., 1] * trits[1].abs().double()  # (out, in)
-    bound = (step / 2) @ weight.T
-    return y, bound
+    return y, err @ weight.T

@@ -21,7 +21,7 @@ class TritPlaneLinear(nn.Module):
     ``forward``: x (..., in_features) float32/bfloat16/float16 -> (..., out_features), x's dtype.
     ``activations`` (an attribute, not saved): ``"fp32"`` multiplies x as given
     (:func:`~weightkit.ops.trit_plane.trit_plane_matmul`); ``"int8"`` rounds x to int8 per row and
-    group first (:func:`~weightkit.ops.trit_plane.trit_plane_matmul_a8`: ~0.6% relative change on
+    group first (:func:`~weightkit.ops.trit_plane.trit_plane_matmul_a8`: ~0.65% relative change on
     Gaussian inputs, faster on AVX2-only CPUs).
     """
 
