@@ -162,6 +162,14 @@ def test_quantize_model(method):
     assert out.shape == ref.shape and torch.isfinite(out).all()
 
 
+def test_quantize_model_int8_activations():
+    model = Tiny()
+    wk.quant.quantize_model(model, method="ptqtp", group_size=32, progress=False, activations="int8")
+    assert model.blocks[0].activations == "int8" and model.blocks[2].activations == "int8"
+    with pytest.raises(ValueError, match="activations must be one of"):
+        wk.quant.quantize_model(Tiny(), method="ptqtp", progress=False, activations="int4")
+
+
 def test_quantize_model_skip_and_errors():
     model = Tiny()
     report = wk.quant.quantize_model(model, "int4", group_size=32, skip=["blocks.2"], progress=False)

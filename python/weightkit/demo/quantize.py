@@ -53,9 +53,10 @@ def _subject(device, quick, shared):
                         f"perplexity on the first {tokens.numel():,} pydoc tokens, ctx 512")
 
 
-def _decode_step_ms(model: nn.Module, reference: nn.Module, device) -> tuple[float, float] | None:
-    """Batch-1 time of every quantized linear of ``model`` (one decoding step's layer work) against
-    F.linear on the same layers of the unquantized ``reference``, median of 5."""
+def _decode_step_ms(model: nn.Module, reference: nn.Module, device) -> tuple[float, float, float] | None:
+    """Batch-1 time of every quantized linear of ``model`` (one decoding step's layer work) with
+    fp32 and with int8 activations, against F.linear on the same layers of the unquantized
+    ``reference``, median of 5 each."""
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, wk.nn.TritPlaneLinear)}
     if not quantized:
         return None
@@ -72,10 +73,17 @@ def _decode_step_ms(model: nn.Module, reference: nn.Module, device) -> tuple[flo
             samples.append(time.perf_counter() - t0)
         return sorted(samples[1:])[2] * 1e3
 
+    def ours(activations):
+        for m in quantized.values():
+            m.activations = activations
+        return timed(lambda: [m(x) for m, x in zip(quantized.values(), xs)])
+
     with torch.no_grad():
-        ours = timed(lambda: [m(x) for m, x in zip(quantized.values(), xs)])
+        fp32, int8 = ours("fp32"), ours("int8")
         base = timed(lambda: [F.linear(x, m.weight, m.bias) for m, x in zip(dense, xs)])
-    return ours, base
+    for m in quantized.values():
+        m.activations = "fp32"
+    return fp32, int8, base
 
 
 def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, progress, shared: dict) -> None:
@@ -119,16 +127,17 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     ))
     numbers = {"subject": what, "points": points, "rows": rows}
     if speed is not None:
-        ours, dense = speed
+        ours, ours_a8, dense = speed
         result.tables.append(Table(
             title="Batch-1 speed of the quantized layers (all linears of one decoding step)",
             columns=["kernel", "ms", "speedup vs fp32 F.linear"],
             rows=[["trit_plane_matmul (PTQTP)", round(ours, 3), round(dense / ours, 2)],
+                  ["trit_plane_matmul_a8 (PTQTP, int8 activations)", round(ours_a8, 3), round(dense / ours_a8, 2)],
                   ["F.linear fp32 (unquantized)", round(dense, 3), 1.0]],
             note="Median of 5 passes over the layers, one token; on a shared CPU treat as indicative "
                  "(bench/bench_trit_plane.py times single layers on rotating weight copies).",
         ))
-        numbers["decode_step_ms"] = {"ptqtp": ours, "fp32": dense}
+        numbers["decode_step_ms"] = {"ptqtp": ours, "ptqtp_int8_activations": ours_a8, "fp32": dense}
     result.numbers = numbers
     plot = _plot(points, out / "quant_ppl_vs_bits.png")
     if plot:

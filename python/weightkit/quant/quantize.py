@@ -109,13 +109,15 @@ def quantize_model(
     bits: float = 2.5,
     quantizer: str = "tcq",
     plan: dict | None = None,
+    activations: str = "fp32",
     **palette_options,
 ) -> QuantReport:
     """Quantize every ``nn.Linear`` of ``model`` in place (names matching ``skip`` globs excepted,
     default :data:`DEFAULT_SKIP`).
 
     ``method``: "ptqtp" (TritPlaneLinear, ``group_size`` / ``max_iters`` / ``tol`` as in
-    :func:`weightkit.ops.trit_plane.ptqtp_quantize`), "rtn_ternary", "twn", "int4" or "int3"
+    :func:`weightkit.ops.trit_plane.ptqtp_quantize`; ``activations`` "fp32" or "int8" as in
+    :class:`~weightkit.nn.TritPlaneLinear`), "rtn_ternary", "twn", "int4" or "int3"
     (RTN, asymmetric, ``group_size`` columns per group), or "palette": a Hadamard rotation and one
     palette quantizer per layer (``quantizer`` "tcq" | "vq" | "sq" at ``bits``, or "mixed" with a
     per-layer ``plan`` from :mod:`weightkit.quant.allocation`; ``palette_options`` go to
@@ -126,6 +128,9 @@ def quantize_model(
         raise ValueError(f"weightkit.quant.quantize_model: method must be one of {METHODS}, got {method!r}")
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"weightkit.quant.quantize_model: group_size must be an int >= 1, got {group_size!r}")
+    if activations not in TritPlaneLinear.ACTIVATIONS:
+        raise ValueError(f"weightkit.quant.quantize_model: activations must be one of "
+                         f"{TritPlaneLinear.ACTIVATIONS}, got {activations!r}")
     patterns = tuple(DEFAULT_SKIP if skip is None else skip)
     report = QuantReport(method=method, group_size=group_size)
     if method == "palette":
@@ -145,7 +150,8 @@ def quantize_model(
         W = lin.weight
         t0 = time.perf_counter()
         if method == "ptqtp":
-            new = TritPlaneLinear.from_linear(lin, group_size=group_size, max_iters=max_iters, tol=tol)
+            new = TritPlaneLinear.from_linear(lin, group_size=group_size, max_iters=max_iters, tol=tol,
+                                              activations=activations)
             seconds = time.perf_counter() - t0
             W_hat, bits = new.dequantize(), new.bits_per_weight()
             _set_module(model, name, new)
