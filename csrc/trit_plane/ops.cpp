@@ -50,12 +50,15 @@ Layout check_packed(const char* op, const at::Tensor& packed, const at::Tensor& 
   return check_packed_shape(op, packed, scales.size(0), in_features, group_size);
 }
 
-void check_matmul_input(const char* op, const at::Tensor& x, const at::Tensor& packed, int64_t in_features) {
+Layout check_matmul_args(const char* op, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                         int64_t in_features, int64_t group_size) {
+  const Layout l = check_packed(op, packed, scales, in_features, group_size);
   check_float_dtype(op, x, "x");
   WK_CHECK(op, x.dim() >= 1, "x must have at least 1 dimension, got a scalar");
   WK_CHECK(op, x.size(-1) == in_features, "x's last dimension must equal in_features = ", in_features,
            ", got x of shape ", x.sizes());
   check_same_device(op, x, "x", packed, "packed");
+  return l;
 }
 
 Layout check_trits(const char* op, const at::Tensor& trits, int64_t group_size) {
@@ -165,8 +168,7 @@ void dense_product(const at::Tensor& x2, const at::Tensor& P, const at::Tensor& 
 // batches (fp32 or int8 activations) or the dense path.
 at::Tensor matmul_cpu(const char* op, bool int8_activations, const at::Tensor& x, const at::Tensor& packed,
                       const at::Tensor& scales, int64_t in_features, int64_t group_size) {
-  const Layout l = check_packed(op, packed, scales, in_features, group_size);
-  check_matmul_input(op, x, packed, in_features);
+  const Layout l = check_matmul_args(op, x, packed, scales, in_features, group_size);
   check_cpu(op, packed, "packed");
   const CpuIsa isa = selected_cpu_isa(op);
   const at::Tensor P = packed.contiguous(), S = scales.contiguous();

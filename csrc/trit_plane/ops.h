@@ -23,8 +23,10 @@ Layout check_packed(const char* op, const at::Tensor& packed, const at::Tensor& 
 Layout check_packed_shape(const char* op, const at::Tensor& packed, int64_t out, int64_t in_features,
                           int64_t group_size);
 
-// x (..., in_features) float on packed's device.
-void check_matmul_input(const char* op, const at::Tensor& x, const at::Tensor& packed, int64_t in_features);
+// All arguments of trit_plane_matmul / trit_plane_matmul_a8: check_packed, then x (..., in_features)
+// float on packed's device.
+Layout check_matmul_args(const char* op, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                         int64_t in_features, int64_t group_size);
 
 // trits int8 (2, out, in) with values in {-1, 0, +1} (the value check reads the tensor).
 Layout check_trits(const char* op, const at::Tensor& trits, int64_t group_size);

@@ -83,8 +83,7 @@ at::Tensor product(const at::Tensor& x2, const at::Tensor& P, const at::Tensor& 
 at::Tensor trit_plane_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                                   int64_t in_features, int64_t group_size) {
   constexpr const char* op = "trit_plane_matmul";
-  const Layout l = check_packed(op, packed, scales, in_features, group_size);
-  check_matmul_input(op, x, packed, in_features);
+  const Layout l = check_matmul_args(op, x, packed, scales, in_features, group_size);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor x2 = x.reshape({leading_numel(x), in_features}).contiguous();
   return product(x2, aligned_planes(packed), scales.contiguous(), l).view(matmul_out_shape(x, l.out));
@@ -95,8 +94,7 @@ at::Tensor trit_plane_matmul_cuda(const at::Tensor& x, const at::Tensor& packed,
 at::Tensor trit_plane_matmul_a8_cuda(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                                      int64_t in_features, int64_t group_size) {
   constexpr const char* op = "trit_plane_matmul_a8";
-  const Layout l = check_packed(op, packed, scales, in_features, group_size);
-  check_matmul_input(op, x, packed, in_features);
+  const Layout l = check_matmul_args(op, x, packed, scales, in_features, group_size);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor x2 = x.reshape({leading_numel(x), in_features}).to(at::kFloat).contiguous();
   at::Tensor xq = at::empty_like(x2);
