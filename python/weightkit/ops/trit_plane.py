@@ -88,8 +88,8 @@ def trit_plane_matmul(
 def trit_plane_matmul_a8(
     x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int, group_size: int = 128
 ) -> torch.Tensor:
-    """y ≈ x·Ŵᵀ with the activations rounded to int8 ("W1.58-A8"): x (..., in_features)
-    float32/bfloat16/float16 -> (..., out) in x's dtype.
+    """y ≈ x·Ŵᵀ with the activations rounded to int8: x (..., in_features) float32/bfloat16/float16
+    -> (..., out) in x's dtype.
 
     Per row of x and per weight group g (the scales' column groups): s = max|x_g| / 127 and
     q = round(x_g / s) ∈ [−127, 127], computed in fp32 as ``rint(x * (127 / max|x_g|))``. Then
