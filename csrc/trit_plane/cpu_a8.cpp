@@ -31,6 +31,7 @@
 namespace weightkit::trit_plane_cpu {
 namespace {
 
+using trit_plane::kCodeBits;
 using trit_plane::kCodesPerWord;
 using trit_plane::kPlanes;
 using trit_plane::kRowsPerBlock;
@@ -43,7 +44,6 @@ constexpr int64_t kWordsPerFlush = 16;
 // Rounded activations of a batch: codes in the kernel's order, their per-group sums and steps.
 struct Activations {
   int64_t words = 0;         // words_per_row
-  int64_t n_groups = 0;
   std::vector<int8_t> code;  // batch x words * 16, xr order (above); zero in padding slots
   std::vector<int32_t> sum;  // batch x n_groups: sum of q over the group
   std::vector<float> step;   // batch x n_groups: s
@@ -157,7 +157,6 @@ WK_AVX2 void round_group_values_avx2(const float* xg, int64_t len, float* xq) {
 Activations round_to_codes(const float* x, int64_t batch, const Layout& l, bool simd) {
   Activations a;
   a.words = l.words_per_row;
-  a.n_groups = l.n_groups;
   a.code.assign(static_cast<size_t>(batch * a.words * kSlotsPerWord), 0);
   a.sum.resize(static_cast<size_t>(batch * l.n_groups));
   a.step.resize(static_cast<size_t>(batch * l.n_groups));
@@ -187,7 +186,7 @@ void block_a8_scalar(const Activations& a, int64_t batch, const int32_t* P, cons
         const int64_t p0 = l.group_first_pair(g);
         for (int64_t p = p0; p < p0 + l.group_pairs(g); ++p) {
           const int64_t w = p / kCodesPerWord;
-          const int shift = static_cast<int>(4 * (p % kCodesPerWord));
+          const int shift = static_cast<int>(kCodeBits * (p % kCodesPerWord));
           for (int k = 0; k < kPlanes; ++k) {
             const uint32_t code = (static_cast<uint32_t>(P[(w * kPlanes + k) * kRowsPerBlock + j]) >> shift) & 15u;
             for (int bit = 0; bit < 2; ++bit) {

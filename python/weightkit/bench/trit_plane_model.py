@@ -29,32 +29,41 @@ from weightkit.bench import common
 FAMILY = "trit_plane-smollm2"
 
 
-def decode_step_ms(model: torch.nn.Module, reference: torch.nn.Module, repeats: int) -> dict[str, float]:
-    """Median ms of one pass over every TritPlaneLinear at batch 1 with fp32 and with int8
-    activations, and of F.linear fp32 over the same layers of ``reference``. The three passes
-    alternate within each repeat, so drift on a shared machine hits them alike."""
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, wk.nn.TritPlaneLinear)}
-    dense = [reference.get_submodule(n) for n in layers]
-    xs = [torch.randn(1, m.in_features) for m in layers.values()]
+def decode_step_ms(model: torch.nn.Module, reference: torch.nn.Module, repeats: int,
+                   device=None) -> dict[str, float] | None:
+    """Median ms of one pass over every TritPlaneLinear of ``model`` at batch 1 with fp32
+    ("fp32") and with int8 ("int8") activations, and of F.linear over the same layers of the
+    unquantized ``reference`` ("dense"); None when ``model`` has no TritPlaneLinear. The three
+    passes alternate within each repeat, so drift on a shared machine hits them alike; each
+    layer's ``activations`` setting is restored afterwards."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, wk.nn.TritPlaneLinear)]
+    if not layers:
+        return None
+    device = torch.device("cpu") if device is None else torch.device(device)
+    dense = [reference.get_submodule(n) for n, _ in layers]
+    xs = [torch.randn(1, m.in_features, device=device) for _, m in layers]
+    saved = [m.activations for _, m in layers]
 
-    def ours(activations):
-        def run_layers():
-            for m in layers.values():
-                m.activations = activations
-            return [m(x) for m, x in zip(layers.values(), xs)]
-        return run_layers
+    def set_activations(activations):
+        for _, m in layers:
+            m.activations = activations
 
-    passes = {"fp32": ours("fp32"), "int8": ours("int8"),
+    passes = {"fp32": lambda: [m(x) for (_, m), x in zip(layers, xs)],
+              "int8": lambda: [m(x) for (_, m), x in zip(layers, xs)],
               "dense": lambda: [F.linear(x, m.weight, m.bias) for m, x in zip(dense, xs)]}
     samples = {k: [] for k in passes}
     with torch.no_grad():
-        for fn in passes.values():
-            fn()  # warm-up
-        for _ in range(repeats):
+        for repeat in range(repeats + 1):  # the first round warms up
             for k, fn in passes.items():
+                set_activations("int8" if k == "int8" else "fp32")
                 t0 = time.perf_counter()
                 fn()
-                samples[k].append(time.perf_counter() - t0)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if repeat:
+                    samples[k].append(time.perf_counter() - t0)
+    for (_, m), a in zip(layers, saved):
+        m.activations = a
     return {k: sorted(v)[len(v) // 2] * 1e3 for k, v in samples.items()}
 
 

