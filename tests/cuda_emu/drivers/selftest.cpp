@@ -1,0 +1,15 @@
+// ctypes entry points over selftest.cu's launchers.
+#include "capi.h"
+
+void launch_reverse(const float* in, float* out, int blocks, bool sync);
+void launch_warp_sum(const float* in, float* out, int active);
+void launch_deadlock(float* out);
+void launch_too_many_threads(float* out);
+
+extern "C" {
+void st_reverse(const float* in, float* out, int blocks, int sync) { launch_reverse(in, out, blocks, sync != 0); }
+void st_warp_sum(const float* in, float* out, int active) { launch_warp_sum(in, out, active); }
+void st_deadlock(float* out) { launch_deadlock(out); }
+void st_too_many_threads(float* out) { launch_too_many_threads(out); }
+int st_last_error() { return static_cast<int>(cudaGetLastError()); }
+}

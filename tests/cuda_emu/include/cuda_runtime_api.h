@@ -1,0 +1,3 @@
+// Emulator stand-in for CUDA's <cuda_runtime_api.h> (see emu.h).
+#pragma once
+#include "emu.h"

@@ -1,0 +1,3 @@
+// Emulator stand-in for CUDA's <mma.h> (see emu.h).
+#pragma once
+#include "emu.h"

@@ -1,0 +1,46 @@
+// Kernels with known defects, for testing that the CUDA emulator catches them (test_emulator.py).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace {
+
+constexpr int kThreads = 64;
+
+// out[i] = in[n - 1 - i] through shared memory; `sync` false drops the barrier (a race).
+__global__ void reverse_kernel(const float* in, float* out, bool sync) {
+  __shared__ float buf[kThreads];
+  const int i = threadIdx.x;
+  buf[i] = in[blockIdx.x * kThreads + i];
+  if (sync) __syncthreads();
+  out[blockIdx.x * kThreads + i] = buf[kThreads - 1 - i];
+}
+
+// Warp sum by butterfly; lanes >= active return first (exit before the shuffle when active < 32).
+__global__ void warp_sum_kernel(const float* in, float* out, int active) {
+  const int lane = threadIdx.x;
+  if (lane >= active) return;
+  float v = in[lane];
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  if (lane == 0) out[0] = v;
+}
+
+// Lanes 0-15 wait at the block barrier while lanes 16-31 wait for them in a shuffle.
+__global__ void deadlock_kernel(float* out) {
+  float v = static_cast<float>(threadIdx.x);
+  if (threadIdx.x < 16) {
+    __syncthreads();
+  } else {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+  }
+  out[threadIdx.x] = v;
+}
+
+}  // namespace
+
+void launch_reverse(const float* in, float* out, int blocks, bool sync) {
+  reverse_kernel<<<blocks, kThreads>>>(in, out, sync);
+}
+void launch_warp_sum(const float* in, float* out, int active) { warp_sum_kernel<<<1, 32>>>(in, out, active); }
+void launch_deadlock(float* out) { deadlock_kernel<<<1, 32>>>(out); }
+void launch_too_many_threads(float* out) { deadlock_kernel<<<1, 2048>>>(out); }

@@ -1,0 +1,85 @@
+"""The CUDA emulator itself: it runs correct kernels correctly and reports the defects it is
+meant to catch (a missing barrier, a shuffle with an exited lane, a deadlock, a bad launch)."""
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from tests.cuda_emu import harness
+from tests.cuda_emu.harness import guarded, ptr
+
+pytestmark = pytest.mark.skipif(not harness.available(), reason="the CUDA emulator needs g++ on x86-64")
+
+
+@pytest.fixture(scope="module")
+def lib():
+    lib = harness.load("selftest", harness.HERE / "selftest.cu")
+    lib.emu_reset()
+    return lib
+
+
+def test_barrier_orders_shared_memory(lib):
+    x = guarded((3, 64), np.float32)
+    x[...] = np.arange(192, dtype=np.float32).reshape(3, 64)
+    for seed in range(4):
+        lib.emu_set_seed(ctypes.c_ulonglong(seed))
+        y = guarded((3, 64), np.float32, np.nan)
+        lib.st_reverse(ptr(x), ptr(y), 3, 1)
+        harness.check(lib)
+        np.testing.assert_array_equal(y, x[:, ::-1])
+
+
+def test_missing_barrier_gives_wrong_results(lib):
+    # Threads resume in a shuffled order, so without the barrier some read a slot not yet written.
+    x = guarded((1, 64), np.float32)
+    x[...] = np.arange(64, dtype=np.float32) + 1000
+    lib.emu_set_seed(ctypes.c_ulonglong(7))
+    y = guarded((1, 64), np.float32, np.nan)
+    lib.st_reverse(ptr(x), ptr(y), 1, 0)
+    harness.check(lib)
+    assert (y != x[:, ::-1]).sum() > 8
+
+
+def test_warp_shuffle_sums(lib):
+    x = guarded((32,), np.float32)
+    x[...] = np.arange(32, dtype=np.float32)
+    y = guarded((1,), np.float32, np.nan)
+    lib.st_warp_sum(ptr(x), ptr(y), 32)
+    harness.check(lib)
+    assert y[0] == 496.0
+
+
+def test_shuffle_with_exited_lanes_is_reported(lib):
+    x = guarded((32,), np.float32)
+    y = guarded((1,), np.float32, np.nan)
+    lib.st_warp_sum(ptr(x), ptr(y), 20)
+    with pytest.raises(AssertionError, match=r"__shfl_xor_sync: mask 0xffffffff names lane (2\d|3[01]), which has exited"):
+        harness.check(lib)
+
+
+def test_deadlock_is_reported(lib):
+    y = guarded((32,), np.float32, np.nan)
+    lib.st_deadlock(ptr(y))
+    with pytest.raises(AssertionError, match="deadlock: every live thread waits"):
+        harness.check(lib)
+
+
+def test_invalid_launch_is_reported(lib):
+    y = guarded((32,), np.float32, np.nan)
+    lib.st_too_many_threads(ptr(y))
+    assert lib.st_last_error() == 9  # cudaErrorInvalidConfiguration
+    with pytest.raises(AssertionError, match="invalid launch configuration: block of 2048 threads"):
+        harness.check(lib)
+    assert np.isnan(y).all()
+
+
+def test_write_past_the_end_crashes():
+    # guarded() puts an inaccessible page right after the array: checked here in a child process.
+    import subprocess
+    import sys
+
+    code = ("import ctypes; from tests.cuda_emu.harness import guarded; a = guarded((5,), 'float32'); "
+            "ctypes.memset(a.ctypes.data + a.nbytes, 0, 16)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=harness.ROOT, capture_output=True)
+    assert res.returncode < 0  # killed by SIGSEGV
