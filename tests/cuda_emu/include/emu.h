@@ -46,11 +46,26 @@
 #define __launch_bounds__(...)
 #define __constant__ static
 #define __shared__ static
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 
 using std::isfinite;
 using std::isinf;
 using std::isnan;
+
+// CUDA's global min / max overloads for arithmetic types (mixed types convert as the usual
+// arithmetic conversions do, like CUDA's mixed signed/unsigned overloads; floats as fminf / fmaxf).
+template <class A, class B, std::enable_if_t<std::is_arithmetic_v<A> && std::is_arithmetic_v<B>, int> = 0>
+inline std::common_type_t<A, B> min(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  if constexpr (std::is_floating_point_v<C>) return std::fmin(C(a), C(b));
+  else return C(b) < C(a) ? C(b) : C(a);
+}
+template <class A, class B, std::enable_if_t<std::is_arithmetic_v<A> && std::is_arithmetic_v<B>, int> = 0>
+inline std::common_type_t<A, B> max(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  if constexpr (std::is_floating_point_v<C>) return std::fmax(C(a), C(b));
+  else return C(a) < C(b) ? C(b) : C(a);
+}
 
 // ------------------------------------------------------------------ built-in types
 struct dim3 {
@@ -409,6 +424,15 @@ struct Launch {
   void operator()(K kernel, A&&... args) const {
     launch_kernel(kernel, grid, block, smem, std::forward<A>(args)...);
   }
+  // A kernel template launched without explicit template arguments (`kern<<<g, b>>>(args)`, which
+  // nvcc deduces from the arguments): its name is an overload set, so K above cannot be deduced.
+  // Here the kernel's type is taken from the decayed argument types and the template arguments are
+  // deduced from that type, which covers arguments of the exact parameter types (not arguments that
+  // would need a conversion, such as T* for a const T* parameter).
+  template <class... A>
+  void operator()(void (*kernel)(std::decay_t<A>...), A&&... args) const {
+    launch_kernel(kernel, grid, block, smem, std::forward<A>(args)...);
+  }
 };
 inline Launch launch(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) { return {grid, block, smem}; }
 
@@ -515,9 +539,17 @@ void fill_fragment(fragment<Use, M, N, K, T, L>& f, U v) {
   std::fill(f.x, f.x + f.num_elements, static_cast<T>(v));
 }
 
+// The documented requirements: a 256-bit aligned pointer, ldm a multiple of 16 bytes.
+template <class T>
+void check_tile_address(const char* fn, const T* p, unsigned ldm) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) emu::fail(std::string(fn) + ": pointer not 32-byte aligned");
+  if (ldm * sizeof(T) % 16 != 0) emu::fail(std::string(fn) + ": ldm " + std::to_string(ldm) + " is not a multiple of 16 bytes");
+}
+
 template <class Use, int M, int N, int K, class T, class L>
 void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm) {
   using F = fragment<Use, M, N, K, T, L>;
+  check_tile_address("wmma::load_matrix_sync", p, ldm);
   __syncwarp();
   for (int r = 0; r < F::rows; ++r)
     for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = std::is_same_v<L, col_major> ? p[c * ldm + r] : p[r * ldm + c];
@@ -539,6 +571,7 @@ void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M,
 
 template <int M, int N, int K, class T>
 void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
+  check_tile_address("wmma::store_matrix_sync", p, ldm);
   __syncwarp();
   if (emu::my_lane() == 0)
     for (int r = 0; r < M; ++r)
