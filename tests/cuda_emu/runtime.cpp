@@ -74,3 +74,33 @@ void* prepare_stack(Fiber& f, void (*entry)()) {
 }
 
 }  // namespace emu
+
+// Undefined-behaviour checks the GPU would turn into faults or garbage: the emulated kernels are
+// compiled with -fsanitize=alignment,bounds,shift,integer-divide-by-zero (harness.py) and these
+// handlers, in place of the sanitizer runtime, report the first hit as an emulator failure, with
+// the kernel source line. Every check's data begins with its source location.
+namespace {
+
+struct SourceLocation {
+  const char* file;
+  uint32_t line;
+  uint32_t column;
+};
+
+[[noreturn]] void report(const char* what, const void* data) {
+  const auto* loc = static_cast<const SourceLocation*>(data);
+  emu::fail(std::string(what) + " at " + (loc->file ? loc->file : "?") + ":" + std::to_string(loc->line) + ":" +
+            std::to_string(loc->column));
+}
+
+}  // namespace
+
+#define WK_EMU_UBSAN_HANDLER(name, what)                                  \
+  extern "C" void __ubsan_handle_##name(void* data, ...) { report(what, data); } \
+  extern "C" void __ubsan_handle_##name##_abort(void* data, ...) { report(what, data); }
+
+WK_EMU_UBSAN_HANDLER(type_mismatch_v1, "misaligned or null memory access (the GPU faults)")
+WK_EMU_UBSAN_HANDLER(out_of_bounds, "array index out of bounds (shared or local array)")
+WK_EMU_UBSAN_HANDLER(shift_out_of_bounds, "shift by a negative amount or by the type's width or more")
+WK_EMU_UBSAN_HANDLER(divrem_overflow, "integer division by zero or overflow")
+#undef WK_EMU_UBSAN_HANDLER

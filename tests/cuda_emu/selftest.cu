@@ -36,7 +36,24 @@ __global__ void deadlock_kernel(float* out) {
   out[threadIdx.x] = v;
 }
 
+// Reads shared slot threadIdx.x + offset: out of bounds for offset > 0.
+__global__ void shared_overrun_kernel(float* out, int offset) {
+  __shared__ float buf[32];
+  buf[threadIdx.x] = 1.f;
+  __syncthreads();
+  out[threadIdx.x] = buf[threadIdx.x + offset];
+}
+
+// A 16-byte vector load from in + offset floats: misaligned unless offset % 4 == 0.
+__global__ void vector_load_kernel(const float* in, float* out, int offset) {
+  const float4 v = *reinterpret_cast<const float4*>(in + offset);
+  out[threadIdx.x] = v.x + v.y + v.z + v.w;
+}
+
 }  // namespace
+
+void launch_shared_overrun(float* out, int offset) { shared_overrun_kernel<<<1, 32>>>(out, offset); }
+void launch_vector_load(const float* in, float* out, int offset) { vector_load_kernel<<<1, 32>>>(in, out, offset); }
 
 void launch_reverse(const float* in, float* out, int blocks, bool sync) {
   reverse_kernel<<<blocks, kThreads>>>(in, out, sync);

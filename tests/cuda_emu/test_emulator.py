@@ -1,5 +1,6 @@
 """The CUDA emulator itself: it runs correct kernels correctly and reports the defects it is
-meant to catch (a missing barrier, a shuffle with an exited lane, a deadlock, a bad launch)."""
+meant to catch (a missing barrier, a shuffle with an exited lane, a deadlock, a bad launch, a
+shared-array overrun, a misaligned vector load, an access past the end of a buffer)."""
 
 import ctypes
 
@@ -72,6 +73,28 @@ def test_invalid_launch_is_reported(lib):
     with pytest.raises(AssertionError, match="invalid launch configuration: block of 2048 threads"):
         harness.check(lib)
     assert np.isnan(y).all()
+
+
+def test_shared_array_overrun_is_reported(lib):
+    y = guarded((32,), np.float32, np.nan)
+    lib.st_shared_overrun(ptr(y), 0)
+    harness.check(lib)
+    assert (y == 1).all()
+    lib.st_shared_overrun(ptr(y), 1)
+    with pytest.raises(AssertionError, match=r"array index out of bounds .* at .*selftest.cu:\d+"):
+        harness.check(lib)
+
+
+def test_misaligned_vector_load_is_reported(lib):
+    x = guarded((8,), np.float32)
+    x[...] = 1.0
+    y = guarded((32,), np.float32, np.nan)
+    lib.st_vector_load(ptr(x), ptr(y), 4)
+    harness.check(lib)
+    assert (y == 4).all()
+    lib.st_vector_load(ptr(x), ptr(y), 1)
+    with pytest.raises(AssertionError, match=r"misaligned or null memory access .* at .*selftest.cu:\d+"):
+        harness.check(lib)
 
 
 def test_write_past_the_end_crashes():

@@ -5,11 +5,15 @@ void launch_reverse(const float* in, float* out, int blocks, bool sync);
 void launch_warp_sum(const float* in, float* out, int active);
 void launch_deadlock(float* out);
 void launch_too_many_threads(float* out);
+void launch_shared_overrun(float* out, int offset);
+void launch_vector_load(const float* in, float* out, int offset);
 
 extern "C" {
 void st_reverse(const float* in, float* out, int blocks, int sync) { launch_reverse(in, out, blocks, sync != 0); }
 void st_warp_sum(const float* in, float* out, int active) { launch_warp_sum(in, out, active); }
 void st_deadlock(float* out) { launch_deadlock(out); }
 void st_too_many_threads(float* out) { launch_too_many_threads(out); }
+void st_shared_overrun(float* out, int offset) { launch_shared_overrun(out, offset); }
+void st_vector_load(const float* in, float* out, int offset) { launch_vector_load(in, out, offset); }
 int st_last_error() { return static_cast<int>(cudaGetLastError()); }
 }
