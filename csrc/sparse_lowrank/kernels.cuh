@@ -29,7 +29,8 @@ struct Csr {
 };
 
 // Support checks on the device. Writes to *problem (device int64, set to INT64_MAX by the
-// caller) the smallest code * 2^40 + row of any violation: code 1 row_ptr[0] != 0, 2 row_ptr[rows] != nnz,
+// caller) the smallest over rows of code * 2^40 + row, taking each row's first violation (row_ptr
+// checks before column checks, columns in order, as the CPU validator): code 1 row_ptr[0] != 0, 2 row_ptr[rows] != nnz,
 // 3 row_ptr decreasing at row, 4 column out of range in row, 5 columns not strictly increasing.
 void validate_support(const Csr& s, int64_t nnz, long long* problem, cudaStream_t stream);
 

@@ -1,7 +1,8 @@
 """Build a family's ``kernels.cu`` for the CPU CUDA emulator (``include/emu.h``) and call it.
 
 ``load(family)`` rewrites the two constructs C++ cannot parse (``kernel<<<grid, block, smem,
-stream>>>(args)`` launches and ``extern __shared__`` arrays), compiles the result with g++ together
+stream>>>(args)`` launches and ``extern __shared__`` arrays) and has static ``__shared__`` arrays
+poisoned per block, compiles the result with g++ together
 with ``drivers/<family>.cpp`` (``extern "C"`` entry points over the launchers of ``kernels.cuh``)
 into a shared library, and returns it through ctypes. Builds are cached per source hash.
 
@@ -30,12 +31,14 @@ ROOT = HERE.parents[1]
 CSRC = ROOT / "csrc"
 
 _LAUNCH = re.compile(r"(?P<name>[A-Za-z_][\w:]*(?:<[^<>;(){}]*>)?)\s*<<<(?P<cfg>.*?)>>>\s*\((?P<empty>\s*\))?", re.S)
+_SHARED = re.compile(r"__shared__\s+(?P<decl>[^;()]*?\b(?P<name>\w+)\s*(?:\[[^\]]*\]\s*)+);")
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?(?P<type>\w+)\s+(?P<name>\w+)\s*\[\s*\]\s*;")
 
 
 def emulated_source(cu: str) -> str:
-    """``cu`` with launches turned into ``::emu::launch(cfg)(kernel, args)`` calls and dynamic
-    shared arrays into pointers to the emulated block's buffer."""
+    """``cu`` with launches turned into ``::emu::launch(cfg)(kernel, args)`` calls, dynamic shared
+    arrays into pointers to the emulated block's buffer, and static shared arrays poisoned (0xff)
+    by the first thread of every block that reaches them, as a GPU leaves them undefined."""
     def launch(m):
         head = f"::emu::launch({m['cfg']})({m['name']}"
         return head + ")" if m["empty"] else head + ", "
@@ -43,6 +46,7 @@ def emulated_source(cu: str) -> str:
     out = _LAUNCH.sub(launch, cu)
     out = _EXTERN_SHARED.sub(lambda m: f"{m['type']}* {m['name']} = static_cast<{m['type']}*>(::emu::dynamic_shared());",
                              out)
+    out = _SHARED.sub(lambda m: f"__shared__ {m['decl']}; ::emu::poison_shared({m['name']}, sizeof({m['name']}));", out)
     if "<<<" in out or "extern __shared__" in out:
         raise RuntimeError("cuda_emu: a launch or extern __shared__ array was not rewritten")
     return out
@@ -83,21 +87,26 @@ def load(family: str, source: Path | None = None) -> ctypes.CDLL:
     build.mkdir(parents=True, exist_ok=True)
     lib = build / f"{family}-{digest.hexdigest()[:16]}.so"
     if not lib.exists():
-        src = build / f"{family}_kernels_emu.{os.getpid()}.cpp"
+        # The kernel source and rewritten copies of every .cuh (cuda_utils.cuh declares shared
+        # arrays too) in a scratch folder, found first by the source's quoted includes.
+        work = Path(tempfile.mkdtemp(prefix=f"{family}-", dir=build))
+        for cuh in CSRC.glob("*/*.cuh"):
+            (work / cuh.parent.name).mkdir(exist_ok=True)
+            (work / cuh.parent.name / cuh.name).write_text(f'#line 1 "{cuh}"\n' + emulated_source(cuh.read_text()))
+        src = work / "kernels_emu.cpp"
         src.write_text(f'#line 1 "{source}"\n' + emulated_source(cu))
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         # Sanitizer checks are compiled in, but the handlers are runtime.cpp's (no libubsan):
         # compile each file, then link without -fsanitize.
-        flags = ["-std=c++20", "-O1", "-g", "-fPIC", "-pthread", "-w", f"-I{HERE / 'include'}", f"-I{CSRC}"]
+        flags = ["-std=c++20", "-O1", "-g", "-fPIC", "-pthread", "-w", f"-I{HERE / 'include'}", f"-I{work}", f"-I{CSRC}"]
         checked = ["-fsanitize=alignment,bounds,shift,integer-divide-by-zero", "-fno-sanitize-recover=all"]
         objs = []
         for i, (path, extra) in enumerate([(src, checked), (driver, []), (runtime, [])]):
-            obj = build / f"{family}-{i}.{os.getpid()}.o"
+            obj = work / f"{i}.o"
             _run([_compiler(), *flags, *extra, "-c", str(path), "-o", str(obj)], family)
             objs.append(str(obj))
         _run([_compiler(), "-shared", "-pthread", "-Wl,-Bsymbolic", *objs, "-o", str(tmp)], family)
-        for path in [*objs, src]:
-            os.unlink(path)
+        shutil.rmtree(work, ignore_errors=True)
         tmp.replace(lib)
     handle = ctypes.CDLL(str(lib))
     handle.emu_failure.restype = ctypes.c_char_p

@@ -50,8 +50,17 @@ __global__ void vector_load_kernel(const float* in, float* out, int offset) {
   out[threadIdx.x] = v.x + v.y + v.z + v.w;
 }
 
+// Only block 0 fills the shared table; the other blocks read whatever shared memory holds.
+__global__ void first_block_fills_kernel(float* out) {
+  __shared__ float table[32];
+  if (blockIdx.x == 0) table[threadIdx.x] = 2.f;
+  __syncthreads();
+  out[blockIdx.x * 32 + threadIdx.x] = table[threadIdx.x];
+}
+
 }  // namespace
 
+void launch_first_block_fills(float* out, int blocks) { first_block_fills_kernel<<<blocks, 32>>>(out); }
 void launch_shared_overrun(float* out, int offset) { shared_overrun_kernel<<<1, 32>>>(out, offset); }
 void launch_vector_load(const float* in, float* out, int offset) { vector_load_kernel<<<1, 32>>>(in, out, offset); }
 

@@ -1,6 +1,6 @@
 """The CUDA emulator itself: it runs correct kernels correctly and reports the defects it is
-meant to catch (a missing barrier, a shuffle with an exited lane, a deadlock, a bad launch, a
-shared-array overrun, a misaligned vector load, an access past the end of a buffer)."""
+meant to catch (a missing barrier, a shuffle with an exited lane, a deadlock, a bad launch,
+shared memory carried over from another block, a shared-array overrun, a misaligned vector load, an access past the end of a buffer)."""
 
 import ctypes
 
@@ -73,6 +73,15 @@ def test_invalid_launch_is_reported(lib):
     with pytest.raises(AssertionError, match="invalid launch configuration: block of 2048 threads"):
         harness.check(lib)
     assert np.isnan(y).all()
+
+
+def test_static_shared_memory_starts_undefined_in_every_block(lib):
+    # A GPU block never sees another block's shared memory: here the later blocks read 0xff (NaN).
+    y = guarded((3, 32), np.float32, 0.0)
+    lib.st_first_block_fills(ptr(y), 3)
+    harness.check(lib)
+    assert (y[0] == 2).all()
+    assert np.isnan(y[1:]).all()
 
 
 def test_shared_array_overrun_is_reported(lib):

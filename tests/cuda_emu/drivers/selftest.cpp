@@ -6,6 +6,7 @@ void launch_warp_sum(const float* in, float* out, int active);
 void launch_deadlock(float* out);
 void launch_too_many_threads(float* out);
 void launch_shared_overrun(float* out, int offset);
+void launch_first_block_fills(float* out, int blocks);
 void launch_vector_load(const float* in, float* out, int offset);
 
 extern "C" {
@@ -15,5 +16,6 @@ void st_deadlock(float* out) { launch_deadlock(out); }
 void st_too_many_threads(float* out) { launch_too_many_threads(out); }
 void st_shared_overrun(float* out, int offset) { launch_shared_overrun(out, offset); }
 void st_vector_load(const float* in, float* out, int offset) { launch_vector_load(in, out, offset); }
+void st_first_block_fills(float* out, int blocks) { launch_first_block_fills(out, blocks); }
 int st_last_error() { return static_cast<int>(cudaGetLastError()); }
 }

@@ -4,26 +4,29 @@
 // How it runs a launch: blocks one after another; the threads of a block as fibers on one OS
 // thread (runtime.cpp switches stacks), each running until it waits at a barrier, resumed in a
 // reshuffled order every round so a missing barrier shows whichever thread would run first.
-// __syncthreads is a barrier of the block's live threads, warp shuffles exchange values through
+// __syncthreads is a barrier of the block's live threads; warp shuffles exchange values through
 // per-warp slots behind a warp barrier. __shared__ becomes `static` (one block runs at a time, so
-// a static is exactly the block's shared memory), dynamic shared memory a per-block buffer filled with 0xff
-// (NaN) so reads before writes show. It checks what the hardware would reject or leave undefined:
-// launch limits (grid, block, dynamic shared memory without the opt-in attribute), shuffles that
-// name an exited lane or a partial mask, barriers that never complete (a deadlock, reported by
-// the scheduler instead of hanging). A failure aborts the launch and is reported by
-// emu::last_failure(); cudaGetLastError() reports invalid launch configurations as CUDA does.
+// a static is exactly the block's shared memory), filled with 0xff (NaN) at the start of every
+// block (harness.py inserts the poison_shared calls), and dynamic shared memory is a per-block
+// buffer filled the same way, so reads before writes show.
 //
-// What it does not model: timing, memory coalescing, warp-synchronous code without *_sync
-// intrinsics, floating-point contraction differences (the host compiler decides fma use).
-// wmma fragments hold the whole tile in every lane (the real per-lane layout is unspecified; the
-// kernels only use fill/load/mma/store, which do not depend on it).
+// It reports what the hardware would reject or leave undefined: launch limits (grid, block,
+// dynamic shared memory without the opt-in attribute), shuffles with a partial mask or a lane
+// that has exited, barriers that can never complete (a deadlock, found by the scheduler instead of
+// hanging), misaligned wmma tiles; with harness.py's sanitizer flags also misaligned vector
+// loads, shared/local array overruns and bad shifts (runtime.cpp's handlers). A failure aborts
+// the launch and is returned by emu::last_failure(); cudaGetLastError() reports invalid launch
+// configurations as CUDA does.
+//
+// What it does not model: timing, coalescing, FMA contraction (x86-64 without -mfma never fuses),
+// missing atomics (fibers switch only at barriers and shuffles, so a plain read-modify-write never
+// interleaves). wmma fragments hold the whole tile in every lane (the real per-lane layout is
+// unspecified; the kernels only use fill/load/mma/store, which do not depend on it).
 #pragma once
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -32,7 +35,6 @@
 #include <map>
 #include <memory>
 #include <string>
-#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -254,11 +256,22 @@ struct Block {
   Barrier bar;
   std::vector<std::unique_ptr<Warp>> warps;
   std::vector<unsigned char> dynamic_smem;
+  std::vector<const void*> poisoned;  // static shared arrays already filled with 0xff in this block
 };
 
 inline Warp& my_warp() { return *g_block->warps[g_current->tid / 32]; }
 inline int my_lane() { return g_current->tid % 32; }
 inline void* dynamic_shared() { return g_block->dynamic_smem.data(); }
+
+// A static __shared__ array is undefined at the start of every block on a GPU; here it would keep
+// the previous block's values. The first thread of a block to reach its declaration fills it
+// with 0xff (NaN for floats), before any thread of the block can have written it.
+inline void poison_shared(void* p, size_t bytes) {
+  auto& seen = g_block->poisoned;
+  if (std::find(seen.begin(), seen.end(), p) != seen.end()) return;
+  seen.push_back(p);
+  std::memset(p, 0xff, bytes);
+}
 
 inline std::string hex(unsigned v) {
   char b[16];
