@@ -234,14 +234,21 @@ at::Tensor tcq_decode_cpu(const at::Tensor& packed, const at::Tensor& scales, in
   return tcq_decode_impl(packed, scales, in_features, steps, L, kb, V);
 }
 
-// No CPU trellis GEMV: every batch decodes W once and calls GEMM (the decode costs about what a
-// fp32 GEMV does; the CUDA path decodes in registers for <= 16 tokens).
+// Up to kGemvMaxTokens tokens: the trellis GEMV decodes in registers; more: decode W once, GEMM.
 at::Tensor tcq_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales, int64_t in_features,
                           int64_t L, int64_t kb, int64_t V) {
   const char* op = "tcq_matmul";
   const int64_t steps = check_tcq_decode_args(op, packed, scales, in_features, L, kb, V);
   std::vector<int64_t> out_shape;
-  check_matmul_x(op, x, packed, in_features, out_shape);
+  const int64_t rows = packed.size(0), T = check_matmul_x(op, x, packed, in_features, out_shape);
+  if (use_gemv(op, T)) {
+    const at::Tensor pc = packed.contiguous(), sc = scales.contiguous();
+    return gemv_matmul(x, T, in_features, rows, out_shape, [&](const at::Tensor& xf, at::Tensor& y) {
+      tcq::gemv(xf.data_ptr<float>(), T, pc.data_ptr<int32_t>(), rows, steps, static_cast<int>(L),
+                static_cast<int>(kb), static_cast<int>(V), sc.data_ptr<float>(), y.data_ptr<float>(),
+                selected_cpu_isa(op));
+    });
+  }
   const at::Tensor W = tcq_decode_impl(packed, scales, in_features, steps, L, kb, V).to(x.scalar_type());
   return at::matmul(x, W.t());
 }

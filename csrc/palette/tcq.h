@@ -49,4 +49,9 @@ void encode(const float* W, int64_t rows, int64_t steps, int L, int kb, int V, i
 void decode(const int32_t* packed, int64_t rows, int64_t steps, int L, int kb, int V, const float* scales,
             float* W);
 
+// y (T x rows) = x (T x steps*V, fp32) W^T with W decoded in registers (cpu_tcq_gemv.cpp); any T,
+// meant for few tokens (each chunk of 8 tokens decodes the streams again).
+void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t steps, int L, int kb, int V,
+          const float* scales, float* y, CpuIsa isa);
+
 }  // namespace weightkit::tcq

@@ -75,7 +75,8 @@ def encoded(rows: int, in_f: int, bits: float, L: int = 10, seed: int = 0):
     return packed, torch.rand(rows, generator=g) + 0.5, L, kb, V
 
 
-# 1-16 tokens: the GPU decodes in registers (one launch per 16 tokens when forced to); 40: decode + GEMM.
+# 1-16 tokens: the trellis GEMV decodes in registers (on the GPU one launch per 16 tokens when
+# forced to); 40: decode + GEMM.
 @pytest.mark.parametrize("path", [None, "gemv", "dense"])
 @pytest.mark.parametrize("tokens", [1, 5, 16, 17, 40])
 @pytest.mark.parametrize("bits", [2, 2.5])
@@ -88,6 +89,25 @@ def test_matmul_equals_x_times_decoded_weight(device, bits, tokens, path, monkey
     assert y.shape == (tokens, 37) and y.dtype == torch.float32 and y.device.type == device
     ref = x.double() @ tcq_decode_ref(packed, scales, 320, L, kb, V).T
     assert rel_err(y, ref) < 2e-6
+
+
+# The CPU trellis GEMV on every ISA: each rate's (kb, V), state sizes up to 20 bits, rows that
+# leave a partial group of 8, token counts across its 8-token chunks. Random streams: every state.
+@pytest.mark.parametrize("bits", [1.5, 2, 2.5, 3, 3.5, 4])
+@pytest.mark.parametrize("L", [12, 20])
+def test_cpu_gemv_every_isa(bits, L, cpu_isa, monkeypatch):
+    monkeypatch.setenv("WEIGHTKIT_PALETTE_PATH", "gemv")
+    p = tcq_params(bits, L)
+    kb, V = p["bits_per_step"], p["values_per_step"]
+    g = torch.Generator().manual_seed(int(bits * 10) + L)
+    rows, in_f = 21, 96 * V
+    packed = torch.randint(-2**31, 2**31 - 1, (rows, tcq_words(in_f // V, L, kb)), dtype=torch.int32, generator=g)
+    scales = torch.rand(rows, generator=g) + 0.5
+    W = tcq_decode_ref(packed, scales, in_f, L, kb, V)
+    for tokens in (1, 2, 3, 8, 9, 19):
+        x = torch.randn(tokens, in_f, generator=g)
+        y = tcq_matmul(x, packed, scales, in_f, L, kb, V)
+        assert rel_err(y, x.double() @ W.T) < 2e-6, (tokens, rel_err(y, x.double() @ W.T))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -229,10 +229,10 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=
         ("vq4", 8, 2))]
     skipped = []
     stream_gbs = streaming_gbs(dev, settings)  # the yardstick of both parts, measured once
+    formats += [(f"tcq{b:g}", "tcq", (b,)) for b in (2, 2.5, 3, 4)]
     if dev.type == "cuda":
         # The bars' setting: 8192² against cuBLAS fp16 (and bf16); the activation batch in bf16.
         n = 2048 if quick else 8192
-        formats += [(f"tcq{b:g}", "tcq", (b,)) for b in (2, 2.5, 3, 4)]
         cases = gemv_cases(dev, n, settings, formats, stream_gbs, baselines=(torch.float16, torch.bfloat16),
                            x_dtype=torch.bfloat16)
         # The bar's case only: the prepared GPU run (tools/gpu_session.sh) gives this bench 60 s.
@@ -244,8 +244,6 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=
         # The dense baseline costs rows·n² multiply-adds: fewer rows for the widest layers.
         for width in LLM_WIDTHS[:1] if quick else LLM_WIDTHS:
             cases += hadamard_cases(dev, 256 if quick or width > 4096 else 2048, width, settings, stream_gbs)
-        skipped.append({"case": "gemv-tcq2-b1", "reason": "tcq_matmul on the CPU decodes W and calls GEMM (no "
-                        "CPU trellis GEMV); the decode-in-register TCQ GEMV is CUDA-only and needs a GPU to time"})
     extra = {"quick": quick, "mse": mse_results(16 if quick else 18, 16) if mse else []}
     if ppl_json:
         with open(ppl_json) as f:
