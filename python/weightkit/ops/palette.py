@@ -127,9 +127,9 @@ def tcq_dequantize(packed: torch.Tensor, scales: torch.Tensor, in_features: int,
 
 def tcq_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int, L: int,
                bits_per_step: int, values_per_step: int) -> torch.Tensor:
-    """y (..., rows) = x (..., in_features)·Wᵀ in x's dtype, W as tcq_dequantize gives it. On CUDA
-    up to 16 tokens decode the trellis in registers (fp32 accumulation); more tokens, and every
-    call on the CPU, decode W once and call GEMM."""
+    """y (..., rows) = x (..., in_features)·Wᵀ in x's dtype, W as tcq_dequantize gives it. Up to 16
+    tokens decode the trellis in registers (CPU: AVX2 or scalar; CUDA), with fp32 accumulation;
+    more tokens decode W once and call GEMM (``WEIGHTKIT_PALETTE_PATH=gemv|dense`` forces one)."""
     return torch.ops.weightkit.tcq_matmul(x, packed, scales, int(in_features), int(L), int(bits_per_step),
                                           int(values_per_step))
 
