@@ -193,3 +193,24 @@ def test_smollm2_perplexity_on_a_short_slice(smollm2):
     assert torch.equal(tokens, data.eval_tokens(tokenizer, n_tokens=512)[:384])
     ppl = perplexity(model, tokens, ctx=128)
     assert math.isfinite(ppl) and 2 < ppl < 60
+
+
+def test_gguf_parsed_once_memoizes_and_restores(tmp_path):
+    gguf = pytest.importorskip("gguf", reason="needs gguf: pip install gguf")
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", torch.ones(4, 3).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    cls, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with data._gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first  # one parse per file
+        assert first.tensors[0].name == "token_embd.weight"
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert gguf.GGUFReader is cls and gguf.get_tensor_name_map is name_map
+    assert gguf.GGUFReader(path) is not first

@@ -2,9 +2,9 @@
 // tcq.h, never written to memory (decode + GEMM wrote and re-read a dense fp32 W: 98 ms at 4096²
 // on the 2-core EPYC, 17x a plain fp32 GEMV).
 //
-// code(s, v) = (bytesum(s * mul_v + add_v) - 510) / 147.8 (tcq.h), so a row's dot product is
-//     y[t][r] = scale_r / 147.8 * sum_step sum_v d(s_step, v) * x[t][step * V + v]
-// with d = bytesum - 510 an exact small integer; the division and the scale come once per output.
+// code(s, v) = code_offset(s, v) / 147.8 (tcq.h), so a row's dot product is
+//     y[t][r] = scale_r / 147.8 * sum_step sum_v code_offset(s_step, v) * x[t][step * V + v]
+// with code_offset an exact small integer; the division and the scale come once per output.
 //
 // AVX2: 8 rows at once, one per 32-bit lane. All rows read their state at the same stream bit,
 // so the shift amounts are uniform: each row's 64-bit window (words w, w + 1, MSB first) sits in
@@ -28,15 +28,6 @@ namespace {
 
 constexpr int kRowsPerGroup = 8;
 constexpr int kMaxChunk = 8;  // tokens per pass over a row group
-constexpr uint32_t kMul[2] = {34038481u, 2654435761u};
-constexpr uint32_t kAdd[2] = {76625530u, 2246822519u};
-constexpr float kInvStd = 1.0f / 147.8f;
-
-// d(s, v) = bytesum(s * mul_v + add_v) - 510, as code_value() before its scaling.
-inline int code_offset(uint32_t state, int v) {
-  const uint32_t x = state * kMul[v] + kAdd[v];
-  return static_cast<int>((x & 255u) + ((x >> 8) & 255u) + ((x >> 16) & 255u) + (x >> 24)) - 510;
-}
 
 void gemv_rows_scalar(const float* x, int64_t T, const int32_t* packed, int64_t r0, int64_t r1, int64_t steps,
                       int L, int kb, int V, const float* scales, float* y, int64_t rows) {
@@ -53,7 +44,7 @@ void gemv_rows_scalar(const float* x, int64_t T, const int32_t* packed, int64_t 
           for (int64_t k = 0; k < nt; ++k) acc[k] += d * x[(t0 + k) * in + s * V + v];
         }
       }
-      for (int64_t k = 0; k < nt; ++k) y[(t0 + k) * rows + r] = acc[k] * kInvStd * scales[r];
+      for (int64_t k = 0; k < nt; ++k) y[(t0 + k) * rows + r] = acc[k] * kCodeScale * scales[r];
     }
   }
 }
@@ -79,7 +70,7 @@ struct GroupCtx {
   __m128i shift_lo, shift_hi;
 };
 
-// One step s of 8 rows: set[k] += d(state, v) * x[k][s * V + v] for every v. `lo` / `hi` hold the
+// One step s of 8 rows: set[k] += code_offset(state, v) * x[k][s * V + v] for every v. `lo` / `hi` hold the
 // windows of word `loaded`, refreshed when the step's bit moves to the next word.
 template <int NT, int V>
 WK_AVX2 WK_INLINE void step_avx2(const GroupCtx& c, int64_t s, __m256* set, int64_t& loaded, __m256i& lo, __m256i& hi) {
@@ -97,8 +88,8 @@ WK_AVX2 WK_INLINE void step_avx2(const GroupCtx& c, int64_t s, __m256* set, int6
   const __m256i state = _mm256_blend_epi32(a, b, 0xAA);
   const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1), c510 = _mm256_set1_epi32(510);
   for (int v = 0; v < V; ++v) {
-    const __m256i h = _mm256_add_epi32(_mm256_mullo_epi32(state, _mm256_set1_epi32(static_cast<int>(kMul[v]))),
-                                       _mm256_set1_epi32(static_cast<int>(kAdd[v])));
+    const __m256i h = _mm256_add_epi32(_mm256_mullo_epi32(state, _mm256_set1_epi32(static_cast<int>(code_mul(v)))),
+                                       _mm256_set1_epi32(static_cast<int>(code_add(v))));
     const __m256i bytesum = _mm256_madd_epi16(_mm256_maddubs_epi16(h, ones8), ones16);
     const __m256 d = _mm256_cvtepi32_ps(_mm256_sub_epi32(bytesum, c510));
     const float* xs = c.x + s * V + v;
@@ -106,7 +97,7 @@ WK_AVX2 WK_INLINE void step_avx2(const GroupCtx& c, int64_t s, __m256* set, int6
   }
 }
 
-// out[k] (lane order r0 r4 r1 r5 r2 r6 r3 r7) = sum over steps of d(state, v) x[k][step * V + v].
+// out[k] (lane order r0 r4 r1 r5 r2 r6 r3 r7) = sum over steps of code_offset(state, v) x[k][step * V + v].
 template <int NT, int V>
 WK_AVX2 void group_avx2(const float* x, int64_t in, const uint32_t* const* row, int64_t steps, int L, int kb,
                         __m256* out) {
@@ -164,7 +155,7 @@ WK_AVX2 void gemv_rows_avx2(const float* x, int64_t T, const int32_t* packed, in
         alignas(32) float lanes[8];
         _mm256_store_ps(lanes, acc[k]);
         for (int j = 0; j < kRowsPerGroup && r0 + j < rows; ++j)
-          y[(t0 + k) * rows + r0 + j] = lanes[kLane[j]] * kInvStd * scales[r0 + j];
+          y[(t0 + k) * rows + r0 + j] = lanes[kLane[j]] * kCodeScale * scales[r0 + j];
       }
     }
   }

@@ -23,13 +23,17 @@ namespace weightkit::tcq {
 // QTIP's "1MAD" computed Gaussian: one multiply-add on the state, then the sum of the four bytes
 // (mean 510, standard deviation 147.8 for uniform bytes). Value v of a step uses its own
 // multiplier, so pairs (V = 2) get two nearly independent values.
-WK_HD float code_value(uint32_t state, int v) {
-  const uint32_t mul = v == 0 ? 34038481u : 2654435761u;
-  const uint32_t add = v == 0 ? 76625530u : 2246822519u;
-  const uint32_t x = state * mul + add;
-  const uint32_t s = (x & 255u) + ((x >> 8) & 255u) + ((x >> 16) & 255u) + (x >> 24);
-  return (static_cast<float>(s) - 510.0f) * (1.0f / 147.8f);
+WK_HD uint32_t code_mul(int v) { return v == 0 ? 34038481u : 2654435761u; }
+WK_HD uint32_t code_add(int v) { return v == 0 ? 76625530u : 2246822519u; }
+constexpr float kCodeScale = 1.0f / 147.8f;
+
+// The byte sum minus its mean: code_value before the scaling, an exact integer in [-510, 510].
+WK_HD int code_offset(uint32_t state, int v) {
+  const uint32_t x = state * code_mul(v) + code_add(v);
+  return static_cast<int>((x & 255u) + ((x >> 8) & 255u) + ((x >> 16) & 255u) + (x >> 24)) - 510;
 }
+
+WK_HD float code_value(uint32_t state, int v) { return static_cast<float>(code_offset(state, v)) * kCodeScale; }
 
 WK_HD int64_t stream_bits(int64_t steps, int L, int kb) { return steps > 0 ? L + kb * (steps - 1) : 0; }
 WK_HD int64_t tcq_words(int64_t steps, int L, int kb) { return (stream_bits(steps, L, kb) + 31) / 32 + 1; }

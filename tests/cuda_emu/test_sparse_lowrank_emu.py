@@ -132,16 +132,22 @@ def test_spmm_matches_dense(lib, widths, dtype, T):
         assert (YT[row_ptr.diff() == 0] == 0).all()  # empty rows are written, with zeros
 
 
+def cpu_op_case(rows: int, cols: int, T: int, seed: int, widths, dtype):
+    """(row_ptr, col_idx, values, x (T, cols), A, B) for the CPU ops with a zero low-rank part (A = B
+    = 0), which leaves only the sparse product; indices in ``widths``, tensors in ``dtype``."""
+    row_ptr, col_idx = make_support(rows, cols, seed=seed)
+    values = torch.randn(col_idx.numel()).to(dtype)
+    x = torch.randn(T, cols).to(dtype)
+    A, B = torch.zeros(1, cols, dtype=dtype), torch.zeros(rows, 1, dtype=dtype)
+    return row_ptr.to(widths[0]), col_idx.to(widths[1]), values, x, A, B
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_spmm_matches_cpu_sl_linear(lib, dtype):
     # sl_linear with a zero low-rank part (A = B = 0) is x S^T: the CPU sparse kernel on the same
     # support, token-major; the CUDA glue feeds spmm with x^T.
     rows, cols, T = 37, 29, 33
-    row_ptr, col_idx = make_support(rows, cols, seed=5)
-    rp, ci = row_ptr.int(), col_idx.short()
-    values = torch.randn(col_idx.numel()).to(dtype)
-    x = torch.randn(T, cols).to(dtype)
-    A, B = torch.zeros(1, cols, dtype=dtype), torch.zeros(rows, 1, dtype=dtype)
+    rp, ci, values, x, A, B = cpu_op_case(rows, cols, T, 5, (torch.int32, torch.int16), dtype)
     ref = torch.ops.weightkit.sl_linear(x, A, B, values, rp, ci, None, 0.0)
     YT = run_spmm(lib, rp, ci, (torch.int32, torch.int16), values.float(), cols, x.t().contiguous())
     tol = 1e-5 if dtype == torch.float32 else 1e-2  # the CPU op rounds y to x's dtype
@@ -214,11 +220,8 @@ def test_spmm_t_accumulates_and_any_schedule(lib):
 def test_spmm_t_matches_cpu_backward(lib, dtype):
     # grad_x of sl_linear with A = B = 0 is g S: the CPU sparse backward on the same support.
     rows, cols, T = 13, 70, 33
-    row_ptr, col_idx = make_support(rows, cols, seed=7)
-    rp, ci = row_ptr.long(), col_idx.int()
-    values = torch.randn(col_idx.numel()).to(dtype)
-    x, g = torch.randn(T, cols).to(dtype), torch.randn(T, rows).to(dtype)
-    A, B = torch.zeros(1, cols, dtype=dtype), torch.zeros(rows, 1, dtype=dtype)
+    rp, ci, values, x, A, B = cpu_op_case(rows, cols, T, 7, (torch.int64, torch.int32), dtype)
+    g = torch.randn(T, rows).to(dtype)
     gx = torch.ops.weightkit.sl_linear_backward(g, x, A, B, values, rp, ci, 0.0, [True, False, False, False])[0]
     ZT = run_spmm_t(lib, rp, ci, (torch.int64, torch.int32), values.float(), cols, g.t().contiguous())
     tol = 1e-5 if dtype == torch.float32 else 1e-2
