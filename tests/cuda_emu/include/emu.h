@@ -157,7 +157,6 @@ struct State {
   cudaError_t last_error = cudaSuccess;
   std::map<const void*, int> max_dynamic_smem;  // cudaFuncSetAttribute opt-ins
   uint64_t seed = 0x9e3779b97f4a7c15ull;         // thread schedule order (see run_block)
-  int64_t launches = 0;
 };
 inline State& state() {
   static State s;
@@ -184,8 +183,8 @@ inline void reset() {
 }
 
 // ------------------------------------------------------------------ fibers
-// The threads of a block are fibers on one OS thread (fiber_switch.S swaps stacks in a few
-// nanoseconds); a fiber runs until it waits at a barrier or exits.
+// The threads of a block are fibers on one OS thread (runtime.cpp's wk_emu_switch swaps stacks in
+// a few nanoseconds); a fiber runs until it waits at a barrier or exits.
 extern "C" void wk_emu_switch(void** save_sp, void* load_sp);
 
 struct Barrier;
@@ -381,7 +380,6 @@ inline void fiber_entry() {
 template <class... P, class... A>
 void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&... args) {
   State& s = state();
-  ++s.launches;
   const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
   auto bad = [&](const std::string& why) {
     s.last_error = cudaErrorInvalidConfiguration;
