@@ -31,7 +31,7 @@ ROOT = HERE.parents[1]
 CSRC = ROOT / "csrc"
 
 _LAUNCH = re.compile(r"(?P<name>[A-Za-z_][\w:]*(?:<[^<>;(){}]*>)?)\s*<<<(?P<cfg>.*?)>>>\s*\((?P<empty>\s*\))?", re.S)
-_SHARED = re.compile(r"__shared__\s+(?P<decl>[^;()]*?\b(?P<name>\w+)\s*(?:\[[^\]]*\]\s*)+);")
+_SHARED = re.compile(r"__shared__\s+(?P<decl>(?:__align__\(\d+\)\s+)?[^;()]*?\b(?P<name>\w+)\s*(?:\[[^\]]*\]\s*)+);")
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?(?P<type>\w+)\s+(?P<name>\w+)\s*\[\s*\]\s*;")
 
 
@@ -47,8 +47,8 @@ def emulated_source(cu: str) -> str:
     out = _EXTERN_SHARED.sub(lambda m: f"{m['type']}* {m['name']} = static_cast<{m['type']}*>(::emu::dynamic_shared());",
                              out)
     out = _SHARED.sub(lambda m: f"__shared__ {m['decl']}; ::emu::poison_shared({m['name']}, sizeof({m['name']}));", out)
-    if "<<<" in out or "extern __shared__" in out:
-        raise RuntimeError("cuda_emu: a launch or extern __shared__ array was not rewritten")
+    if "<<<" in out or "extern __shared__" in out or re.search(r"__shared__(?![^;\n]*; ::emu::poison_shared)", out):
+        raise RuntimeError("cuda_emu: a launch or __shared__ array was not rewritten")
     return out
 
 
@@ -81,7 +81,7 @@ def load(family: str, source: Path | None = None) -> ctypes.CDLL:
     headers = sorted((HERE / "include").glob("*.h")) + sorted((HERE / "drivers").glob("*.h")) + sorted(CSRC.glob("*/*.h")) + sorted(CSRC.glob("*/*.cuh"))
     digest = hashlib.sha256()
     runtime = HERE / "runtime.cpp"
-    for text in [cu, driver.read_text(), runtime.read_text()] + [h.read_text() for h in headers]:
+    for text in [cu, driver.read_text(), runtime.read_text(), Path(__file__).read_text()] + [h.read_text() for h in headers]:
         digest.update(text.encode())
     build = Path(os.environ.get("WEIGHTKIT_EMU_BUILD", Path(tempfile.gettempdir()) / "weightkit-cuda-emu"))
     build.mkdir(parents=True, exist_ok=True)
@@ -96,10 +96,11 @@ def load(family: str, source: Path | None = None) -> ctypes.CDLL:
         src = work / "kernels_emu.cpp"
         src.write_text(f'#line 1 "{source}"\n' + emulated_source(cu))
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        # Sanitizer checks are compiled in, but the handlers are runtime.cpp's (no libubsan):
-        # compile each file, then link without -fsanitize.
+        # Sanitizer checks are compiled in, but the handlers are runtime.cpp's (no libubsan or
+        # libtsan; the thread sanitizer's hooks become the race detector): compile each file,
+        # then link without -fsanitize.
         flags = ["-std=c++20", "-O1", "-g", "-fPIC", "-pthread", "-w", f"-I{HERE / 'include'}", f"-I{work}", f"-I{CSRC}"]
-        checked = ["-fsanitize=alignment,bounds,shift,integer-divide-by-zero", "-fno-sanitize-recover=all"]
+        checked = ["-fsanitize=thread,alignment,bounds,shift,integer-divide-by-zero", "-fsanitize-recover=all"]
         objs = []
         for i, (path, extra) in enumerate([(src, checked), (driver, []), (runtime, [])]):
             obj = work / f"{i}.o"
@@ -110,8 +111,25 @@ def load(family: str, source: Path | None = None) -> ctypes.CDLL:
         tmp.replace(lib)
     handle = ctypes.CDLL(str(lib))
     handle.emu_failure.restype = ctypes.c_char_p
+    handle.emu_source = str(source)
     _LOADED[family] = handle
     return handle
+
+
+def _source_lines(lib: ctypes.CDLL, msg: str) -> str:
+    """``msg`` with each "pc 0x..." (an offset in the library) followed by its kernel source line."""
+    tool = shutil.which("addr2line")
+    if tool is None:
+        return msg
+
+    def resolve(m):
+        res = subprocess.run([tool, "-e", lib._name, "-i", m[1]], capture_output=True, text=True)
+        lines = [ln.split(" (discriminator")[0] for ln in res.stdout.splitlines() if not ln.startswith("??")]
+        kernel = [ln for ln in lines if "/cuda_emu/include/" not in ln and "/cuda_emu/runtime" not in ln]
+        # GCC's line table names the rewritten copy (same line numbers): name the original.
+        return f"{m[0]} ({re.sub(r'^.*/kernels_emu[.]cpp', lib.emu_source, (kernel or lines or ['?'])[0])})"
+
+    return re.sub(r"pc (0x[0-9a-f]+)", resolve, msg)
 
 
 def check(lib: ctypes.CDLL) -> None:
@@ -119,7 +137,7 @@ def check(lib: ctypes.CDLL) -> None:
     msg = lib.emu_failure().decode()
     lib.emu_reset()
     if msg:
-        raise AssertionError(f"emulated CUDA failure: {msg}")
+        raise AssertionError(f"emulated CUDA failure: {_source_lines(lib, msg)}")
 
 
 _PAGE = mmap.PAGESIZE

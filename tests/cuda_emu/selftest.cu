@@ -58,8 +58,18 @@ __global__ void first_block_fills_kernel(float* out) {
   out[blockIdx.x * 32 + threadIdx.x] = table[threadIdx.x];
 }
 
+// out[0] += 1 from every thread of two blocks, atomically or not.
+__global__ void sum_all_kernel(float* out, bool atomic) {
+  if (atomic) {
+    atomicAdd(out, 1.f);
+  } else {
+    out[0] += 1.f;
+  }
+}
+
 }  // namespace
 
+void launch_sum_all(float* out, bool atomic) { sum_all_kernel<<<2, 32>>>(out, atomic); }
 void launch_first_block_fills(float* out, int blocks) { first_block_fills_kernel<<<blocks, 32>>>(out); }
 void launch_shared_overrun(float* out, int offset) { shared_overrun_kernel<<<1, 32>>>(out, offset); }
 void launch_vector_load(const float* in, float* out, int offset) { vector_load_kernel<<<1, 32>>>(in, out, offset); }

@@ -1,5 +1,5 @@
 """The CUDA emulator itself: it runs correct kernels correctly and reports the defects it is
-meant to catch (a missing barrier, a shuffle with an exited lane, a deadlock, a bad launch,
+meant to catch (a missing barrier or atomic, a shuffle with an exited lane, a deadlock, a bad launch,
 shared memory carried over from another block, a shared-array overrun, a misaligned vector load, an access past the end of a buffer)."""
 
 import ctypes
@@ -31,15 +31,26 @@ def test_barrier_orders_shared_memory(lib):
         np.testing.assert_array_equal(y, x[:, ::-1])
 
 
-def test_missing_barrier_gives_wrong_results(lib):
-    # Threads resume in a shuffled order, so without the barrier some read a slot not yet written.
+def test_missing_barrier_is_reported_as_a_race(lib):
+    # Each thread writes its slot and reads its mirror's: without the barrier the race detector
+    # sees a read and a write of one shared word by two threads with no barrier between.
     x = guarded((1, 64), np.float32)
-    x[...] = np.arange(64, dtype=np.float32) + 1000
-    lib.emu_set_seed(ctypes.c_ulonglong(7))
     y = guarded((1, 64), np.float32, np.nan)
     lib.st_reverse(ptr(x), ptr(y), 1, 0)
+    with pytest.raises(AssertionError, match=r"data race at address .* block 0 thread \d+ (reads|writes) at pc "
+                                             r"0x[0-9a-f]+ \(.*selftest.cu:1[45]\) after block 0 thread \d+"):
+        harness.check(lib)
+
+
+def test_missing_atomic_is_reported_as_a_race(lib):
+    # Every thread of two blocks adds into out[0]: fine with atomicAdd, a race with a plain +=.
+    y = guarded((1,), np.float32, 0.0)
+    lib.st_sum_all(ptr(y), 1)
     harness.check(lib)
-    assert (y != x[:, ::-1]).sum() > 8
+    assert y[0] == 64.0
+    lib.st_sum_all(ptr(y), 0)
+    with pytest.raises(AssertionError, match=r"data race .*selftest.cu"):
+        harness.check(lib)
 
 
 def test_warp_shuffle_sums(lib):

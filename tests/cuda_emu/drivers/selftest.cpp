@@ -7,6 +7,7 @@ void launch_deadlock(float* out);
 void launch_too_many_threads(float* out);
 void launch_shared_overrun(float* out, int offset);
 void launch_first_block_fills(float* out, int blocks);
+void launch_sum_all(float* out, bool atomic);
 void launch_vector_load(const float* in, float* out, int offset);
 
 extern "C" {
@@ -17,5 +18,6 @@ void st_too_many_threads(float* out) { launch_too_many_threads(out); }
 void st_shared_overrun(float* out, int offset) { launch_shared_overrun(out, offset); }
 void st_vector_load(const float* in, float* out, int offset) { launch_vector_load(in, out, offset); }
 void st_first_block_fills(float* out, int blocks) { launch_first_block_fills(out, blocks); }
+void st_sum_all(float* out, int atomic) { launch_sum_all(out, atomic != 0); }
 int st_last_error() { return static_cast<int>(cudaGetLastError()); }
 }

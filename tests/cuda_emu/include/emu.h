@@ -197,6 +197,11 @@ struct Fiber {
   bool done = false;
   const Barrier* waiting = nullptr;
   uint64_t wait_gen = 0;
+  // Race detection (runtime.cpp): barriers this thread has passed, block-wide and warp-wide, and
+  // how deep it is in emulator code (whose accesses are not the kernel's).
+  uint32_t epoch = 0;
+  uint32_t warp_epoch = 0;
+  int internal = 0;
 };
 
 struct Warp;
@@ -208,6 +213,22 @@ inline Block* g_block = nullptr;
 
 inline void yield_to_scheduler() { wk_emu_switch(&g_current->sp, g_scheduler_sp); }
 
+// Marks emulator code run inside a thread (barrier bookkeeping, shuffle slots): the race detector
+// ignores its memory accesses.
+#define WK_EMU_UNTRACKED __attribute__((no_sanitize_thread))  // the counter itself is emulator state
+struct Internal {
+  WK_EMU_UNTRACKED Internal() { ++g_current->internal; }
+  WK_EMU_UNTRACKED ~Internal() { --g_current->internal; }
+  Internal(const Internal&) = delete;
+  Internal& operator=(const Internal&) = delete;
+};
+
+// The race detector (runtime.cpp): forget every access (a new launch) or those to one range (a
+// block's shared memory, fresh on a GPU); the fiber stacks, which it never tracks.
+void race_reset_all();
+void race_reset_range(const void* p, size_t bytes);
+void race_ignore_range(const void* p, size_t bytes);
+
 // A barrier of the live threads of a block or warp: exited threads leave it (as on Volta+).
 struct Barrier {
   int n;
@@ -215,6 +236,7 @@ struct Barrier {
   uint64_t gen = 0;
   explicit Barrier(int n_) : n(n_) {}
   void arrive_and_wait() {
+    const Internal scope;
     if (++arrived == n) {
       arrived = 0;
       ++gen;
@@ -266,10 +288,12 @@ inline void* dynamic_shared() { return g_block->dynamic_smem.data(); }
 // the previous block's values. The first thread of a block to reach its declaration fills it
 // with 0xff (NaN for floats), before any thread of the block can have written it.
 inline void poison_shared(void* p, size_t bytes) {
+  const Internal scope;
   auto& seen = g_block->poisoned;
   if (std::find(seen.begin(), seen.end(), p) != seen.end()) return;
   seen.push_back(p);
   std::memset(p, 0xff, bytes);
+  race_reset_range(p, bytes);
 }
 
 inline std::string hex(unsigned v) {
@@ -281,6 +305,7 @@ inline std::string hex(unsigned v) {
 // Every lane the mask names must be alive and every live lane named: the emulated warp barrier
 // waits for all live lanes, so a partial mask would deadlock or mix unrelated exchanges.
 inline void check_mask(const char* fn, unsigned mask) {
+  const Internal scope;
   const Warp& w = my_warp();
   for (int i = 0; i < 32; ++i) {
     const bool named = (mask >> i) & 1u, live = !w.exited[i];
@@ -292,6 +317,7 @@ inline void check_mask(const char* fn, unsigned mask) {
 template <class T>
 T exchange(const char* fn, unsigned mask, T v, int src) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "shuffle of a type wider than 8 bytes");
+  const Internal scope;
   check_mask(fn, mask);
   Warp& w = my_warp();
   const int ph = w.phase, lane = my_lane();
@@ -306,6 +332,7 @@ T exchange(const char* fn, unsigned mask, T v, int src) {
     if (w.slot_gen[ph][src] != gen) fail(std::string(fn) + ": reads lane " + std::to_string(src) + ", which did not take part");
     std::memcpy(&r, &w.slot[ph][src], sizeof(T));
   }
+  ++g_current->warp_epoch;
   return r;
 }
 
@@ -330,9 +357,10 @@ inline void run_block(Block& blk, std::vector<Fiber>& fibers) {
       live = true;
       if (f.waiting != nullptr && f.waiting->gen == f.wait_gen) continue;
       f.waiting = nullptr;
-      g_current = &f;
+      g_current = nullptr;  // the scheduler's own writes are not a thread's
       const unsigned t = static_cast<unsigned>(f.tid);
       threadIdx = {t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y)};
+      g_current = &f;
       wk_emu_switch(&g_scheduler_sp, f.sp);
       ran = true;
       if (s.failed) return;
@@ -348,11 +376,14 @@ inline void run_block(Block& blk, std::vector<Fiber>& fibers) {
   }
 }
 
+// One mapping of n stacks (each with a guard page at its low end), untracked by the race detector.
 struct Stacks {
   static constexpr size_t kBytes = 256 * 1024;
-  std::vector<char*> mem;
+  char* base = nullptr;
+  size_t total = 0;
   explicit Stacks(int n);
   ~Stacks();
+  char* stack(int i) const { return base + static_cast<size_t>(i) * kBytes; }
 };
 
 void* prepare_stack(Fiber& f, void (*entry)());
@@ -360,7 +391,7 @@ void* prepare_stack(Fiber& f, void (*entry)());
 // --------------------------------------------------------------- launch
 inline std::function<void()>* g_body = nullptr;
 
-inline void fiber_entry() {
+WK_EMU_UNTRACKED inline void fiber_entry() {
   Fiber* f = g_current;
   try {
     (*g_body)();
@@ -368,6 +399,7 @@ inline void fiber_entry() {
   } catch (...) {
     record_failure("an exception escaped an emulated thread");
   }
+  ++f->internal;
   f->done = true;
   Warp& w = my_warp();
   w.exited[my_lane()] = true;
@@ -396,6 +428,7 @@ void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&
 
   // Arguments are converted to the parameter types once and passed by value, as CUDA does.
   const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
+  race_reset_all();  // launches on one stream are ordered
   std::function<void()> body = [&] { std::apply(kernel, params); };
   g_body = &body;
   const int n = static_cast<int>(threads);
@@ -405,10 +438,11 @@ void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         Block blk(n);
         blk.dynamic_smem.assign(smem, 0xff);
+        race_reset_range(blk.dynamic_smem.data(), smem);
         std::vector<Fiber> fibers(n);
         for (int t = 0; t < n; ++t) {
           fibers[t].tid = t;
-          fibers[t].stack = stacks.mem[t];
+          fibers[t].stack = stacks.stack(t);
           fibers[t].stack_bytes = Stacks::kBytes;
           fibers[t].sp = prepare_stack(fibers[t], &fiber_entry);
         }
@@ -450,10 +484,16 @@ inline Launch launch(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = null
 }  // namespace emu
 
 // ------------------------------------------------------------------ device intrinsics
-inline void __syncthreads() { emu::g_block->bar.arrive_and_wait(); }
+inline void __syncthreads() {
+  emu::g_block->bar.arrive_and_wait();
+  const emu::Internal scope;
+  ++emu::g_current->epoch;
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   emu::check_mask("__syncwarp", mask);
   emu::my_warp().bar.arrive_and_wait();
+  const emu::Internal scope;
+  ++emu::g_current->warp_epoch;
 }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 [[noreturn]] inline void __trap() { emu::fail("__trap() executed"); }
