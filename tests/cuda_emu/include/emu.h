@@ -13,14 +13,13 @@
 // It reports what the hardware would reject or leave undefined: launch limits (grid, block,
 // dynamic shared memory without the opt-in attribute), shuffles with a partial mask or a lane
 // that has exited, barriers that can never complete (a deadlock, found by the scheduler instead of
-// hanging), misaligned wmma tiles; with harness.py's sanitizer flags also misaligned vector
-// loads, shared/local array overruns and bad shifts (runtime.cpp's handlers). A failure aborts
-// the launch and is returned by emu::last_failure(); cudaGetLastError() reports invalid launch
-// configurations as CUDA does.
+// hanging), misaligned wmma tiles; with harness.py's sanitizer flags also data races (accesses
+// by two threads with no barrier or atomics between), misaligned vector loads, shared/local array
+// overruns and bad shifts (runtime.cpp's hooks). A failure aborts the launch and is returned by
+// emu::last_failure(); cudaGetLastError() reports invalid launch configurations as CUDA does.
 //
-// What it does not model: timing, coalescing, FMA contraction (x86-64 without -mfma never fuses),
-// missing atomics (fibers switch only at barriers and shuffles, so a plain read-modify-write never
-// interleaves). wmma fragments hold the whole tile in every lane (the real per-lane layout is
+// What it does not model: timing, coalescing, FMA contraction (x86-64 without -mfma never fuses).
+// wmma fragments hold the whole tile in every lane (the real per-lane layout is
 // unspecified; the kernels only use fill/load/mma/store, which do not depend on it).
 #pragma once
 
