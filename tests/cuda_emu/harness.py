@@ -2,9 +2,11 @@
 
 ``load(family)`` rewrites the two constructs C++ cannot parse (``kernel<<<grid, block, smem,
 stream>>>(args)`` launches and ``extern __shared__`` arrays) and has static ``__shared__`` arrays
-poisoned per block, compiles the result with g++ together
-with ``drivers/<family>.cpp`` (``extern "C"`` entry points over the launchers of ``kernels.cuh``)
-into a shared library, and returns it through ctypes. Builds are cached per source hash.
+poisoned per block, compiles the result with g++ (instrumented by the thread and undefined-behaviour
+sanitizers, whose hooks ``runtime.cpp`` implements as the race and UB checks) together with
+``drivers/<family>.cpp`` (``extern "C"`` entry points over the launchers of ``kernels.cuh``) into a
+shared library, and returns it through ctypes. Builds are cached per source hash.
+``check(lib)`` raises with the emulator's report, kernel source lines included.
 
 ``guarded(shape, dtype, fill)`` returns a numpy array whose last byte sits right before an
 inaccessible page, so a kernel that reads or writes past the end crashes instead of passing.
@@ -47,7 +49,8 @@ def emulated_source(cu: str) -> str:
     out = _EXTERN_SHARED.sub(lambda m: f"{m['type']}* {m['name']} = static_cast<{m['type']}*>(::emu::dynamic_shared());",
                              out)
     out = _SHARED.sub(lambda m: f"__shared__ {m['decl']}; ::emu::poison_shared({m['name']}, sizeof({m['name']}));", out)
-    if "<<<" in out or "extern __shared__" in out or re.search(r"__shared__(?![^;\n]*; ::emu::poison_shared)", out):
+    code = "\n".join(line.split("//")[0] for line in out.splitlines())  # comments may name them
+    if "<<<" in code or "extern __shared__" in code or re.search(r"__shared__(?![^;\n]*; ::emu::poison_shared)", code):
         raise RuntimeError("cuda_emu: a launch or __shared__ array was not rewritten")
     return out
 
