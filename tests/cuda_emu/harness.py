@@ -146,7 +146,9 @@ def check(lib: ctypes.CDLL) -> None:
 _PAGE = mmap.PAGESIZE
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_KEEP: list = []  # the mappings stay alive as long as the arrays (tests are short-lived)
+# Every mapping stays alive for the session: tests pass ptr(device_copy(t)), a pointer into an
+# array that is garbage before the kernel runs.
+_KEEP: list = []
 
 
 def guarded(shape, dtype, fill=None) -> np.ndarray:

@@ -58,9 +58,8 @@ Stacks::~Stacks() { munmap(base, total); }
 
 // The new stack, top down: a zero return address for entry (at 8 mod 16, as after a call), entry
 // itself for wk_emu_switch's ret, six zeroed registers, then the caller's FP control words.
-void* prepare_stack(Fiber& f, void (*entry)()) {
-  auto top = reinterpret_cast<uintptr_t>(f.stack + f.stack_bytes) & ~uintptr_t{15};
-  auto* sp = reinterpret_cast<uint64_t*>(top);
+void* prepare_stack(char* top, void (*entry)()) {
+  auto* sp = reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(top) & ~uintptr_t{15});
   *--sp = 0;
   *--sp = reinterpret_cast<uint64_t>(entry);
   for (int i = 0; i < 6; ++i) *--sp = 0;

@@ -190,8 +190,6 @@ struct Barrier;
 
 struct Fiber {
   void* sp = nullptr;
-  char* stack = nullptr;  // lowest address; the first page is a guard page
-  size_t stack_bytes = 0;
   int tid = 0;
   bool done = false;
   const Barrier* waiting = nullptr;
@@ -256,13 +254,12 @@ struct Barrier {
 };
 
 struct Warp {
-  explicit Warp(int size_) : bar(size_), size(size_) {
+  explicit Warp(int size_) : bar(size_) {
     for (int i = 0; i < 32; ++i) exited[i] = i >= size_;
     for (auto& g : slot_gen)
       for (uint64_t& v : g) v = ~uint64_t{0};
   }
   Barrier bar;
-  int size;
   uint64_t slot[2][32] = {};  // shuffle values, double-buffered so one barrier per exchange suffices
   uint64_t slot_gen[2][32];   // the barrier generation each slot was written in
   int phase = 0;
@@ -385,7 +382,8 @@ struct Stacks {
   char* stack(int i) const { return base + static_cast<size_t>(i) * kBytes; }
 };
 
-void* prepare_stack(Fiber& f, void (*entry)());
+// The initial stack pointer of a fiber whose stack ends at `top`: it starts in `entry`.
+void* prepare_stack(char* top, void (*entry)());
 
 // --------------------------------------------------------------- launch
 inline std::function<void()>* g_body = nullptr;
@@ -441,9 +439,7 @@ void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&
         std::vector<Fiber> fibers(n);
         for (int t = 0; t < n; ++t) {
           fibers[t].tid = t;
-          fibers[t].stack = stacks.stack(t);
-          fibers[t].stack_bytes = Stacks::kBytes;
-          fibers[t].sp = prepare_stack(fibers[t], &fiber_entry);
+          fibers[t].sp = prepare_stack(stacks.stack(t) + Stacks::kBytes, &fiber_entry);
         }
         g_block = &blk;
         blockIdx = {bx, by, bz};
