@@ -1,10 +1,11 @@
 """Post-training weight quantization: PTQTP trit-planes, the palette quantizers (Hadamard rotation
 + scalar / 2-D VQ / trellis codebooks), layer-wise bit allocation, and the baselines reported
-beside them."""
+beside them; saving a quantized model and loading it back."""
 
 from weightkit.quant import allocation, codebooks, palette
 from weightkit.quant.baselines import rtn_int, rtn_ternary, twn
 from weightkit.quant.quantize import DEFAULT_SKIP, METHODS, LayerReport, QuantReport, quantize_model
+from weightkit.quant.serialize import load_quantized, save_quantized
 
 __all__ = [
     "DEFAULT_SKIP",
@@ -13,9 +14,11 @@ __all__ = [
     "QuantReport",
     "allocation",
     "codebooks",
+    "load_quantized",
     "palette",
     "quantize_model",
     "rtn_int",
     "rtn_ternary",
+    "save_quantized",
     "twn",
 ]
