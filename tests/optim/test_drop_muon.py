@@ -87,6 +87,27 @@ def test_compiled_model_matches_eager():
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
 
 
+def test_drop_step_renews_the_parameter_dicts_it_froze():
+    """torch 2.11's torch.compile reused a graph compiled with blocks frozen after they were
+    unfrozen (test_compiled_model_matches_eager fails there without this); the torch CI runs has
+    that fixed, so this checks the workaround itself: every module of a frozen block gets a new,
+    equal parameter dict on entry and on exit, and the model's parameter order is unchanged."""
+    torch.manual_seed(0)
+    model = TinyGPT()
+    names = [n for n, _ in model.named_parameters()]
+    opt = wk.optim.Muon(model, drop=wk.optim.DropSchedule(seed=5))
+    modules = [m for block in model.blocks for m in block.modules()]
+    before = [(m._parameters, dict(m._parameters)) for m in modules]
+    with opt.drop_step(model) as s:
+        assert s >= 1  # seed 5 freezes block 0 first (test_compiled_model_matches_eager's first start)
+        inside = [m._parameters for m in modules]
+    frozen = [m for block in model.blocks[:s] for m in block.modules()]
+    for m, (old, copy_), new in zip(modules, before, inside):
+        assert (new is not old) == (m in frozen) and m._parameters == copy_
+        assert m._parameters is not new or m not in frozen
+    assert [n for n, _ in model.named_parameters()] == names
+
+
 def test_drop_errors():
     model = TinyGPT()
     with pytest.raises(RuntimeError, match=r"weightkit.optim.Muon.drop_step: construct Muon with drop="):

@@ -83,3 +83,18 @@ def find_blocks(model: nn.Module) -> list[nn.Module]:
             "same-type modules); pass them: DropSchedule(blocks=[...]) or drop_step(model, blocks=[...])"
         )
     return best
+
+
+def renew_parameter_dicts(blocks: list[nn.Module]) -> None:
+    """Give every module under ``blocks`` a fresh copy of its parameter dict (same names, same
+    parameters, same order), after their ``requires_grad`` flags changed.
+
+    Why: torch.compile (2.11 at least; fixed by 2.13) skips a parameter's guards, ``requires_grad``
+    included, while the attribute dicts of its module are unchanged. A graph compiled with blocks
+    0..s-1 frozen was then reused after they were unfrozen, and those blocks silently got no
+    gradient again. A new dict object changes the module's dict tag, so the guards run again and
+    each distinct start block gets (and reuses) its own graph.
+    """
+    for block in blocks:
+        for module in block.modules():
+            module._parameters = dict(module._parameters)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from weightkit.ops.newton_schulz import PRESETS, auon, newton_schulz_grouped
-from weightkit.optim.drop import DropSchedule, find_blocks
+from weightkit.optim.drop import DropSchedule, find_blocks, renew_parameter_dicts
 
 __all__ = ["Muon", "split_muon_params"]
 
@@ -145,6 +145,7 @@ class Muon(torch.optim.Optimizer):
         frozen = [p for block in blocks[:start] for p in block.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
+        renew_parameter_dicts(blocks[:start])
         self._frozen = {id(p) for p in frozen}
         self.last_drop_start = start
         try:
@@ -152,6 +153,7 @@ class Muon(torch.optim.Optimizer):
         finally:
             for p in frozen:
                 p.requires_grad_(True)
+            renew_parameter_dicts(blocks[:start])
 
     def state_dict(self) -> dict:
         state = super().state_dict()
