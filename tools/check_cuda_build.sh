@@ -44,7 +44,7 @@ class utils:
     cmake_prefix_path = "$TORCH_DIR/share/cmake"
 EOF
 
-# Where nvcc's toolkit lives (nvcc may be a wrapper script outside it).
+# Where nvcc's toolkit lives (nvcc may be a wrapper script outside it): its libcudart is checked below.
 CUDA_ROOT=$("$NVCC" -v -x cu -E /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)
 CUDA_ROOT=$(cd "$CUDA_ROOT" && pwd)  # TOP is <root>/bin/..
 
@@ -52,7 +52,6 @@ mkdir -p "$WORK/build"
 cd "$WORK/build"
 PYTHONPATH="$WORK/shim" TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} cmake -G Ninja "$ROOT" \
   -DPython_EXECUTABLE="$(command -v "$PY")" -DWEIGHTKIT_CUDA=ON -DSKBUILD_PROJECT_VERSION=0.0.0 \
-  -DCUDAToolkit_ROOT="$CUDA_ROOT" -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_ROOT" \
   >configure.log 2>&1 || { tail -n 40 configure.log; echo "check_cuda_build: configure failed" >&2; exit 1; }
 ninja >build.log 2>&1 || { grep -E -A8 "error|FAILED" build.log | head -n 80; echo "check_cuda_build: build failed" >&2; exit 1; }
 MODULE=$(ls "$WORK"/build/_C*.so)

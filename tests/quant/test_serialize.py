@@ -119,3 +119,27 @@ def test_errors(tmp_path):
         load_quantized(wrong_kind, path)
     with pytest.raises(FileNotFoundError):
         load_quantized(tiny_gpt(seed=0), tmp_path / "missing.pt")
+
+
+
+def test_hugging_face_model(tmp_path):
+    """The README's recipe on a tiny Llama with tied embeddings: the tie survives; a meta skeleton
+    is refused by name, since its rotary table is no part of the state dict."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    wk.quant.quantize_model(model, method="ptqtp", group_size=32, progress=False)
+    ids = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    loaded = round_trip(model, transformers.LlamaForCausalLM(config), tmp_path).eval()
+    assert isinstance(loaded.model.layers[1].mlp.down_proj, TritPlaneLinear)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, expected)
+    with torch.device("meta"):
+        skeleton = transformers.LlamaForCausalLM(config)
+    with pytest.raises(ValueError, match=r"tensors are still on the meta device.*rotary_emb\.inv_freq"):
+        load_quantized(skeleton, tmp_path / "model.pt", assign=True)

@@ -79,6 +79,12 @@ def load_quantized(model: nn.Module, path: str | os.PathLike, map_location: str 
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     model.load_state_dict(state, strict=True, assign=assign)
+    # Buffers outside the state dict (non-persistent ones, e.g. rotary tables) keep no data on meta.
+    empty = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if empty:
+        raise ValueError(f"{where}: {len(empty)} tensors are still on the meta device after loading ({empty[0]!r} "
+                         "first): they are not in a state dict (non-persistent buffers); build the model on a "
+                         "real device instead")
     return model
 
 
