@@ -45,6 +45,19 @@ def test_bench_cuda_without_gpu_exits_2(capsys, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_bench_script_refuses_cuda_without_gpu(family, capsys, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda is valid here")
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(FAMILIES[family]).main(["--device", "cuda", "--json", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2
+    assert "--device cuda: no CUDA GPU is available to this torch" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_families_registry_points_at_runnable_modules():
     import importlib
 

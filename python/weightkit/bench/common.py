@@ -57,6 +57,13 @@ def resolve_device(device) -> torch.device:
     return dev
 
 
+def check_device(parser, device: str) -> None:
+    """Stop a benchmark script with a usage error (exit 2) when ``--device cuda`` is asked of a
+    torch that sees no GPU, before any work or traceback."""
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available to this torch")
+
+
 def _cpu_model_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:

@@ -326,8 +326,7 @@ def main(argv=None) -> int:
         help="CPU: skip a case whose baseline call is estimated to take longer (default %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA GPU is available to this torch")
+    common.check_device(parser, args.device)
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")

@@ -169,8 +169,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH", help="where to write results (default bench/results/<device>/optim.json)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA GPU is available to this torch")
+    common.check_device(parser, args.device)
     t0 = time.perf_counter()
     res = run(device=args.device, quick=args.quick, progress=common.progress)
     wall = time.perf_counter() - t0

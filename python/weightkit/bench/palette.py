@@ -265,6 +265,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ppl-json", metavar="PATH", help="merge a perplexity sweep written by "
                         "`python -m weightkit.bench.palette_ppl PATH` (slow: ~30 min on 2 cores) and plot it")
     args = parser.parse_args(argv)
+    common.check_device(parser, args.device)
     t0 = time.perf_counter()
     res = run(device=args.device, quick=args.quick, progress=common.progress, ppl_json=args.ppl_json,
               mse=not args.no_mse)

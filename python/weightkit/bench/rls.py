@@ -346,6 +346,7 @@ def main(argv=None) -> int:
                         "and report the windows reached")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="synthetic part's device")
     args = parser.parse_args(argv)
+    common.check_device(parser, args.device)
     arms = list(dict.fromkeys(a for a in args.arms.split(",") if a))  # in order, once each
     if not arms or set(arms) - set(ARMS):
         parser.error(f"--arms: choose among {','.join(ARMS)}, got {args.arms!r}")

@@ -422,8 +422,7 @@ def main(argv=None) -> int:
     parts = tuple(p for p in args.parts.split(",") if p)
     if not parts or any(p not in PARTS for p in parts):
         parser.error(f"--parts: choose from {', '.join(PARTS)}, got {args.parts!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA GPU is available to this torch")
+    common.check_device(parser, args.device)
     path = Path(args.json or common.results_path(FAMILY, args.device, quick=args.quick))
     t0 = time.perf_counter()
     res = run(device=args.device, quick=args.quick, progress=common.progress, parts=parts)

@@ -237,8 +237,7 @@ def main(argv=None) -> int:
     parser.add_argument("--attempts", type=int, default=1, metavar="N",
                         help="measure a case whose timing saw other load again, up to N times; keep the quietest")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA GPU is available to this torch")
+    common.check_device(parser, args.device)
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
