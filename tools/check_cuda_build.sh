@@ -21,9 +21,7 @@ PY=${PYTHON:-python3}
 NVCC=${NVCC:-nvcc}
 echo "check_cuda_build: torch $TORCH_VERSION, work dir $WORK"
 
-PYVER=$("$PY" -c "import sys; print(f'{sys.version_info[0]}{sys.version_info[1]}')")
-"$PY" -m pip download -q "torch==$TORCH_VERSION" --no-deps --only-binary=:all: \
-  --python-version "$PYVER" --platform manylinux_2_28_x86_64 -d "$WORK/wheel"
+"$PY" -m pip download -q "torch==$TORCH_VERSION" --no-deps --only-binary=:all: -d "$WORK/wheel"
 WHEEL=$(ls "$WORK"/wheel/torch-*.whl)
 (cd "$WORK" && "$PY" -m zipfile -e "$WHEEL" unpacked >/dev/null)  # python's unzip: no extra tool
 TORCH_DIR=$WORK/unpacked/torch
