@@ -15,6 +15,12 @@ def pytest_collection_modifyitems(config, items):
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
+#: The "fsdp2" case of the distributed tests (gloo, CPU processes). torch 2.6's fully_shard cannot
+#: run on CPU: its all-gather calls record_event on a CPU stream, which that torch lacks.
+FSDP2 = pytest.param("fsdp2", marks=pytest.mark.skipif(
+    not hasattr(torch.cpu.Stream(), "record_event"),
+    reason="this torch's FSDP2 cannot run on CPU (torch.cpu.Stream has no record_event)"))
+
 _ISA_ORDER = ["scalar", "avx2", "avx512"]
 
 

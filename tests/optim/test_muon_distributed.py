@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import weightkit as wk
+from tests.conftest import FSDP2
 from tests.optim.tiny_gpt import TinyGPT, lm_loss
 
 WORLD = 2
@@ -103,7 +104,7 @@ def worker(rank, kind, init_file, out_dir):
     os._exit(0)
 
 
-@pytest.mark.parametrize("kind", ["ddp", "fsdp2", "ddp_drop"])
+@pytest.mark.parametrize("kind", ["ddp", FSDP2, "ddp_drop"])
 def test_distributed_matches_single_process(kind, tmp_path):
     mp.spawn(worker, args=(kind, str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     use_drop = kind == "ddp_drop"
