@@ -6,8 +6,8 @@
 #   bash tools/check_cuda_build.sh [TORCH_VERSION]     # default 2.11.0; ~3 min on 2 cores
 #
 # A CUDA build of torch cannot be imported without its nvidia-* runtime packages (GBs), so the
-# script unpacks only the wheel's headers, CMake files and libraries and stands in a tiny `torch`
-# module that answers the three questions CMakeLists.txt asks (cmake prefix, version, CUDA). After
+# script unpacks the wheel (headers, CMake files, libraries) and stands in a tiny `torch` module
+# that answers the three questions CMakeLists.txt asks (cmake prefix, version, CUDA). After
 # linking it checks that every symbol the module needs is defined by that torch's libraries.
 # Needs nvcc (13.x for cu130 wheels), cmake, ninja, pybind11 and network access to PyPI.
 set -euo pipefail
