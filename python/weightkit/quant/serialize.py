@@ -56,7 +56,9 @@ def load_quantized(model: nn.Module, path: str | os.PathLike, map_location: str 
     device of the layer it replaces, then the whole state dict is loaded strictly (every key of the
     model and of the file must match). ``assign=True`` passes through to ``load_state_dict``: the
     loaded tensors are taken as they are, which lets a skeleton built on the meta device
-    (``with torch.device("meta"): model = ...``) be filled without first allocating its weights.
+    (``with torch.device("meta"): model = ...``) be filled without first allocating its weights,
+    provided all its tensors are in the state dict (``ValueError`` names one that is not, such as
+    the rotary tables of Hugging Face models: build those models on a real device).
     ``TritPlaneLinear.activations`` is a run-time choice, not stored: loaded layers use "fp32".
     """
     where = f"weightkit.quant.load_quantized({os.fspath(path)!r})"
