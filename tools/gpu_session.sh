@@ -60,7 +60,7 @@ case "$MODE" in
     fi
     step sanitizer_memcheck 180 compute-sanitizer --tool memcheck --error-exitcode 9 \
       "${PYTEST[@]}" -m cuda -x tests/ops/test_palette_cuda.py tests/ops/test_tcq.py tests/ops/test_rls.py \
-      tests/ops/test_sparse_lowrank.py tests/ops/test_trit_plane.py
+      tests/ops/test_sparse_lowrank.py tests/ops/test_trit_plane.py tests/ops/test_newton_schulz.py
     step sanitizer_racecheck 180 compute-sanitizer --tool racecheck --error-exitcode 9 \
       "${PYTEST[@]}" -m cuda -x tests/ops/test_palette_cuda.py -k "hadamard and not 14336 or tcq_matches"
     ;;
