@@ -89,9 +89,9 @@ def test_compiled_model_matches_eager():
 
 def test_drop_step_renews_the_parameter_dicts_it_froze():
     """torch 2.11's torch.compile reused a graph compiled with blocks frozen after they were
-    unfrozen (test_compiled_model_matches_eager fails there without this); the torch CI runs has
-    that fixed, so this checks the workaround itself: every module of a frozen block gets a new,
-    equal parameter dict on entry and on exit, and the model's parameter order is unchanged."""
+    unfrozen (test_compiled_model_matches_eager fails there without this). The torch CI runs has
+    no such bug, so this checks the workaround itself: every module of a frozen block gets a new,
+    equal parameter dict on entry and again on exit, and the model's parameter order is unchanged."""
     torch.manual_seed(0)
     model = TinyGPT()
     names = [n for n, _ in model.named_parameters()]
@@ -102,9 +102,10 @@ def test_drop_step_renews_the_parameter_dicts_it_froze():
         assert s >= 1  # seed 5 freezes block 0 first (test_compiled_model_matches_eager's first start)
         inside = [m._parameters for m in modules]
     frozen = [m for block in model.blocks[:s] for m in block.modules()]
-    for m, (old, copy_), new in zip(modules, before, inside):
-        assert (new is not old) == (m in frozen) and m._parameters == copy_
-        assert m._parameters is not new or m not in frozen
+    for m, (old, contents), new in zip(modules, before, inside):
+        assert (new is not old) == (m in frozen)  # renewed on entry
+        assert (m._parameters is not new) == (m in frozen)  # and on exit
+        assert m._parameters == contents
     assert [n for n, _ in model.named_parameters()] == names
 
 
