@@ -14,7 +14,6 @@ all layers or a per-layer plan from weightkit.quant.allocation.
 from __future__ import annotations
 
 import fnmatch
-import math
 import sys
 import time
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from weightkit.ops import palette as P
 from weightkit.quant import codebooks
+from weightkit.quant.quantize import _set_module
 
 __all__ = ["QUANTIZER_RATES", "quantize_weight", "quantize_model_palette", "rate_of"]
 
@@ -99,12 +99,6 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tc
 def _linears(model: nn.Module, skip):
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, nn.Linear) and not any(fnmatch.fnmatchcase(n, p) for p in skip)]
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str = "tcq", plan: dict | None = None,

@@ -23,6 +23,7 @@ from torch import nn
 
 from weightkit.nn.palette import PaletteLinear
 from weightkit.nn.trit_plane import TritPlaneLinear
+from weightkit.quant.quantize import _set_module
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "QUANTIZED_LAYERS", "load_quantized", "save_quantized"]
 
@@ -77,9 +78,7 @@ def load_quantized(model: nn.Module, path: str | os.PathLike, map_location: str 
         except AttributeError:
             raise ValueError(f"{where}: the model has no module {name!r}; the file was saved from another "
                              "architecture") from None
-        new = _empty_layer(where, name, QUANTIZED_LAYERS[kind], old, state)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        _set_module(model, name, _empty_layer(where, name, QUANTIZED_LAYERS[kind], old, state))
     model.load_state_dict(state, strict=True, assign=assign)
     # Buffers outside the state dict (non-persistent ones, e.g. rotary tables) keep no data on meta.
     empty = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
