@@ -239,6 +239,11 @@ WK_EMU_PLAIN(16)
 #undef WK_EMU_PLAIN
 
 // Atomics: record, then do the operation (one OS thread runs all fibers, so plain builtins do).
+#define WK_EMU_FETCH(bits, T, op)                                          \
+  T __tsan_atomic##bits##_fetch_##op(volatile T* a, T v, int) {            \
+    emu::access(const_cast<T*>(a), sizeof(T), true, true, WK_PC);         \
+    return __atomic_fetch_##op(a, v, __ATOMIC_SEQ_CST);                    \
+  }
 #define WK_EMU_ATOMIC(bits, T)                                                                         \
   T __tsan_atomic##bits##_load(const volatile T* a, int) {                                           \
     emu::access(const_cast<const T*>(a), sizeof(T), false, true, WK_PC);                             \
@@ -252,26 +257,11 @@ WK_EMU_PLAIN(16)
     emu::access(const_cast<T*>(a), sizeof(T), true, true, WK_PC);                                   \
     return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                              \
   }                                                                                                  \
-  T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                                       \
-    emu::access(const_cast<T*>(a), sizeof(T), true, true, WK_PC);                                   \
-    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                               \
-  }                                                                                                  \
-  T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                                       \
-    emu::access(const_cast<T*>(a), sizeof(T), true, true, WK_PC);                                   \
-    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                               \
-  }                                                                                                  \
-  T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                                       \
-    emu::access(const_cast<T*>(a), sizeof(T), true, true, WK_PC);                                   \
-    return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                               \
-  }                                                                                                  \
-  T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                                        \
-    emu::access(const_cast<T*>(a), sizeof(T), true, true, WK_PC);                                   \
-    return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                \
-  }                                                                                                  \
-  T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                                       \
-    emu::access(const_cast<T*>(a), sizeof(T), true, true, WK_PC);                                   \
-    return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                               \
-  }                                                                                                  \
+  WK_EMU_FETCH(bits, T, add)                                                                         \
+  WK_EMU_FETCH(bits, T, sub)                                                                         \
+  WK_EMU_FETCH(bits, T, and)                                                                         \
+  WK_EMU_FETCH(bits, T, or)                                                                          \
+  WK_EMU_FETCH(bits, T, xor)                                                                         \
   int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {            \
     emu::access(const_cast<T*>(a), sizeof(T), true, true, WK_PC);                                   \
     return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);          \
@@ -290,6 +280,7 @@ WK_EMU_ATOMIC(16, short)
 WK_EMU_ATOMIC(32, int)
 WK_EMU_ATOMIC(64, long)
 #undef WK_EMU_ATOMIC
+#undef WK_EMU_FETCH
 void __tsan_atomic_thread_fence(int) {}
 void __tsan_atomic_signal_fence(int) {}
 }  // extern "C"
