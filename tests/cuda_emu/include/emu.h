@@ -353,11 +353,14 @@ inline void run_block(Block& blk, std::vector<Fiber>& fibers) {
       live = true;
       if (f.waiting != nullptr && f.waiting->gen == f.wait_gen) continue;
       f.waiting = nullptr;
-      g_current = nullptr;  // the scheduler's own writes are not a thread's
       const unsigned t = static_cast<unsigned>(f.tid);
       threadIdx = {t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y)};
+      // g_current names a thread only while that thread runs: the scheduler's own accesses (its
+      // Fiber and order vectors, whose heap addresses the next block reuses) are no thread's.
+      void* const sp = f.sp;
       g_current = &f;
-      wk_emu_switch(&g_scheduler_sp, f.sp);
+      wk_emu_switch(&g_scheduler_sp, sp);
+      g_current = nullptr;
       ran = true;
       if (s.failed) return;
     }
@@ -447,7 +450,6 @@ void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&
         gridDim = grid;
         run_block(blk, fibers);
         g_block = nullptr;
-        g_current = nullptr;
         if (s.failed) {
           s.last_error = cudaErrorLaunchFailure;
           g_body = nullptr;
