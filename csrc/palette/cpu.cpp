@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/cpu_target.h"
+#include "common/simd.h"
 
 namespace weightkit::palette_cpu {
 
@@ -50,11 +51,6 @@ WK_AVX512 WK_INLINE __m512 decode16(__m512i i, const __m512* t, const float* tab
     return _mm512_i32gather_ps(i, table, 4);
   }
 }
-
-// The GEMVs stream their codes from memory at a few bytes per cycle, and one core alone does not
-// keep enough DRAM reads in flight for that stream; a software prefetch this far ahead (measured
-// best of 2/4/8 KiB at 4096², 2 threads, on the Xeon of bench/results/cpu-xeon-avx512-2t) does.
-constexpr int kPrefetchBytes = 4096;
 
 // Independent accumulator chains per token: ACC of them, so FMA latency is hidden even for one
 // token; NT tokens share each decoded weight vector.
@@ -144,13 +140,6 @@ WK_AVX2 WK_INLINE __m256 decode8(__m256i i, const __m256* t, const float* table)
   } else {
     return _mm256_i32gather_ps(table, i, 4);
   }
-}
-
-WK_AVX2 WK_INLINE float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
 }
 
 template <int C, int D, int NT>
@@ -302,192 +291,6 @@ void gemv_rows(CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
   }
 }
 
-// ---------------------------------------- 2-D VQ with 6- to 8-bit codes: int8 byte tables
-//
-// 64 to 256 codewords are too many for the 16/32-entry fp32 register permutes above (or need
-// several of them and blends per 16 codes), and the gather path (two AVX-512 gathers per 16
-// codes) is compute-bound. Here, as in llama.cpp's CPU kernels, both operands go to int8: each
-// codeword component is rounded to int8 on one scale for the whole codebook (s_c = max|codebook|
-// / 127) and stored + 128 as a u8 table of 64/128/256 entries, one per component, which a byte
-// permute reads for 64 codes per instruction (VPERMB for 64 entries, VPERMI2B for 128; bit 7 of
-// an 8-bit code picks between two 128-entry halves); activations are rounded to int8 per token
-// and block of codes (s_b = max|x| / 127 over the block's values), laid out in the order of the
-// code bytes, so VPDPBUSD multiplies the looked-up bytes by them with no unpacking. Per block the
-// int32 sum is scaled by s_b and accumulated in fp32; the +128 of the table contributes
-// 128 * sum(x_q) per block, which does not depend on the row and is taken off once per token.
-// Two byte lookups per 64 codes instead of the four a bf16 table needs made the 7/8-bit kernel
-// 2x faster (see docs/design-notes.md). Error: each operand is off by at most half its step,
-// s_c / 2 and s_b / 2; tests/ops/test_palette.py checks the result against the float64 product
-// of the rounded operands and its distance to the exact product.
-//
-// Code bytes: 8-bit codes are the bytes of a block's 16 words; VPMULTISHIFTQB cuts 7-bit codes
-// (4 per word) into one register and 6-bit codes (5 per word, 80 per block) into two, the second
-// with 2 codes per 64-bit lane and 6 spare bytes (activation 0). Bits above the code are ignored
-// by the permutes (VPERMB reads 6 index bits, VPERMI2B 7).
-
-// Byte registers of codes per block: two for 6-bit codes, one for 7- and 8-bit codes.
-constexpr int code_regs(int c) {
-  return c == 6 ? 2 : 1;
-}
-
-// The unit (within its block) whose code lands in byte b of code register reg, or -1 (spare).
-inline int unit_of_code_byte(int c, int reg, int b) {
-  if (c >= 7) return (b % 4) * 16 + b / 4;
-  const int q = b / 8, j = b % 8;  // 64-bit lane q holds words 2q and 2q + 1
-  if (reg == 0) return j < 5 ? j * 16 + 2 * q : (j - 5) * 16 + 2 * q + 1;
-  return j < 2 ? (j + 3) * 16 + 2 * q + 1 : -1;
-}
-
-// xq: (T, nblk, regs, 2, 64) int8 activations in code-byte order, xs: (T, nblk) their block
-// scales, offset: (T) 128 * sum_b xs[b] * sum(xq of block b); tab: (2, 256) u8, component 0 then 1.
-struct Int8GemvArgs {
-  const int8_t* xq;
-  const float* xs;
-  const float* offset;
-  int64_t T, nblk;
-  const int32_t* packed;
-  int64_t rows;
-  const uint8_t* tab;
-  float out_scale;  // s_c
-  const float* scales;
-  float* y;
-};
-
-template <int C>
-WK_VBMI_VNNI WK_INLINE void code_bytes(const int32_t* w, __m512i* idx) {
-  const __m512i v = _mm512_loadu_si512(w);
-  if constexpr (C == 8) {
-    idx[0] = v;
-  } else if constexpr (C == 7) {  // bit offsets 0, 7, 14, 21 of each 32-bit word
-    idx[0] = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x352E2720150E0700LL), v);
-  } else {  // 0, 6, ..., 24 of word 2q, then 0, 6, 12 of word 2q + 1; then its 18 and 24
-    idx[0] = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x2C262018120C0600LL), v);
-    idx[1] = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x3832LL), v);
-  }
-}
-
-template <int C>
-WK_VBMI_VNNI WK_INLINE __m512i byte_lookup(__m512i idx, const __m512i* t) {
-  if constexpr (C == 6) {
-    return _mm512_permutexvar_epi8(idx, t[0]);
-  } else {
-    const __m512i lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);  // entries 0..127
-    if constexpr (C == 7) return lo;
-    else return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, _mm512_permutex2var_epi8(t[2], idx, t[3]));
-  }
-}
-
-template <int C, int NT>
-WK_VBMI_VNNI void gemv_vq_int8_avx512(const Int8GemvArgs& a, int64_t r0, int64_t r1, int64_t t0) {
-  constexpr int R = C == 8 ? 4 : C == 7 ? 2 : 1;  // registers per 256/128/64-byte table
-  constexpr int NREG = code_regs(C);
-  __m512i tab[2][R];
-  for (int q = 0; q < 2; ++q)
-    for (int k = 0; k < R; ++k) tab[q][k] = _mm512_loadu_si512(a.tab + 256 * q + 64 * k);
-  for (int64_t r = r0; r < r1; ++r) {
-    const int32_t* w = a.packed + r * a.nblk * 16;
-    __m512 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-    for (int64_t blk = 0; blk < a.nblk; ++blk) {
-      __m512i idx[NREG], plane[NREG][2];
-      _mm_prefetch(reinterpret_cast<const char*>(w + blk * 16) + kPrefetchBytes, _MM_HINT_T0);
-      code_bytes<C>(w + blk * 16, idx);
-      for (int g = 0; g < NREG; ++g)
-        for (int comp = 0; comp < 2; ++comp) plane[g][comp] = byte_lookup<C>(idx[g], tab[comp]);
-      for (int t = 0; t < NT; ++t) {
-        const int64_t tb = (t0 + t) * a.nblk + blk;
-        const int8_t* xb = a.xq + tb * NREG * 128;
-        __m512i dot = _mm512_setzero_si512();
-        for (int g = 0; g < NREG; ++g)
-          for (int comp = 0; comp < 2; ++comp)
-            dot = _mm512_dpbusd_epi32(dot, plane[g][comp], _mm512_loadu_si512(xb + (2 * g + comp) * 64));
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a.xs[tb]), acc[t]);
-      }
-    }
-    for (int t = 0; t < NT; ++t)
-      a.y[(t0 + t) * a.rows + r] = a.scales[r] * a.out_scale * (_mm512_reduce_add_ps(acc[t]) - a.offset[t0 + t]);
-  }
-}
-
-template <int C>
-void gemv_vq_int8_rows(const Int8GemvArgs& a, int64_t r0, int64_t r1) {
-  for (int64_t t0 = 0; t0 < a.T; t0 += 4) {
-    switch (std::min<int64_t>(4, a.T - t0)) {
-      case 1: gemv_vq_int8_avx512<C, 1>(a, r0, r1, t0); break;
-      case 2: gemv_vq_int8_avx512<C, 2>(a, r0, r1, t0); break;
-      case 3: gemv_vq_int8_avx512<C, 3>(a, r0, r1, t0); break;
-      default: gemv_vq_int8_avx512<C, 4>(a, r0, r1, t0); break;
-    }
-  }
-}
-
-// Symmetric int8 rounding on one scale: q = round(v * 127 / amax) (ties to even, as torch.round),
-// scale = amax / 127; an all-zero group gets scale 0 and zeros.
-struct Int8Scale {
-  float inv, scale;
-  explicit Int8Scale(float amax) : inv(amax > 0.f ? 127.f / amax : 0.f), scale(amax / 127.f) {}
-  int8_t operator()(float v) const {
-    return static_cast<int8_t>(std::clamp(std::nearbyint(v * inv), -127.f, 127.f));
-  }
-};
-
-// True when every value is finite; int8 rounding has no NaN or infinity, so the caller then
-// takes the fp32 path, which propagates them.
-inline bool all_finite(const float* v, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(v[i])) return false;
-  return true;
-}
-
-bool gemv_vq_int8(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c,
-                  const float* codebook, const float* scales, float* y) {
-  const int64_t K = int64_t(1) << c;
-  if (!all_finite(x, T * units * 2) || !all_finite(codebook, K * 2)) return false;
-  const int64_t nblk = num_blocks(units, c), per_blk = 16 * codes_per_word(c);
-  const int nreg = code_regs(c), bytes = nreg * 128;
-  std::vector<int8_t> xq(static_cast<size_t>(T * nblk * bytes), 0);
-  std::vector<float> xs(static_cast<size_t>(T * nblk)), offset(static_cast<size_t>(T), 0.f);
-  for (int64_t t = 0; t < T; ++t) {
-    double off = 0.0;
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      const int64_t u0 = blk * per_blk, n = std::min<int64_t>(per_blk, units - u0);
-      const float* xb = x + (t * units + u0) * 2;
-      float amax = 0.f;
-      for (int64_t i = 0; i < 2 * n; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      const Int8Scale q(amax);
-      int8_t* out = xq.data() + (t * nblk + blk) * bytes;
-      int64_t sum = 0;
-      for (int g = 0; g < nreg; ++g)
-        for (int b = 0; b < 64; ++b) {
-          const int u = unit_of_code_byte(c, g, b);
-          if (u < 0 || u >= n) continue;
-          for (int comp = 0; comp < 2; ++comp) {
-            int8_t& v = out[(2 * g + comp) * 64 + b];
-            v = q(xb[2 * u + comp]);
-            sum += v;
-          }
-        }
-      xs[t * nblk + blk] = q.scale;
-      off += 128.0 * q.scale * static_cast<double>(sum);
-    }
-    offset[t] = static_cast<float>(off);
-  }
-  float cmax = 0.f;
-  for (int64_t i = 0; i < K * 2; ++i) cmax = std::max(cmax, std::fabs(codebook[i]));
-  const Int8Scale cq(cmax);
-  std::vector<uint8_t> tab(2 * 256, 128);
-  for (int64_t k = 0; k < K; ++k)
-    for (int comp = 0; comp < 2; ++comp) tab[256 * comp + k] = static_cast<uint8_t>(cq(codebook[2 * k + comp]) + 128);
-  const Int8GemvArgs a{xq.data(), xs.data(), offset.data(), T, nblk, packed, rows, tab.data(), cq.scale, scales, y};
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(nblk * 16, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-    if (c == 6) gemv_vq_int8_rows<6>(a, r0, r1);
-    else if (c == 7) gemv_vq_int8_rows<7>(a, r0, r1);
-    else gemv_vq_int8_rows<8>(a, r0, r1);
-  });
-  return true;
-}
-
 template <int D>
 void gemv_dispatch_c(int c, CpuIsa isa, const GemvArgs& a, int64_t r0, int64_t r1) {
   switch (c) {
@@ -576,7 +379,7 @@ void dequantize(const int32_t* packed, int64_t rows, int64_t units, int c, int d
 
 void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c, int d,
           const float* codebook, const float* scales, float* y, CpuIsa isa) {
-  if (uses_int8_vq(c, d, isa) && gemv_vq_int8(x, T, packed, rows, units, c, codebook, scales, y)) return;
+  if (uses_int8_vq(c, d, isa) && gemv_vq_int8(x, T, packed, rows, units, c, codebook, scales, y, isa)) return;
   const int P = codes_per_word(c);
   const int64_t nblk = num_blocks(units, c), upad = nblk * 16 * P;
   const int64_t ncb = int64_t(1) << c, ls = std::max<int64_t>(16, ncb);

@@ -40,11 +40,24 @@ void pack_codes(const int32_t* idx, int64_t rows, int64_t units, int c, int32_t*
 void dequantize(const int32_t* packed, int64_t rows, int64_t units, int c, int d, const float* codebook,
                 const float* scales, float* W);
 
-// True for the 2-D VQ with 6- to 8-bit codes on CPUs with AVX512-VBMI and VNNI (isa avx512):
-// gemv rounds finite codewords and activations to int8 there (gemv_vq_int8 in cpu.cpp).
+// The GEMVs stream their codes from memory at a few bytes per cycle, and one core alone does not
+// keep enough DRAM reads in flight for that stream; a software prefetch this far ahead (measured
+// best of 2/4/8 KiB at 4096², 2 threads, on the Xeon of bench/results/cpu-xeon-avx512-2t) does.
+constexpr int kPrefetchBytes = 4096;
+
+// True where gemv rounds finite codewords and activations to int8 (gemv_vq_int8): the 2-D VQ with
+// 6- to 8-bit codes on CPUs with AVX512-VBMI and VNNI (isa avx512), and with 5- to 8-bit codes on
+// isa avx2. (AVX-512 decodes 5-bit codes exactly with fp32 register permutes, fast enough there.)
 inline bool uses_int8_vq(int c, int d, CpuIsa isa) {
-  return d == 2 && c >= 6 && isa == CpuIsa::Avx512 && cpu_features().avx512_vbmi && cpu_features().avx512_vnni;
+  if (d != 2) return false;
+  if (isa == CpuIsa::Avx2) return c >= 5;
+  return c >= 6 && isa == CpuIsa::Avx512 && cpu_features().avx512_vbmi && cpu_features().avx512_vnni;
 }
+
+// The int8 2-D VQ GEMV (cpu_vq_int8.cpp) where uses_int8_vq(c, 2, isa): y as gemv's. Returns false
+// without writing y when x or the codebook has a non-finite value (the fp32 path propagates them).
+bool gemv_vq_int8(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c,
+                  const float* codebook, const float* scales, float* y, CpuIsa isa);
 
 // y (T x rows) = x (T x units*d) W^T with W the packed codes as above; fp32 throughout, except
 // where uses_int8_vq: codewords (one scale) and activations (one scale per token and block)

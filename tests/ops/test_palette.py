@@ -128,9 +128,14 @@ def test_encode_is_nearest(d):
 
 
 def uses_int8_tables(c, d, isa):
-    """The 2-D VQ GEMV with 6- to 8-bit codes rounds codewords and activations to int8 on AVX512-VBMI + VNNI."""
+    """The 2-D VQ GEMV rounds codewords and activations to int8 for 5- to 8-bit codes on AVX2 and
+    6- to 8-bit codes on AVX512-VBMI + VNNI (csrc/palette/cpu.h: uses_int8_vq)."""
     feats = weightkit._C.build_info()["cpu_features"]
-    return d == 2 and c >= 6 and isa == "avx512" and feats["avx512_vbmi"] and feats["avx512_vnni"]
+    if d != 2:
+        return False
+    if isa == "avx2":
+        return c >= 5
+    return c >= 6 and isa == "avx512" and feats["avx512_vbmi"] and feats["avx512_vnni"]
 
 
 @pytest.mark.parametrize("c,d", [(2, 1), (3, 1), (4, 1), (5, 1), (8, 1), (3, 2), (4, 2), (5, 2), (6, 2), (7, 2), (8, 2)])
@@ -153,7 +158,7 @@ def test_matmul_gemv_every_isa(c, d, tokens, cpu_isa, monkeypatch):
         assert rel_err(y, exact) < 2e-6
 
 
-@pytest.mark.parametrize("c", [6, 7, 8])
+@pytest.mark.parametrize("c", [5, 6, 7, 8])
 def test_int8_vq_gemv_edge_cases(c, cpu_isa, monkeypatch):
     """Zero blocks, one huge activation in a block, a partial last block, and non-finite inputs
     (which take the exact fp32 path, so NaN and infinity propagate)."""
