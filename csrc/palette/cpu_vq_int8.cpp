@@ -195,13 +195,21 @@ WK_AVX2 WK_INLINE void code_bytes_avx2(const int32_t* w, __m256i* idx) {
 template <int C>
 WK_AVX2 WK_INLINE __m256i byte_lookup_avx2(__m256i idx, const __m256i* t) {
   constexpr int S = 1 << (C - 4);
-  // VPSHUFB reads an index's low 4 bits and zeroes bytes whose bit 7 is set: clear it for 8-bit codes.
-  const __m256i lo = C == 8 ? _mm256_and_si256(idx, _mm256_set1_epi8(0x0F)) : idx;
+  // VPSHUFB reads an index's low 4 bits and zeroes bytes whose bit 7 is set. 8-bit codes use that
+  // for the tree's top level: slice s (< 8) read with the code zeroes codes >= 128, slice s + 8
+  // read with bit 7 flipped zeroes codes < 128, and an OR joins them (any ALU pipe, where a
+  // blend would compete with the shuffles).
   __m256i v[S];
-  for (int s = 0; s < S; ++s) v[s] = _mm256_shuffle_epi8(t[s], lo);
-  for (int bit = 4; bit < C; ++bit) {
+  if constexpr (C == 8) {
+    const __m256i flip = _mm256_xor_si256(idx, _mm256_set1_epi8(-128));
+    for (int s = 0; s < S / 2; ++s)
+      v[s] = _mm256_or_si256(_mm256_shuffle_epi8(t[s], idx), _mm256_shuffle_epi8(t[s + S / 2], flip));
+  } else {
+    for (int s = 0; s < S; ++s) v[s] = _mm256_shuffle_epi8(t[s], idx);
+  }
+  for (int bit = 4; bit < (C == 8 ? 7 : C); ++bit) {
     // VPBLENDVB selects on each byte's bit 7; a 16-bit shift moves bit `bit` there in both bytes.
-    const __m256i sel = bit == 7 ? idx : _mm256_slli_epi16(idx, 7 - bit);
+    const __m256i sel = _mm256_slli_epi16(idx, 7 - bit);
     const int n = S >> (bit - 3);
     for (int s = 0; s < n; ++s) v[s] = _mm256_blendv_epi8(v[2 * s], v[2 * s + 1], sel);
   }
@@ -227,16 +235,17 @@ WK_AVX2 void gemv_vq_int8_avx2(const Int8GemvArgs& a, int64_t r0, int64_t r1, in
       code_bytes_avx2<C>(w + blk * 16, idx);
       __m256i dot[NT];
       for (int t = 0; t < NT; ++t) dot[t] = _mm256_setzero_si256();
-      for (int g = 0; g < NREG; ++g)
-        for (int comp = 0; comp < 2; ++comp) {
-          const __m256i v = byte_lookup_avx2<C>(idx[g], tab[comp]);
-          for (int t = 0; t < NT; ++t) {
-            const int8_t* xb = a.xq + ((t0 + t) * a.nblk + blk) * NREG * 64 + (2 * g + comp) * 32;
-            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb));
-            const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(v, x));
-            dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(p, ones));
-          }
+      // v (32 s8 codeword bytes) times activation register q of each token, into dot.
+      const auto multiply = [&](__m256i v, int q) WK_AVX2 {
+        for (int t = 0; t < NT; ++t) {
+          const int8_t* xb = a.xq + ((t0 + t) * a.nblk + blk) * NREG * 64 + q * 32;
+          const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb));
+          const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(v, x));
+          dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(p, ones));
         }
+      };
+      for (int g = 0; g < NREG; ++g)
+        for (int comp = 0; comp < 2; ++comp) multiply(byte_lookup_avx2<C>(idx[g], tab[comp]), 2 * g + comp);
       for (int t = 0; t < NT; ++t)
         acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[t]), _mm256_set1_ps(a.xs[(t0 + t) * a.nblk + blk]), acc[t]);
     }
