@@ -378,8 +378,8 @@ void dequantize(const int32_t* packed, int64_t rows, int64_t units, int c, int d
 }
 
 void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c, int d,
-          const float* codebook, const float* scales, float* y, CpuIsa isa) {
-  if (uses_int8_vq(c, d, isa) && gemv_vq_int8(x, T, packed, rows, units, c, codebook, scales, y, isa)) return;
+          const float* codebook, const float* scales, float* y, CpuIsa isa, bool allow_int8) {
+  if (allow_int8 && uses_int8_vq(c, d, isa) && gemv_vq_int8(x, T, packed, rows, units, c, codebook, scales, y, isa)) return;
   const int P = codes_per_word(c);
   const int64_t nblk = num_blocks(units, c), upad = nblk * 16 * P;
   const int64_t ncb = int64_t(1) << c, ls = std::max<int64_t>(16, ncb);

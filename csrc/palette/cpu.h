@@ -60,9 +60,9 @@ bool gemv_vq_int8(const float* x, int64_t T, const int32_t* packed, int64_t rows
                   const float* codebook, const float* scales, float* y, CpuIsa isa);
 
 // y (T x rows) = x (T x units*d) W^T with W the packed codes as above; fp32 throughout, except
-// where uses_int8_vq: codewords (one scale) and activations (one scale per token and block)
-// are rounded to int8, products are exact in int32 and accumulate in fp32.
+// where allow_int8 && uses_int8_vq: codewords (one scale) and activations (one scale per token
+// and block) are rounded to int8, products are exact in int32 and accumulate in fp32.
 void gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, int64_t units, int c, int d,
-          const float* codebook, const float* scales, float* y, CpuIsa isa);
+          const float* codebook, const float* scales, float* y, CpuIsa isa, bool allow_int8);
 
 }  // namespace weightkit::palette_cpu

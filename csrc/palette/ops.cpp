@@ -201,7 +201,7 @@ at::Tensor palette_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, con
     return gemv_matmul(x, T, in_features, rows, out_shape, [&](const at::Tensor& xf, at::Tensor& y) {
       palette_cpu::gemv(xf.data_ptr<float>(), T, pc.data_ptr<int32_t>(), rows, in_features / codebook.size(1), c,
                         static_cast<int>(codebook.size(1)), cb.data_ptr<float>(), sc.data_ptr<float>(),
-                        y.data_ptr<float>(), selected_cpu_isa(op));
+                        y.data_ptr<float>(), selected_cpu_isa(op), allow_int8_vq(op));
     });
   }
   const at::Tensor W = dequantize_impl(packed, codebook, scales, in_features, c).to(x.scalar_type());
@@ -263,6 +263,14 @@ bool use_gemv(const char* op, int64_t tokens) {
     return v == "gemv";
   }
   return tokens <= kGemvMaxTokens;
+}
+
+bool allow_int8_vq(const char* op) {
+  const char* env = std::getenv("WEIGHTKIT_PALETTE_VQ_INT8");
+  if (env == nullptr || *env == '\0') return true;
+  const std::string v(env);
+  WK_CHECK(op, v == "0" || v == "1", "WEIGHTKIT_PALETTE_VQ_INT8 must be 0 or 1, got ", v);
+  return v == "1";
 }
 
 }  // namespace weightkit::palette

@@ -51,5 +51,8 @@ at::Tensor gemv_matmul(const at::Tensor& x, int64_t T, int64_t in_features, int6
 
 // GEMV or dequantize + GEMM for this many tokens (WEIGHTKIT_PALETTE_PATH=gemv|dense forces one).
 bool use_gemv(const char* op, int64_t tokens);
+// False when WEIGHTKIT_PALETTE_VQ_INT8=0 asks the CPU GEMV to keep 2-D VQ in fp32 (see
+// palette_cpu::uses_int8_vq); errors name `op` for other values.
+bool allow_int8_vq(const char* op);
 
 }  // namespace weightkit::palette

@@ -205,7 +205,7 @@ def palette_weights(packed, codebook, scales, in_f):
 # units per c: a ragged last block, and rows spanning more than 32 words (lanes loop).
 @pytest.mark.parametrize("d", [1, 2])
 @pytest.mark.parametrize("c", [1, 2, 3, 4, 5, 6, 7, 8])
-def test_palette_gemv_code_widths(lib, c, d):
+def test_palette_gemv_code_widths(lib, c, d, monkeypatch):
     P = 32 // c
     units = 2 * 16 * P + 16 * (P // 2) + 5  # 3 blocks (48 words), the last one partly used
     rows, T = 11, 3  # rows not a multiple of the 8 warps of a block
@@ -215,11 +215,11 @@ def test_palette_gemv_code_widths(lib, c, d):
     W = palette_weights(packed, codebook, scales, units * d)
     y = palette_gemv(lib, x, packed, codebook, scales)
     assert_gemv_close(y, x, W)
-    # The CPU op on the same codes (fp32 GEMV on this path; int8-rounded only for 2-D VQ with
-    # c >= 6 on AVX512-VBMI CPUs, where only the float64 check above applies).
-    if not (d == 2 and c >= 6):
-        torch.testing.assert_close(y, ops.palette_matmul(x, packed, codebook, scales, units * d), rtol=1e-4,
-                                   atol=1e-4 * y.abs().max().item())
+    # The CPU op on the same codes, on its scalar path: the SIMD paths round 2-D VQ operands to
+    # int8 for c >= 5 (csrc/palette/cpu.h: uses_int8_vq), the scalar one is fp32 like the kernel.
+    monkeypatch.setenv("WEIGHTKIT_CPU_ISA", "scalar")
+    torch.testing.assert_close(y, ops.palette_matmul(x, packed, codebook, scales, units * d), rtol=1e-4,
+                               atol=1e-4 * y.abs().max().item())
 
 
 @pytest.mark.parametrize("T", [1, 3, 16, 17, 35])

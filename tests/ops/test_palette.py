@@ -158,6 +158,21 @@ def test_matmul_gemv_every_isa(c, d, tokens, cpu_isa, monkeypatch):
         assert rel_err(y, exact) < 2e-6
 
 
+@pytest.mark.parametrize("c", [5, 8])
+def test_int8_vq_can_be_turned_off(c, cpu_isa, monkeypatch):
+    """WEIGHTKIT_PALETTE_VQ_INT8=0 keeps the 2-D VQ GEMV in fp32 on every ISA; other values are refused."""
+    monkeypatch.setenv("WEIGHTKIT_PALETTE_PATH", "gemv")
+    codebook, idx, scales = random_codes(13, 2 * 200, c, 2, seed=3)
+    packed = palette_pack(idx, c)
+    x = torch.randn(2, 2 * 200)
+    monkeypatch.setenv("WEIGHTKIT_PALETTE_VQ_INT8", "0")
+    y = palette_matmul(x, packed, codebook, scales, 2 * 200)
+    assert rel_err(y, x.double() @ dequantize_ref(packed, codebook, scales, 2 * 200).T) < 2e-6
+    monkeypatch.setenv("WEIGHTKIT_PALETTE_VQ_INT8", "yes")
+    with pytest.raises(RuntimeError, match="palette_matmul.*WEIGHTKIT_PALETTE_VQ_INT8 must be 0 or 1"):
+        palette_matmul(x, packed, codebook, scales, 2 * 200)
+
+
 @pytest.mark.parametrize("c", [5, 6, 7, 8])
 def test_int8_vq_gemv_edge_cases(c, cpu_isa, monkeypatch):
     """Zero blocks, one huge activation in a block, a partial last block, and non-finite inputs

@@ -1,6 +1,6 @@
 """float64 references of the palette family: small Hadamard matrices built independently of the
 C++ (same Paley / Sylvester / Goethals–Seidel conventions), the full transform as a dense matrix,
-decoding, and the int8 rounding of the CPU's 6- to 8-bit VQ GEMV."""
+decoding, and the int8 rounding of the CPU int8 VQ GEMV (5- to 8-bit codes)."""
 
 from __future__ import annotations
 
