@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/cpu_target.h"
+#include "common/simd.h"
 
 namespace weightkit::newton_schulz_cpu {
 namespace {
@@ -63,13 +64,6 @@ void scale_round_scalar(float* x, int64_t n, float s, Rounding r) {
 }
 
 // ---------------------------------------------------------------- AVX2 + FMA + F16C path
-
-WK_AVX2 inline float hsum256(__m256 v) {
-  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
 
 // expf after Cephes: 2^k * p(r) with r = x - k ln2, |r| <= ln2 / 2; ~1 ulp on [-87, 88].
 WK_AVX2 inline __m256 exp256(__m256 x) {

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/cpu_target.h"
+#include "common/simd.h"
 
 namespace weightkit::sparse_lowrank_cpu {
 namespace {
@@ -152,13 +153,6 @@ void tile_backward_scalar(const CsrT<R, C>& s, const float* GT, const float* XT,
   }
 }
 
-WK_AVX2 inline float hsum_avx2(__m256 v) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  return _mm_cvtss_f32(h);
-}
-
 template <bool GX, bool GV, typename R, typename C>
 WK_AVX2 void tile_backward_avx2(const CsrT<R, C>& s, const float* GT, const float* XT, float* ZT, float* acc) {
   for (int64_t i = 0; i < s.rows; ++i) {
@@ -179,7 +173,7 @@ WK_AVX2 void tile_backward_avx2(const CsrT<R, C>& s, const float* GT, const floa
           d0 = _mm256_fmadd_ps(g[j], _mm256_loadu_ps(x + 8 * j), d0);
           d1 = _mm256_fmadd_ps(g[j + 1], _mm256_loadu_ps(x + 8 * j + 8), d1);
         }
-        acc[k] += hsum_avx2(_mm256_add_ps(d0, d1));
+        acc[k] += hsum256(_mm256_add_ps(d0, d1));
       }
     }
   }
