@@ -75,7 +75,13 @@ def palette_dequantize(packed, codebook, scales, in_features: int) -> torch.Tens
 
 
 def palette_matmul(x, packed, codebook, scales, in_features: int) -> torch.Tensor:
-    """y (..., out) = x (..., in_features)·Wᵀ in x's dtype (W as palette_dequantize gives it)."""
+    """y (..., out) = x (..., in_features)·Wᵀ in x's dtype (W as palette_dequantize gives it).
+
+    Up to 16 tokens decode in registers, more dequantize and call GEMM. On the CPU the
+    in-register path of the 2-D VQ with 5- to 8-bit codes (AVX2; 6- to 8-bit on AVX-512 with VBMI
+    and VNNI) rounds codewords and activations to int8 (one scale per codebook, one per token and
+    16-word block of codes): ~1% from the exact product. ``WEIGHTKIT_PALETTE_VQ_INT8=0`` keeps fp32.
+    """
     return torch.ops.weightkit.palette_matmul(x, packed, codebook, scales, int(in_features))
 
 
