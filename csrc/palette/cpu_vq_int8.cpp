@@ -259,22 +259,23 @@ template <int C>
 void gemv_vq_int8_rows(CpuIsa isa, const Int8GemvArgs& a, int64_t r0, int64_t r1) {
   for (int64_t t0 = 0; t0 < a.T; t0 += 4) {
     const int nt = static_cast<int>(std::min<int64_t>(4, a.T - t0));
-    if (isa == CpuIsa::Avx512) {
-      if constexpr (C >= 6) {
+    if constexpr (C >= 6) {
+      if (isa == CpuIsa::Avx512) {
         switch (nt) {
           case 1: gemv_vq_int8_avx512<C, 1>(a, r0, r1, t0); break;
           case 2: gemv_vq_int8_avx512<C, 2>(a, r0, r1, t0); break;
           case 3: gemv_vq_int8_avx512<C, 3>(a, r0, r1, t0); break;
           default: gemv_vq_int8_avx512<C, 4>(a, r0, r1, t0); break;
         }
+        continue;
       }
-    } else {
-      switch (nt) {
-        case 1: gemv_vq_int8_avx2<C, 1>(a, r0, r1, t0); break;
-        case 2: gemv_vq_int8_avx2<C, 2>(a, r0, r1, t0); break;
-        case 3: gemv_vq_int8_avx2<C, 3>(a, r0, r1, t0); break;
-        default: gemv_vq_int8_avx2<C, 4>(a, r0, r1, t0); break;
-      }
+    }
+    // AVX2, and AVX-512 CPUs for 5-bit codes (were gemv_vq_int8 asked for them there).
+    switch (nt) {
+      case 1: gemv_vq_int8_avx2<C, 1>(a, r0, r1, t0); break;
+      case 2: gemv_vq_int8_avx2<C, 2>(a, r0, r1, t0); break;
+      case 3: gemv_vq_int8_avx2<C, 3>(a, r0, r1, t0); break;
+      default: gemv_vq_int8_avx2<C, 4>(a, r0, r1, t0); break;
     }
   }
 }
@@ -302,7 +303,7 @@ bool gemv_vq_int8(const float* x, int64_t T, const int32_t* packed, int64_t rows
                   const float* codebook, const float* scales, float* y, CpuIsa isa) {
   const int64_t K = int64_t(1) << c;
   if (!all_finite(x, T * units * 2) || !all_finite(codebook, K * 2)) return false;
-  const bool wide = isa == CpuIsa::Avx512;
+  const bool wide = isa == CpuIsa::Avx512 && c >= 6;  // the AVX-512 kernel and its layout (gemv_vq_int8_rows)
   const int nreg = wide ? code_regs_avx512(c) : code_regs_avx2(c), reg_bytes = wide ? 64 : 32;
   const int bytes = nreg * 2 * reg_bytes;
   const int64_t nblk = num_blocks(units, c), per_blk = 16 * codes_per_word(c);
