@@ -5,6 +5,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
 #include <string>
 
 #define WK_CHECK(op, cond, ...) TORCH_CHECK((cond), "weightkit.", op, ": ", __VA_ARGS__)
@@ -30,6 +33,24 @@ inline void check_same_device(const char* op, const at::Tensor& a, const char* a
                               const char* bn) {
   WK_CHECK(op, a.device() == b.device(), an, " and ", bn, " must be on the same device, got ", a.device(),
            " and ", b.device());
+}
+
+// The index in `choices` of environment variable `var`'s value, or -1 when it is unset or empty;
+// any other value is an error naming `op` ("VAR must be a, b or c, got 'x'"). Read on every call,
+// so tests and users can switch paths with the environment.
+inline int env_choice(const char* op, const char* var, std::initializer_list<const char*> choices) {
+  const char* v = std::getenv(var);
+  if (v == nullptr || *v == '\0') return -1;
+  std::string allowed;
+  int i = 0;
+  for (const char* c : choices) {
+    if (std::strcmp(v, c) == 0) return i;
+    allowed += i == 0 ? "" : i + 1 == static_cast<int>(choices.size()) ? " or " : ", ";
+    allowed += c;
+    ++i;
+  }
+  WK_CHECK(op, false, var, " must be ", allowed, ", got '", v, "'");
+  return -1;  // not reached: WK_CHECK threw
 }
 
 }  // namespace weightkit

@@ -4,9 +4,7 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 
 #include "common/checks.h"
 #include "common/cpu_features.h"
@@ -256,21 +254,12 @@ at::Tensor tcq_matmul_cpu(const at::Tensor& x, const at::Tensor& packed, const a
 }  // namespace
 
 bool use_gemv(const char* op, int64_t tokens) {
-  const char* env = std::getenv("WEIGHTKIT_PALETTE_PATH");
-  if (env != nullptr && *env != '\0') {
-    const std::string v(env);
-    WK_CHECK(op, v == "gemv" || v == "dense", "WEIGHTKIT_PALETTE_PATH must be gemv or dense, got ", v);
-    return v == "gemv";
-  }
-  return tokens <= kGemvMaxTokens;
+  const int forced = env_choice(op, "WEIGHTKIT_PALETTE_PATH", {"gemv", "dense"});
+  return forced < 0 ? tokens <= kGemvMaxTokens : forced == 0;
 }
 
 bool allow_int8_vq(const char* op) {
-  const char* env = std::getenv("WEIGHTKIT_PALETTE_VQ_INT8");
-  if (env == nullptr || *env == '\0') return true;
-  const std::string v(env);
-  WK_CHECK(op, v == "0" || v == "1", "WEIGHTKIT_PALETTE_VQ_INT8 must be 0 or 1, got ", v);
-  return v == "1";
+  return env_choice(op, "WEIGHTKIT_PALETTE_VQ_INT8", {"0", "1"}) != 0;
 }
 
 }  // namespace weightkit::palette

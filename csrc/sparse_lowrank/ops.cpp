@@ -5,8 +5,6 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "common/checks.h"
 #include "common/cpu_features.h"
@@ -127,11 +125,9 @@ SlArgs check_args(const char* op, const SlDevice& dev, const at::Tensor& x, cons
 
 SlPath choose_path(const char* op, int64_t T, int64_t in, int64_t out, int64_t rank, int64_t nnz, bool backward,
                    double sparse_cost) {
-  if (const char* env = std::getenv("WEIGHTKIT_SL_PATH"); env != nullptr && *env != '\0') {
-    if (std::strcmp(env, "factored") == 0) return SlPath::Factored;
-    if (std::strcmp(env, "dense") == 0) return SlPath::Dense;
-    WK_CHECK(op, std::strcmp(env, "auto") == 0, "WEIGHTKIT_SL_PATH must be factored, dense or auto, got '", env, "'");
-  }
+  const int forced = env_choice(op, "WEIGHTKIT_SL_PATH", {"factored", "dense", "auto"});
+  if (forced == 0) return SlPath::Factored;
+  if (forced == 1) return SlPath::Dense;
   const double t = double(T), i = double(in), o = double(out), r = double(rank), sparse = sparse_cost * double(nnz) * t;
   double factored, dense;
   if (!backward) {
