@@ -17,7 +17,10 @@ namespace weightkit::newton_schulz {
 
 NsParams check_params(const char* op, int64_t steps, c10::ArrayRef<double> coeffs, double eps, double norm_scale,
                       std::optional<at::ScalarType> compute_dtype) {
-  WK_CHECK(op, steps >= 1, "steps must be >= 1, got ", steps);
+  // Newton-Schulz converges in a handful of steps (5 in Muon); the bound turns a mistyped count
+  // into an error instead of a 3 * steps coefficient table that cannot be allocated.
+  constexpr int64_t kMaxSteps = 10000;
+  WK_CHECK(op, steps >= 1 && steps <= kMaxSteps, "steps must be in [1, ", kMaxSteps, "], got ", steps);
   WK_CHECK(op, coeffs.size() == 3 || static_cast<int64_t>(coeffs.size()) == 3 * steps,
            "coeffs must hold 3 values (used every step) or 3 * steps = ", 3 * steps, " values, got ",
            coeffs.size());

@@ -145,6 +145,9 @@ at::Tensor palette_encode_cpu(const at::Tensor& W, const at::Tensor& codebook) {
   WK_CHECK(op, W.size(1) % d == 0, "W's columns must be a multiple of the codeword dimension ", d, ", got ",
            W.sizes());
   WK_CHECK(op, at::isfinite(W).all().item<bool>(), "W must be finite (it has NaN or Inf)");
+  // Refused, not skipped: d = 2 would never pick a NaN codeword, and d = 1 sorts the codewords,
+  // which a NaN leaves without an order.
+  WK_CHECK(op, at::isfinite(codebook).all().item<bool>(), "codebook must be finite (it has NaN or Inf)");
   const at::Tensor Wc = W.contiguous(), cb = codebook.contiguous();
   at::Tensor idx = at::empty({W.size(0), W.size(1) / d}, W.options().dtype(at::kInt));
   palette_cpu::encode_nearest(Wc.data_ptr<float>(), W.size(0), W.size(1) / d, static_cast<int>(d),

@@ -69,6 +69,8 @@ at::Tensor palette_encode_cuda(const at::Tensor& W, const at::Tensor& codebook) 
   WK_CHECK(op, W.size(1) % d == 0, "W's columns must be a multiple of the codeword dimension ", d, ", got ",
            W.sizes());
   WK_CHECK(op, at::isfinite(W).all().item<bool>(), "W must be finite (it has NaN or Inf)");
+  // Refused, as on the CPU: the argmin over distances below would pick a NaN codeword.
+  WK_CHECK(op, at::isfinite(codebook).all().item<bool>(), "codebook must be finite (it has NaN or Inf)");
   const c10::cuda::CUDAGuard guard(W.device());
   const at::Tensor pts = W.reshape({-1, d});
   at::Tensor idx = at::empty({pts.size(0)}, W.options().dtype(at::kLong));

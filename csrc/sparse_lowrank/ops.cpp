@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <new>
 
 #include "common/checks.h"
 #include "common/cpu_features.h"
@@ -331,10 +332,19 @@ std::tuple<at::Tensor, at::Tensor> sl_support(int64_t out_features, int64_t in_f
   const bool row_balanced = kind == "row_balanced";
   WK_CHECK(op, row_balanced || kind == "uniform", "kind must be 'row_balanced' or 'uniform', got '", kind, "'");
   WK_CHECK(op, in_features <= INT32_MAX, "in_features must fit int32 column indices, got ", in_features);
-  const int64_t nnz = row_balanced
-                          ? out_features * std::max<int64_t>(1, std::llround(density * double(in_features)))
-                          : std::max<int64_t>(1, std::llround(density * double(out_features) * double(in_features)));
-  const cpu::Support s = cpu::make_support(out_features, in_features, nnz, row_balanced, static_cast<uint64_t>(seed));
+  const double per_row = std::max(1.0, std::round(density * double(in_features)));
+  const double nnz_d = row_balanced ? double(out_features) * per_row
+                                    : std::max(1.0, std::round(density * double(out_features) * double(in_features)));
+  WK_CHECK(op, nnz_d < 0x1p62, "the support would hold ", nnz_d, " nonzeros (", out_features, " x ", in_features,
+           " at density ", density, "), more than an int64 index can address");
+  const auto nnz = static_cast<int64_t>(nnz_d);
+  cpu::Support s;
+  try {
+    s = cpu::make_support(out_features, in_features, nnz, row_balanced, static_cast<uint64_t>(seed));
+  } catch (const std::bad_alloc&) {
+    WK_CHECK(op, false, "cannot allocate a support of ", nnz, " nonzeros (", out_features, " x ", in_features,
+             " at density ", density, ")");
+  }
   // Compact indices: int16 columns when the width allows, int32 row pointers when nnz allows.
   const at::ScalarType col_t = in_features <= INT16_MAX ? at::kShort : at::kInt;
   const at::ScalarType row_t = nnz <= INT32_MAX ? at::kInt : at::kLong;

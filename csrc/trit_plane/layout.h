@@ -63,7 +63,9 @@ struct Layout {
     Layout l;
     l.out = out;
     l.in = in;
-    l.group = group;
+    // A group wider than the row is the whole row: the same layout, and no buffer sized by a
+    // group_size of 2^40 (the quantizer keeps one group's trits per thread).
+    l.group = in > 0 && group > in ? in : group;
     l.n_groups = in == 0 ? 0 : (in + group - 1) / group;
     l.last_len = in == 0 ? 0 : in - (l.n_groups - 1) * group;
     l.pairs_full = (group + 1) / 2;

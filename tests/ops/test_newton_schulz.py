@@ -347,8 +347,11 @@ def test_bad_scalar_arguments(device):
         wk.newton_schulz(G, 5, "keller")
     with pytest.raises(ValueError, match=r"weightkit.newton_schulz: steps must be an int >= 1, got 0"):
         wk.newton_schulz(G, 0)
-    with pytest.raises(RuntimeError, match=r"weightkit.newton_schulz: steps must be >= 1, got 0"):
+    with pytest.raises(RuntimeError, match=r"weightkit.newton_schulz: steps must be in \[1, 10000\], got 0"):
         torch.ops.weightkit.newton_schulz(G, 0, [1.0, 0.0, 0.0], 1e-7)
+    # A mistyped huge count is refused before its coefficient table is allocated.
+    with pytest.raises(RuntimeError, match=r"weightkit.newton_schulz_grouped: steps must be in \[1, 10000\], got 2147483648"):
+        torch.ops.weightkit.newton_schulz_grouped([G], 2**31, [1.0, 0.0, 0.0], 1e-7)
     with pytest.raises(RuntimeError, match=r"weightkit.newton_schulz: eps must be finite and >= 0"):
         wk.newton_schulz(G, eps=-1.0)
     with pytest.raises(RuntimeError, match=r"weightkit.newton_schulz: norm_scale must be finite and > 0"):
@@ -359,6 +362,10 @@ def test_bad_scalar_arguments(device):
         wk.newton_schulz(G, 1, [float("nan"), 0.0, 0.0])
     with pytest.raises(RuntimeError, match=r"weightkit.auon: eps must be finite and >= 0"):
         wk.auon(G, float("inf"))
+
+
+def test_grouped_empty_list():
+    assert wk.newton_schulz_grouped([]) == []
 
 
 def test_grouped_mixed_devices_meta():

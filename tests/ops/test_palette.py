@@ -242,5 +242,11 @@ def test_code_ops_reject_bad_input():
         palette_pack(idx, 9)
     with pytest.raises(RuntimeError, match="weightkit.palette_encode: W must be finite"):
         palette_encode(torch.full((2, 64), float("nan")), codebook)
+    for bad in (float("nan"), float("inf")):
+        for cb in (codebook, torch.randn(8, 1)):
+            cb = cb.clone()
+            cb[3, 0] = bad
+            with pytest.raises(RuntimeError, match="weightkit.palette_encode: codebook must be finite"):
+                palette_encode(torch.randn(2, 64), cb)
     with pytest.raises(RuntimeError, match="weightkit.palette_encode: codebook must have shape"):
         palette_encode(torch.randn(2, 64), torch.randn(8, 3))

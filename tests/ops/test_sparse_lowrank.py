@@ -245,6 +245,11 @@ def test_bad_backward_and_support_arguments():
         sl_support(4, 10, 1.5, 0)
     with pytest.raises(RuntimeError, match="weightkit.sl_support: kind must be 'row_balanced' or 'uniform'"):
         sl_support(4, 10, 0.5, 0, "banded")
+    # Sizes that cannot be indexed or allocated are refused with the op's name, not std::bad_alloc.
+    with pytest.raises(RuntimeError, match=r"weightkit.sl_support: the support would hold .* nonzeros"):
+        sl_support(2**62, 10, 0.5, 0)
+    with pytest.raises(RuntimeError, match=r"weightkit.sl_support: cannot allocate a support of 105553116266496 nonzeros"):
+        sl_support(2**45, 30, 0.1, 0)
     with pytest.raises(RuntimeError, match="weightkit.sddmm: a \\(T, rows\\) and b \\(T, cols\\)"):
         sddmm(torch.randn(3, 4), torch.randn(2, 10), rp, ci)
 

@@ -354,6 +354,18 @@ def test_quantize_rejects_bad_input(device):
         tp.ptqtp_quantize(W * 1e6, 64)
 
 
+def test_group_wider_than_row(device):
+    # A group_size beyond in_features means one group per row: the same codes as group_size =
+    # in_features, and no buffer sized by the huge value (2^40 used to exhaust memory).
+    W = gaussian(8, 96).to(device)
+    p, s = tp.ptqtp_quantize(W, 96)
+    p_wide, s_wide = tp.ptqtp_quantize(W, 2**40)
+    assert torch.equal(p_wide, p) and torch.equal(s_wide, s)
+    x = torch.randn(3, 96, device=device)
+    torch.testing.assert_close(tp.trit_plane_matmul(x, p_wide, s_wide, 96, 2**40), tp.trit_plane_matmul(x, p, s, 96, 96))
+    assert torch.equal(tp.trit_plane_unpack(p_wide, s_wide, 96, 2**40), tp.trit_plane_unpack(p, s, 96, 96))
+
+
 def test_matmul_rejects_bad_input():
     W = gaussian(16, 256)
     p, s = tp.ptqtp_quantize(W, 128)

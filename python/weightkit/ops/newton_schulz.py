@@ -140,8 +140,11 @@ def newton_schulz_grouped(
     Each result equals ``newton_schulz`` of that matrix alone.
     """
     coeffs, p_eps, p_scale = resolve_coefficients(coefficients, steps)
+    Gs = list(Gs)
+    if not Gs:  # the op has no tensor to dispatch on; nothing to orthogonalize
+        return []
     return torch.ops.weightkit.newton_schulz_grouped(
-        list(Gs),
+        Gs,
         steps,
         coeffs,
         p_eps if eps is None else float(eps),
