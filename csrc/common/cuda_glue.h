@@ -3,7 +3,10 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/util/Exception.h>
+
+#include <optional>
 
 #include "common/dtype.h"
 
@@ -17,6 +20,14 @@ inline DType kernel_dtype(at::ScalarType t) {
     case at::kHalf: return DType::F16;
     default: TORCH_INTERNAL_ASSERT(false, "weightkit: no CUDA kernel dtype for ", t);
   }
+}
+
+// A guard that makes t's device current, for glue that checks its arguments after taking it.
+// The dispatcher runs an op's CUDA kernel when any of its tensors is on CUDA, so t may be a CPU
+// tensor among CUDA ones: then no device is set and the op's same-device check names the
+// mismatch (a CUDAGuard would throw first, "CUDAGuardImpl initialized with non-CUDA DeviceType").
+inline c10::cuda::OptionalCUDAGuard device_guard_of(const at::Tensor& t) {
+  return c10::cuda::OptionalCUDAGuard(t.is_cuda() ? std::optional<c10::Device>(t.device()) : std::nullopt);
 }
 
 }  // namespace weightkit

@@ -46,6 +46,26 @@ const at::Tensor& small_hadamard_tensor(int m) {
   return it->second;
 }
 
+at::Tensor hadamard_aten(const at::Tensor& x, const std::optional<at::Tensor>& signs, double scale, int m) {
+  const int64_t n = x.size(-1), P = n / m, rows = x.numel() / std::max<int64_t>(n, 1);
+  at::Tensor v = x.to(at::kFloat);
+  if (signs.has_value()) v = v * signs->to(at::kFloat);
+  // Column a * P + b of H_n = H_m (x) H_P holds H_m[a, .] and H_P[b, .]: H_P is the butterfly
+  // (natural, Sylvester order) over b, then H_m multiplies the a axis.
+  v = v.reshape({rows, m, P});
+  for (int64_t h = 1; h < P; h *= 2) {
+    const at::Tensor pairs = v.view({rows, m, P / (2 * h), 2, h});
+    const at::Tensor lo = pairs.select(3, 0), hi = pairs.select(3, 1);
+    v = at::stack({lo + hi, lo - hi}, 3).view({rows, m, P});
+  }
+  if (m > 1) v = at::matmul(small_hadamard_tensor(m).to(v.device(), at::kFloat), v);
+  return (v * scale).view(x.sizes()).to(x.scalar_type());
+}
+
+bool force_hadamard_aten(const char* op) {
+  return env_choice(op, "WEIGHTKIT_HADAMARD_PATH", {"kernel", "aten"}) == 1;
+}
+
 int code_bits_of(const char* op, const at::Tensor& codebook) {
   check_dims(op, codebook, "codebook", 2, 2);
   WK_CHECK(op, codebook.scalar_type() == at::kFloat, "codebook must be float32, got ", codebook.scalar_type());
@@ -125,7 +145,8 @@ at::Tensor hadamard_transform_cpu(const at::Tensor& x, const std::optional<at::T
   const char* op = "hadamard_transform";
   const int m = check_hadamard_args(op, x, signs);
   const int64_t n = x.size(-1);
-  if (x.numel() == 0) return at::empty_like(x);
+  if (x.numel() == 0) return at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (force_hadamard_aten(op)) return hadamard_aten(x, signs, scale, m);
   at::Tensor xf = x.to(at::kFloat).contiguous();
   at::Tensor y = at::empty_like(xf);
   at::Tensor s;

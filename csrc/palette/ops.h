@@ -19,6 +19,13 @@ int check_hadamard_args(const char* op, const at::Tensor& x, const std::optional
 // H_m as an int8 (m, m) CPU tensor of +-1.
 const at::Tensor& small_hadamard_tensor(int m);
 
+// hadamard_transform with ATen ops on x's device: log2(n / m) butterfly passes over the
+// power-of-two factor of n, then one product with H_m; fp32 arithmetic, y in x's dtype. The CUDA
+// glue takes it for rows too long for its kernel's shared memory; WEIGHTKIT_HADAMARD_PATH=aten
+// forces it on any device (=kernel or unset: the kernels where they apply).
+at::Tensor hadamard_aten(const at::Tensor& x, const std::optional<at::Tensor>& signs, double scale, int m);
+bool force_hadamard_aten(const char* op);
+
 // c for a (2^c, d) float32 codebook, after checking it.
 int code_bits_of(const char* op, const at::Tensor& codebook);
 

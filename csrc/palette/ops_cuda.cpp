@@ -45,16 +45,20 @@ at::Tensor hadamard_transform_cuda(const at::Tensor& x, const std::optional<at::
   const int m = check_hadamard_args(op, x, signs);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = x.size(-1);
+  // Rows longer than the kernel's shared-memory row (e.g. Llama-70B's MLP width 28672 = 2^10 * 28),
+  // or more rows than a grid holds (one block per row), take the ATen composition: log2(n / m)
+  // passes over memory instead of one.
+  const int64_t rows = x.numel() / std::max<int64_t>(n, 1);
+  if (n > kern::kHadamardMaxN || rows > INT32_MAX || force_hadamard_aten(op)) {
+    return hadamard_aten(x, signs, scale, m);
+  }
   const at::Tensor xc = (x.scalar_type() == at::kDouble ? x.to(at::kFloat) : x).contiguous();
-  WK_CHECK(op, n <= kern::kHadamardMaxN, "on CUDA the last dimension must be at most ", kern::kHadamardMaxN,
-           ", got ", n);
   at::Tensor y = at::empty_like(xc);
   at::Tensor s;
   if (signs.has_value()) s = signs->to(at::kFloat).contiguous();
-  kern::hadamard_rows(xc.data_ptr(), y.data_ptr(), kernel_dtype(xc.scalar_type()), xc.numel() / std::max<int64_t>(n, 1),
-                      n, m, device_hadamard(m, x.device()).data_ptr<int8_t>(),
-                      s.defined() ? s.data_ptr<float>() : nullptr, static_cast<float>(scale),
-                      c10::cuda::getCurrentCUDAStream());
+  kern::hadamard_rows(xc.data_ptr(), y.data_ptr(), kernel_dtype(xc.scalar_type()), rows, n, m,
+                      device_hadamard(m, x.device()).data_ptr<int8_t>(), s.defined() ? s.data_ptr<float>() : nullptr,
+                      static_cast<float>(scale), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y.to(x.scalar_type());
 }

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "common/cuda_glue.h"
 #include "rls/kernels.cuh"
 #include "rls/ops.h"
 
@@ -29,7 +30,7 @@ at::Tensor rls_init_cuda(const at::Tensor& gram, double lam, double mu) {
 }
 
 void rls_update_cuda(at::Tensor W, at::Tensor C, const at::Tensor& K, const at::Tensor& V) {
-  const c10::cuda::CUDAGuard guard(W.device());
+  const auto guard = device_guard_of(W);  // rls_update checks the devices: W may be the CPU tensor
   static const RlsDevice dev{downdate_sym_cuda, symmetrize_cuda};
   rls_update(dev, W, C, K, V);
 }

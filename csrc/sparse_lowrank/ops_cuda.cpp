@@ -99,7 +99,7 @@ const SlDevice& cuda_device() {
 at::Tensor sl_linear_cuda(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, const at::Tensor& values,
                           const at::Tensor& row_ptr, const at::Tensor& col_idx,
                           const std::optional<at::Tensor>& bias, double scale) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard_of(x);  // before the checks: x may be the CPU tensor
   return sl_linear(cuda_device(), x, A, B, values, row_ptr, col_idx, bias, scale);
 }
 
@@ -107,13 +107,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sl_linear_backward_cu
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& values, const at::Tensor& row_ptr, const at::Tensor& col_idx, double scale,
     std::array<bool, 4> output_mask) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard_of(x);  // before the checks: x may be the CPU tensor
   return sl_linear_backward(cuda_device(), grad_out, x, A, B, values, row_ptr, col_idx, scale, output_mask);
 }
 
 at::Tensor sddmm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& row_ptr,
                       const at::Tensor& col_idx) {
-  const c10::cuda::CUDAGuard guard(a.device());
+  const auto guard = device_guard_of(a);  // before the checks: a may be the CPU tensor
   check_sddmm_args(cuda_device(), a, b, row_ptr, col_idx);
   const at::Tensor rp = row_ptr.contiguous(), ci = col_idx.contiguous();
   const at::Tensor AT = a.t().contiguous(), BT = b.t().contiguous();

@@ -60,12 +60,14 @@ struct Layout {
   int64_t row_blocks = 0;
 
   static Layout make(int64_t out, int64_t in, int64_t group) {
+    // A group wider than the row is the whole row: the same layout, no buffer sized by a
+    // group_size of 2^40 (the quantizer keeps one group's trits per thread) and no overflow in
+    // the arithmetic below for group_size near INT64_MAX.
+    if (in > 0 && group > in) group = in;
     Layout l;
     l.out = out;
     l.in = in;
-    // A group wider than the row is the whole row: the same layout, and no buffer sized by a
-    // group_size of 2^40 (the quantizer keeps one group's trits per thread).
-    l.group = in > 0 && group > in ? in : group;
+    l.group = group;
     l.n_groups = in == 0 ? 0 : (in + group - 1) / group;
     l.last_len = in == 0 ? 0 : in - (l.n_groups - 1) * group;
     l.pairs_full = (group + 1) / 2;

@@ -63,6 +63,25 @@ def test_hadamard_matches_reference(n, cpu_isa):
     assert torch.allclose(y @ R_t.T, x, atol=1e-4)
 
 
+# The ATen composition (butterflies over 2^k, then H_m) that CUDA takes beyond its kernel's
+# shared-memory row (24576 floats): Llama-70B's MLP width 28672 = 2^10 * 28 among them.
+@pytest.mark.parametrize("n", [1, 12, 172, 576, 1536, 4096, 28672, 32768])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hadamard_aten_path(n, dtype, monkeypatch):
+    x = torch.randn(3, n).to(dtype)
+    s = hadamard_signs(n, 5)
+    ref = hadamard_transform_ref(x.double(), s, 1 / math.sqrt(n), hadamard_order(n))
+    monkeypatch.setenv("WEIGHTKIT_HADAMARD_PATH", "aten")
+    y = hadamard_transform(x, s)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert rel_err(y, ref) < (1e-6 if dtype == torch.float32 else 1e-2)
+    monkeypatch.setenv("WEIGHTKIT_HADAMARD_PATH", "kernel")
+    assert rel_err(hadamard_transform(x, s), ref) < (1e-6 if dtype == torch.float32 else 1e-2)
+    monkeypatch.setenv("WEIGHTKIT_HADAMARD_PATH", "fast")
+    with pytest.raises(RuntimeError, match="weightkit.hadamard_transform: WEIGHTKIT_HADAMARD_PATH must be kernel or aten"):
+        hadamard_transform(x, s)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_hadamard_dtypes(dtype):
     x = torch.randn(2, 3, 576).to(dtype)

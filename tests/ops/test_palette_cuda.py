@@ -29,7 +29,7 @@ from weightkit.quant.tcq import tcq_params
 pytestmark = pytest.mark.cuda
 
 
-@pytest.mark.parametrize("n", WIDTHS + [14336])
+@pytest.mark.parametrize("n", WIDTHS + [14336, 28672])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_hadamard(n, dtype):
     x = torch.randn(9, n)
@@ -38,6 +38,14 @@ def test_hadamard(n, dtype):
     assert y.dtype == dtype and y.device.type == "cuda"
     ref = hadamard_transform_ref(x.to(dtype).double(), s, 1 / math.sqrt(n), hadamard_order(n))
     assert rel_err(y, ref) < (1e-6 if dtype == torch.float32 else 1e-2)
+
+
+def test_hadamard_aten_path_agrees_with_kernel(monkeypatch):
+    x = torch.randn(4, 11008, device="cuda")
+    s = hadamard_signs(11008, 2).cuda()
+    y_kernel = hadamard_transform(x, s)
+    monkeypatch.setenv("WEIGHTKIT_HADAMARD_PATH", "aten")
+    assert torch.allclose(hadamard_transform(x, s), y_kernel, atol=1e-5)
 
 
 def test_hadamard_batched_shape_and_cpu_agreement():

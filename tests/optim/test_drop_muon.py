@@ -120,3 +120,48 @@ def test_drop_errors():
     with pytest.raises(ValueError, match=r"weightkit.optim.Muon.drop_step: found no list of blocks"):
         with wk.optim.Muon(flat, drop=wk.optim.DropSchedule()).drop_step(flat):
             pass
+
+
+def test_drop_step_after_an_exception_and_nested():
+    torch.manual_seed(0)
+    model = TinyGPT()
+    opt = wk.optim.Muon(model, drop=wk.optim.DropSchedule(kind="uniform", p_full=0.0, seed=1))
+    starts = []
+    with pytest.raises(KeyError):
+        with opt.drop_step(model) as s:
+            starts.append(s)
+            raise KeyError("abandoned step")
+    # The abandoned step's frozen set is gone: a plain full step updates block 0 too.
+    block0 = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("blocks.0.")}
+    lm_loss(model, batch()).backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        if n in block0:
+            assert not torch.equal(p, block0[n]), n
+    with pytest.raises(RuntimeError, match=r"weightkit.optim.Muon.drop_step: already inside a drop_step"):
+        with opt.drop_step(model):
+            with opt.drop_step(model):
+                pass
+    with pytest.raises(ValueError, match=r"weightkit.optim.Muon.drop_step: blocks is empty"):
+        with opt.drop_step(model, blocks=[]):
+            pass
+    with pytest.raises(ValueError, match=r"weightkit.optim.DropSchedule: seed must be an int, got 1.5"):
+        wk.optim.DropSchedule(seed=1.5)
+    with pytest.raises(ValueError, match=r"weightkit.optim.DropSchedule: p_full must be a number in \[0, 1\]"):
+        wk.optim.DropSchedule(p_full="0.1")
+
+
+def test_find_blocks_takes_the_outermost_list():
+    # A mixture-of-experts layer's experts list is longer than the list of layers, and nested in it.
+    class MoE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(8))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(MoE() for _ in range(4))
+
+    net = Net()
+    assert wk.optim.find_blocks(net) == list(net.layers)

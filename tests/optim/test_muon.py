@@ -136,15 +136,15 @@ def test_state_dict_round_trip_is_bit_exact():
 
 def test_bad_options():
     p = [nn.Parameter(torch.randn(4, 4))]
-    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: lr must be a number >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: lr must be a finite number >= 0, got -1"):
         wk.optim.Muon(p, lr=-1)
     with pytest.raises(ValueError, match=r"weightkit.optim.Muon: mode must be one of .*got 'svd'"):
         wk.optim.Muon(p, mode="svd")
     with pytest.raises(ValueError, match=r"weightkit.optim.Muon: adjust_lr must be one of"):
         wk.optim.Muon(p, adjust_lr="sqrt")
-    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: unknown coefficients preset"):
+    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: coefficients 'keller' are not usable: .*unknown coefficients preset"):
         wk.optim.Muon(p, coefficients="keller")
-    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: momentum must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: momentum must be a finite number in \[0, 1\)"):
         wk.optim.Muon(p, momentum=1.0)
     with pytest.raises(ValueError, match=r"more than one parameter group"):
         wk.optim.Muon([{"params": p}, {"params": p, "use_muon": False}])
@@ -155,3 +155,123 @@ def test_bad_options():
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match=r"weightkit.optim.Muon: sparse gradients are not supported"):
         opt.step()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr=float("inf")), r"lr must be a finite number >= 0"),
+    (dict(lr=True), r"lr must be a finite number >= 0, got True"),
+    (dict(weight_decay=float("inf")), r"weight_decay must be a finite number"),
+    (dict(momentum="0.9"), r"momentum must be a finite number in \[0, 1\), got '0.9'"),
+    (dict(coefficients=(1.0, 2.0)), r"coefficients \(1.0, 2.0\) are not usable"),
+    (dict(coefficients=None), r"coefficients None are not usable"),
+    (dict(compute_dtype="bf16"), r"compute_dtype must be one of"),
+    (dict(compute_dtype=torch.float64), r"compute_dtype must be one of"),
+    (dict(ns_steps=True), r"ns_steps must be an int in \[1, 10000\], got True"),
+    (dict(ns_steps=100000), r"ns_steps must be an int in \[1, 10000\], got 100000"),
+    (dict(auon_eps=-1.0), r"auon_eps must be a finite number >= 0"),
+])
+def test_bad_options_are_refused_at_construction(kwargs, message):
+    # Each used to pass the constructor and fail inside step(), after AdamW had already moved.
+    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: " + message):
+        wk.optim.Muon([nn.Parameter(torch.randn(4, 4))], **kwargs)
+
+
+def test_bad_groups_are_refused():
+    w = nn.Parameter(torch.randn(4, 4))
+    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: adamw_betas must be a pair"):
+        wk.optim.Muon([{"params": [w], "use_muon": False}], adamw_betas=(0.9,))
+    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: a parameter group lists a parameter twice"):
+        wk.optim.Muon([w, w])
+    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: Muon matrices must be real floating point"):
+        wk.optim.Muon([nn.Parameter(torch.randn(4, 4, dtype=torch.complex64))])
+    # A group refused by add_param_group is not left behind in param_groups.
+    opt = wk.optim.Muon([w])
+    with pytest.raises(ValueError, match=r"lr must be a finite number >= 0"):
+        opt.add_param_group({"params": [nn.Parameter(torch.randn(4, 4))], "lr": -5.0})
+    with pytest.raises(ValueError, match=r"a use_muon=True group holds a parameter of shape \(4,\)"):
+        opt.add_param_group({"params": [nn.Parameter(torch.randn(4))]})
+    assert len(opt.param_groups) == 1
+
+
+def test_split_judges_only_the_last_linear_by_size():
+    # Hidden matrices whose width equals the vocabulary or the context length (a position
+    # table's size) used to be taken for heads and trained with AdamW.
+    from weightkit.nn import GPT
+
+    model = GPT(vocab=256, d=64, layers=2, heads=2, ctx=64)  # fc: 64 -> 256 = vocab; proj 64 = ctx
+    muon, adamw = wk.optim.split_muon_params(model)
+    muon_ids = {id(p) for p in muon}
+    for name, p in model.named_parameters():
+        hidden = name.startswith("blocks.") and p.ndim == 2
+        assert (id(p) in muon_ids) == hidden, name
+    seq = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 10))
+    muon, adamw = wk.optim.split_muon_params(seq)
+    assert [id(p) for p in muon] == [id(seq[1].weight)]  # the last Linear (to the vocabulary) is the head
+
+
+def test_lr_schedulers_reach_the_adamw_groups():
+    model = TinyLM()
+    opt = wk.optim.Muon(model, lr=0.02, adamw_lr=3e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.0)
+    before = copy.deepcopy(model.state_dict())
+    train_steps(model, opt, steps=2)
+    sched.step()
+    assert sched.get_last_lr() == [0.0, 0.0]
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, before[name]), name  # an lr of 0 moves nothing, embeddings and head included
+
+
+def test_keller_jordan_adamw_group_keys():
+    w, b = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4))
+    opt = wk.optim.Muon([{"params": [w]}, {"params": [b], "use_muon": False, "lr": 0.1, "betas": (0.8, 0.9),
+                                           "eps": 1e-6, "weight_decay": 0.5}])
+    g = opt.param_groups[1]
+    assert (g["lr"], g["adamw_betas"], g["adamw_eps"], g["adamw_wd"]) == (0.1, (0.8, 0.9), 1e-6, 0.5)
+    assert "adamw_lr" not in g and "betas" not in g
+    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: an AdamW group sets both lr=0.1 and adamw_lr=0.2"):
+        wk.optim.Muon([{"params": [b], "use_muon": False, "lr": 0.1, "adamw_lr": 0.2}])
+    # Checkpoints whose AdamW groups kept the rate in "adamw_lr" load with it as the group's lr.
+    state = opt.state_dict()
+    state["param_groups"][1] = {**state["param_groups"][1], "lr": 0.02, "adamw_lr": 0.3}
+    opt.load_state_dict(state)
+    assert opt.param_groups[1]["lr"] == 0.3 and "adamw_lr" not in opt.param_groups[1]
+
+
+def test_bad_checkpoint_leaves_the_optimizer_unchanged():
+    model = TinyLM()
+    opt = wk.optim.Muon(model)
+    train_steps(model, opt, steps=1)
+    state = opt.state_dict()
+    groups_before = copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+    bad = {**state, "param_groups": [{**state["param_groups"][0], "mode": "svd"}] + state["param_groups"][1:]}
+    with pytest.raises(ValueError, match=r"weightkit.optim.Muon: mode must be one of .*got 'svd'"):
+        opt.load_state_dict(bad)
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == groups_before
+
+
+def test_deepcopy_and_pickle_keep_a_working_optimizer():
+    model = TinyLM()
+    opt = wk.optim.Muon(model, drop=wk.optim.DropSchedule(seed=3))
+    train_steps(model, opt, steps=1)
+    twin_model = copy.deepcopy(model)
+    twin = copy.deepcopy(opt)
+    assert twin.drop is not None and twin.drop.seed == 3
+    twin.state_dict()  # used to fail: the copy had no .drop
+    buf = io.BytesIO()
+    torch.save(opt, buf)  # pickled whole
+    buf.seek(0)
+    assert torch.load(buf, weights_only=False).drop.seed == 3
+    del twin_model
+
+
+def test_float64_and_empty_matrices():
+    w64 = nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
+    empty = nn.Parameter(torch.randn(0, 5))
+    opt = wk.optim.Muon([w64, empty], lr=0.1, compute_dtype=torch.float32)
+    start = w64.detach().clone()
+    w64.grad, empty.grad = torch.randn_like(w64), torch.randn_like(empty)
+    opt.step()
+    ref, _ = muon_step_ref(start, torch.zeros_like(start), w64.grad, lr=0.1)
+    assert w64.dtype == torch.float64
+    assert (w64.detach() - ref).abs().max() < 1e-5  # the orthogonalization ran in fp32
+    assert empty.shape == (0, 5)

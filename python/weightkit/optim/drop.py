@@ -36,9 +36,11 @@ class DropSchedule:
             raise ValueError(f"weightkit.optim.DropSchedule: kind must be 'uniform' or 'tilted', got {kind!r}")
         if not (isinstance(tilt, (int, float)) and math.isfinite(tilt) and tilt >= 0):
             raise ValueError(f"weightkit.optim.DropSchedule: tilt must be a finite number >= 0, got {tilt!r}")
-        if not 0.0 <= p_full <= 1.0:
-            raise ValueError(f"weightkit.optim.DropSchedule: p_full must be in [0, 1], got {p_full!r}")
-        self.kind, self.tilt, self.p_full, self.seed = kind, float(tilt), float(p_full), int(seed)
+        if not (isinstance(p_full, (int, float)) and 0.0 <= p_full <= 1.0):
+            raise ValueError(f"weightkit.optim.DropSchedule: p_full must be a number in [0, 1], got {p_full!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"weightkit.optim.DropSchedule: seed must be an int, got {seed!r}")
+        self.kind, self.tilt, self.p_full, self.seed = kind, float(tilt), float(p_full), seed
         self.blocks = list(blocks) if blocks is not None else None
         self.generator = torch.Generator().manual_seed(self.seed)
 
@@ -52,6 +54,8 @@ class DropSchedule:
 
     def sample(self, num_blocks: int) -> int:
         """Draws the start block from the schedule's generator."""
+        if num_blocks < 1:
+            raise ValueError(f"weightkit.optim.DropSchedule: there must be at least one block, got {num_blocks}")
         return int(torch.multinomial(self.probabilities(num_blocks), 1, generator=self.generator).item())
 
     def state_dict(self) -> dict:
@@ -64,16 +68,20 @@ class DropSchedule:
 
 
 def find_blocks(model: nn.Module) -> list[nn.Module]:
-    """The model's ordered transformer blocks: the longest ``nn.ModuleList`` of same-type modules
-    (``model.layers``, ``transformer.h``, ``blocks``… in Llama, GPT-2 and most GPT-style code).
+    """The model's ordered transformer blocks: the outermost ``nn.ModuleList`` of same-type
+    modules (``model.layers``, ``transformer.h``, ``blocks``… in Llama, GPT-2 and most GPT-style
+    code); among several, the longest, then one with a usual name. Lists inside another list's
+    modules (a mixture-of-experts layer's ``experts``) are never the blocks, however long.
     """
     best: list[nn.Module] = []
     best_named = False
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) < 2:
+    inside: set[int] = set()  # ids of the modules under a candidate list
+    for name, module in model.named_modules():  # parents come before their children
+        if id(module) in inside or not isinstance(module, nn.ModuleList) or len(module) < 2:
             continue
         if len({type(m) for m in module}) != 1:
             continue
+        inside.update(id(m) for m in module.modules())
         named = name.rsplit(".", 1)[-1] in _BLOCK_LIST_NAMES
         if len(module) > len(best) or (len(module) == len(best) and named and not best_named):
             best, best_named = list(module), named

@@ -16,13 +16,17 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from weightkit.ops.newton_schulz import PRESETS, auon, newton_schulz_grouped
+from weightkit.ops.newton_schulz import auon, newton_schulz_grouped, resolve_coefficients
 from weightkit.optim.drop import DropSchedule, find_blocks, renew_parameter_dicts
 
 __all__ = ["Muon", "split_muon_params"]
 
 _MODES = ("ns", "auon", "hybrid")
 _ADJUST = ("original", "match_rms_adamw")
+_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Keller Jordan's AdamW groups name their hyperparameters as torch.optim.AdamW does.
+_ADAMW_ALIASES = (("lr", "adamw_lr"), ("betas", "adamw_betas"), ("eps", "adamw_eps"), ("weight_decay", "adamw_wd"))
+_MAX_NS_STEPS = 10000  # the op's bound
 
 
 def split_muon_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -31,17 +35,20 @@ def split_muon_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Par
     Returns ``(muon, adamw)``: hidden matrices (2-D weights, and conv kernels, which Muon sees
     flattened to (out, in·k·k)) go to Muon; embeddings, the output head (an ``nn.Linear`` whose
     weight is tied to an embedding, or whose name ends in ``lm_head``/``head``/``output``/
-    ``classifier``, or that maps to an embedding's vocabulary size), norms, biases and every other
-    1-D parameter go to AdamW. Each parameter appears once (tied weights are deduplicated).
+    ``classifier``, or the model's last ``nn.Linear`` when it maps to an embedding's size), norms,
+    biases and every other 1-D parameter go to AdamW. Each parameter appears once (tied weights are
+    deduplicated). Only the last Linear is judged by its size: a hidden matrix whose width happens
+    to equal the vocabulary or the context length (a position table's size) stays with Muon.
     """
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     vocab_sizes = {m.num_embeddings for m in embeddings}
     adamw_ids = {id(m.weight) for m in embeddings}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in ("lm_head", "head", "output", "classifier") or module.out_features in vocab_sizes:
-                adamw_ids.add(id(module.weight))
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for i, (name, module) in enumerate(linears):
+        leaf = name.rsplit(".", 1)[-1]
+        last_to_vocab = i + 1 == len(linears) and module.out_features in vocab_sizes
+        if leaf in ("lm_head", "head", "output", "classifier") or last_to_vocab:
+            adamw_ids.add(id(module.weight))
     muon, adamw, seen = [], [], set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
@@ -57,7 +64,9 @@ class Muon(torch.optim.Optimizer):
     Args:
         params: an ``nn.Module`` (split with :func:`split_muon_params`), or parameter groups in
             Keller Jordan's convention: dicts with ``use_muon=True|False`` (default True) whose
-            AdamW groups may set ``adamw_lr``, ``adamw_betas``, ``adamw_eps``, ``adamw_wd``.
+            AdamW groups may set ``adamw_lr``, ``adamw_betas``, ``adamw_eps``, ``adamw_wd`` (or
+            his names ``lr``, ``betas``, ``eps``, ``weight_decay``). An AdamW group's learning
+            rate is then its ``group["lr"]``, so LR schedulers scale both kinds of group.
         lr: Muon learning rate (0.02, Keller Jordan's default).
         momentum: β of the momentum buffer ``buf ← β·buf + (1−β)·g`` (0.95).
         nesterov: orthogonalize ``lerp(g, buf, β)`` instead of ``buf`` (True).
@@ -73,6 +82,9 @@ class Muon(torch.optim.Optimizer):
         adamw_lr, adamw_betas, adamw_eps, adamw_wd: defaults of the AdamW groups
             (3e-4, (0.9, 0.95), 1e-8, 0.0).
         drop: a :class:`DropSchedule` to train with Drop-Muon through :meth:`drop_step`.
+
+    Muon matrices in float64 are orthogonalized in float32 (the op's widest type); matrices with
+    no elements are skipped.
     """
 
     def __init__(
@@ -120,7 +132,22 @@ class Muon(torch.optim.Optimizer):
             raise TypeError(f"weightkit.optim.Muon: drop must be a DropSchedule, got {type(drop).__name__}")
         self.drop = drop
         self._frozen: set[int] = set()  # ids of the parameters the current step leaves alone
+        self._in_drop_step = False
         self.last_drop_start: int | None = None
+
+    # torch.optim.Optimizer pickles (and deep-copies) only defaults, state and param_groups.
+    _EXTRA_STATE = {"drop": None, "_frozen": set, "_in_drop_step": False, "last_drop_start": None}
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update({k: getattr(self, k) for k in self._EXTRA_STATE})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for k, default in self._EXTRA_STATE.items():
+            if not hasattr(self, k):
+                setattr(self, k, default() if callable(default) else default)
 
     @contextlib.contextmanager
     def drop_step(self, model: nn.Module, blocks: list[nn.Module] | None = None) -> Iterator[int]:
@@ -134,7 +161,13 @@ class Muon(torch.optim.Optimizer):
         """
         if self.drop is None:
             raise RuntimeError("weightkit.optim.Muon.drop_step: construct Muon with drop=DropSchedule(...) first")
-        blocks = blocks if blocks is not None else (self.drop.blocks or find_blocks(model))
+        if self._in_drop_step:
+            raise RuntimeError("weightkit.optim.Muon.drop_step: already inside a drop_step; one per step() is allowed")
+        if blocks is None:
+            blocks = self.drop.blocks if self.drop.blocks is not None else find_blocks(model)
+        blocks = list(blocks)
+        if not blocks:
+            raise ValueError("weightkit.optim.Muon.drop_step: blocks is empty; pass the model's ordered blocks")
         start = self.drop.sample(len(blocks))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             t = torch.tensor([start], dtype=torch.int64)
@@ -148,9 +181,14 @@ class Muon(torch.optim.Optimizer):
         renew_parameter_dicts(blocks[:start])
         self._frozen = {id(p) for p in frozen}
         self.last_drop_start = start
+        self._in_drop_step = True
         try:
             yield start
+        except BaseException:
+            self._frozen = set()  # the step was abandoned: the next one updates every block
+            raise
         finally:
+            self._in_drop_step = False
             for p in frozen:
                 p.requires_grad_(True)
             renew_parameter_dicts(blocks[:start])
@@ -164,48 +202,86 @@ class Muon(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         drop_state = state_dict.pop("drop", None)
-        super().load_state_dict(state_dict)
+        saved_groups = [dict(g) for g in state_dict["param_groups"]]
+        for g in saved_groups:
+            # Checkpoints from before AdamW groups kept their learning rate in "lr" (session 14).
+            if not g.get("use_muon", True) and "adamw_lr" in g:
+                g["lr"] = g.pop("adamw_lr")
+        # Checked before anything is loaded: a bad checkpoint leaves the optimizer as it was.
+        for saved, group in zip(saved_groups, self.param_groups):
+            self._check_group({**saved, "params": group["params"]})
+        super().load_state_dict({**state_dict, "param_groups": saved_groups})
         if drop_state is not None and self.drop is not None:
             self.drop.load_state_dict(drop_state)
 
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        self._check_group(self.param_groups[-1])
+        group = dict(param_group)
+        if not group.get("use_muon", self.defaults["use_muon"]):
+            for theirs, ours in _ADAMW_ALIASES:
+                if theirs in group:
+                    if ours in group and group[ours] != group[theirs]:
+                        raise ValueError(f"weightkit.optim.Muon: an AdamW group sets both {theirs}={group[theirs]!r} "
+                                         f"and {ours}={group[ours]!r}")
+                    group[ours] = group.pop(theirs)
+            group["lr"] = group.pop("adamw_lr", self.defaults["adamw_lr"])
+        super().add_param_group(group)
+        added = self.param_groups[-1]
+        if not added["use_muon"]:
+            added.pop("adamw_lr", None)  # filled in from the defaults; group["lr"] is the one used
+        try:
+            self._check_group(added)
+        except ValueError:
+            self.param_groups.pop()
+            raise
 
     @staticmethod
     def _check_group(group: dict) -> None:
-        def non_negative(name, value):
-            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
-                raise ValueError(f"weightkit.optim.Muon: {name} must be a number >= 0, got {value!r}")
+        def number(name, value, low=0.0, high=math.inf, high_open=False):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < low or value > high or (high_open and value == high):
+                bound = f"in [{low:g}, {high:g})" if math.isfinite(high) else f">= {low:g}"
+                raise ValueError(f"weightkit.optim.Muon: {name} must be a finite number {bound}, got {value!r}")
 
-        non_negative("lr", group["lr"])
-        non_negative("weight_decay", group["weight_decay"])
-        if not 0.0 <= group["momentum"] < 1.0:
-            raise ValueError(f"weightkit.optim.Muon: momentum must be in [0, 1), got {group['momentum']!r}")
+        params = group["params"]
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("weightkit.optim.Muon: a parameter group lists a parameter twice")
+        number("lr", group["lr"])
+        if not group["use_muon"]:
+            number("adamw_eps", group["adamw_eps"])
+            number("adamw_wd", group["adamw_wd"])
+            betas = group["adamw_betas"]
+            if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+                raise ValueError(f"weightkit.optim.Muon: adamw_betas must be a pair (beta1, beta2), got {betas!r}")
+            for b in betas:
+                number("each of adamw_betas", b, high=1.0, high_open=True)
+            return
+        number("weight_decay", group["weight_decay"])
+        number("momentum", group["momentum"], high=1.0, high_open=True)
         if group["mode"] not in _MODES:
             raise ValueError(f"weightkit.optim.Muon: mode must be one of {_MODES}, got {group['mode']!r}")
         if group["adjust_lr"] not in _ADJUST:
             raise ValueError(f"weightkit.optim.Muon: adjust_lr must be one of {_ADJUST}, got {group['adjust_lr']!r}")
-        if isinstance(group["coefficients"], str) and group["coefficients"] not in PRESETS:
-            raise ValueError(
-                f"weightkit.optim.Muon: unknown coefficients preset {group['coefficients']!r}; "
-                f"choose one of {sorted(PRESETS)}"
-            )
-        if not isinstance(group["ns_steps"], int) or group["ns_steps"] < 1:
-            raise ValueError(f"weightkit.optim.Muon: ns_steps must be an int >= 1, got {group['ns_steps']!r}")
-        non_negative("adamw_lr", group["adamw_lr"])
-        non_negative("adamw_eps", group["adamw_eps"])
-        non_negative("adamw_wd", group["adamw_wd"])
-        b1, b2 = group["adamw_betas"]
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"weightkit.optim.Muon: adamw_betas must be in [0, 1), got {group['adamw_betas']!r}")
-        if group["use_muon"]:
-            for p in group["params"]:
-                if p.ndim < 2:
-                    raise ValueError(
-                        "weightkit.optim.Muon: a use_muon=True group holds a parameter of shape "
-                        f"{tuple(p.shape)}; Muon needs matrices (>= 2-D), put it in a use_muon=False group"
-                    )
+        steps = group["ns_steps"]
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= _MAX_NS_STEPS:
+            raise ValueError(f"weightkit.optim.Muon: ns_steps must be an int in [1, {_MAX_NS_STEPS}], got {steps!r}")
+        try:
+            coeffs = resolve_coefficients(group["coefficients"], steps)[0]
+            if len(coeffs) not in (3, 3 * steps):
+                raise ValueError(f"{len(coeffs)} values, not 3 (every step) or 3 * ns_steps = {3 * steps}")
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"weightkit.optim.Muon: coefficients {group['coefficients']!r} are not usable: {e}") from None
+        if group["compute_dtype"] not in _COMPUTE_DTYPES:
+            raise ValueError(f"weightkit.optim.Muon: compute_dtype must be one of {_COMPUTE_DTYPES}, "
+                             f"got {group['compute_dtype']!r}")
+        number("auon_eps", group["auon_eps"])
+        for p in params:
+            if p.ndim < 2:
+                raise ValueError(
+                    "weightkit.optim.Muon: a use_muon=True group holds a parameter of shape "
+                    f"{tuple(p.shape)}; Muon needs matrices (>= 2-D), put it in a use_muon=False group"
+                )
+            if not p.is_floating_point():
+                raise ValueError(f"weightkit.optim.Muon: Muon matrices must be real floating point, got {p.dtype}")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -223,7 +299,8 @@ class Muon(torch.optim.Optimizer):
         self._frozen = set()
         for (mode, steps, coeffs, dtype, eps), items in pending.items():
             fulls = [_full(u) for _, _, u in items]
-            mats = [f.reshape(f.shape[0], -1) for f in fulls]
+            # float64 matrices go through the op in float32, its widest type.
+            mats = [f.reshape(f.shape[0], -1).to(torch.float32 if f.dtype == torch.float64 else f.dtype) for f in fulls]
             fn = functools.partial(self._orthogonalize, mode, steps, coeffs, dtype, eps)
             updates = _orthogonalize_sharded(fn, mats) if _world_size() > 1 else fn(mats)
             for (p, group, _), full, U in zip(items, fulls, updates):
@@ -244,7 +321,7 @@ class Muon(torch.optim.Optimizer):
         key = (group["mode"], group["ns_steps"], key_coeffs, group["compute_dtype"], group["auon_eps"])
         for p in group["params"]:
             g = self._grad(p)
-            if g is None:
+            if g is None or p.numel() == 0:  # nothing to orthogonalize in an empty matrix
                 continue
             state = self.state[p]
             if "momentum_buffer" not in state:
@@ -264,7 +341,7 @@ class Muon(torch.optim.Optimizer):
 
     def _adamw(self, group: dict) -> None:
         beta1, beta2 = group["adamw_betas"]
-        lr, eps, wd = group["adamw_lr"], group["adamw_eps"], group["adamw_wd"]
+        lr, eps, wd = group["lr"], group["adamw_eps"], group["adamw_wd"]
         for p in group["params"]:
             g = self._grad(p)
             if g is None:
