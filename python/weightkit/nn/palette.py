@@ -54,6 +54,17 @@ class PaletteLinear(nn.Module):
             layer.bias.data.copy_(linear.bias.detach().float())
         return layer.to(linear.weight.device)
 
+    def _apply(self, fn, recurse=True):
+        # model.half() / .to(torch.bfloat16) cast floating buffers; the ops need the rotation signs,
+        # row scales and codebook in float32, so they follow device moves only.
+        fixed = {name: self._buffers[name] for name in ("signs", "scales", "codebook")}
+        super()._apply(fn, recurse)
+        for name, before in fixed.items():
+            after = self._buffers[name]
+            if after.dtype != before.dtype:  # moved and cast: keep the move only (to_empty etc. untouched)
+                self._buffers[name] = before.to(after.device)
+        return self
+
     def load_quantized(self, q: dict) -> None:
         """Take the tensors of a quantize_weight result (signs, scales, codebook, packed)."""
         for name in ("signs", "scales", "codebook", "packed"):
@@ -80,8 +91,13 @@ class PaletteLinear(nn.Module):
         if "split" not in p:
             return [(self.packed, self.scales, p)]
         flat, k, split = self.packed.reshape(-1), p["lo_words"], p["split"]
-        return [(flat[:k].reshape(split, -1), self.scales[:split].contiguous(), p["lo"]),
-                (flat[k:].reshape(self.out_features - split, -1), self.scales[split:].contiguous(), p["hi"])]
+
+        def words(q):  # per row; explicit, as a half may have no rows (a one-row layer)
+            return P.tcq_words(self.in_features // q["values_per_step"], q["L"], q["bits_per_step"])
+
+        return [(flat[:k].reshape(split, words(p["lo"])), self.scales[:split].contiguous(), p["lo"]),
+                (flat[k:].reshape(self.out_features - split, words(p["hi"])), self.scales[split:].contiguous(),
+                 p["hi"])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xr = P.hadamard_transform(x, self.signs)

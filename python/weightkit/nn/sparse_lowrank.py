@@ -21,7 +21,14 @@ __all__ = ["SparseLowRankLinear", "ddp_ignore_support_buffers", "to_sparse_lowra
 SUPPORT_KINDS = ("row_balanced", "uniform")
 
 
-def _check_config(in_features: int, out_features: int, rank: int, density: float, support: str) -> None:
+def _check_config(in_features: int, out_features: int, rank: int, density: float, support: str,
+                  alpha: float = 1.0) -> None:
+    for name, v in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"SparseLowRankLinear: {name} must be an int, got {v!r}")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        # alpha = 0 would switch the low-rank part off (and from_weight divide by it)
+        raise ValueError(f"SparseLowRankLinear: alpha must be a finite number > 0, got {alpha!r}")
     if in_features < 1 or out_features < 1:
         raise ValueError(f"SparseLowRankLinear: in_features and out_features must be >= 1, got {in_features}, {out_features}")
     if not 1 <= rank <= min(in_features, out_features):
@@ -68,7 +75,7 @@ class SparseLowRankLinear(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        _check_config(in_features, out_features, rank, density, support)
+        _check_config(in_features, out_features, rank, density, support, alpha)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.density, self.alpha, self.support, self.seed = float(density), float(alpha), support, int(seed)
         row_ptr, col_idx = sl_support(out_features, in_features, density, seed, support)
@@ -147,6 +154,9 @@ class SparseLowRankLinear(nn.Module):
         Alternates the two exact block minimizations of ‖W − L − S‖_F: L = the rank-r truncated
         SVD of W − S, then S = (W − L) on the support. Each step cannot increase the error.
         """
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+            got = f"{tuple(weight.shape)} {weight.dtype}" if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ValueError(f"SparseLowRankLinear.from_weight: weight must be a 2-D float tensor (out, in), got {got}")
         out_features, in_features = weight.shape
         layer = cls(in_features, out_features, rank, density, alpha, bias is not None, support, seed,
                     device=weight.device, dtype=weight.dtype)
@@ -257,6 +267,15 @@ def to_sparse_lowrank(
     """
     if (rank is None) == (rank_ratio is None):
         raise ValueError("to_sparse_lowrank: give exactly one of rank and rank_ratio")
+    if isinstance(model, nn.Linear):
+        raise ValueError("to_sparse_lowrank: the model itself is an nn.Linear, which cannot be replaced in place; "
+                         "use SparseLowRankLinear.from_linear, or wrap it (e.g. nn.Sequential(linear))")
+    # One pattern is a pattern, not a sequence of one-character patterns.
+    include = (include,) if isinstance(include, str) else include
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    from weightkit.quant.quantize import linears_read_as_weights
+
+    read_directly = linears_read_as_weights(model)  # torch's attention / transformer layers
     if rank_ratio is not None and not 0.0 < rank_ratio <= 1.0:
         raise ValueError(f"to_sparse_lowrank: rank_ratio must be in (0, 1], got {rank_ratio}")
     before = sum(p.numel() for p in model.parameters())
@@ -264,6 +283,8 @@ def to_sparse_lowrank(
     for name, module in model.named_modules():
         weight = _linear_weight(module)
         if weight is None or _matches(name, exclude) or (include is not None and not _matches(name, include)):
+            continue
+        if id(module) in read_directly:
             continue
         targets.append((name, module, weight))
     if not targets:

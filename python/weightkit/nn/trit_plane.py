@@ -51,6 +51,16 @@ class TritPlaneLinear(nn.Module):
         else:
             self.bias = None
 
+    def _apply(self, fn, recurse=True):
+        # model.float() / .to(torch.bfloat16) cast floating buffers; the trit-plane scales are
+        # float16 by format (the ops refuse others), so they follow device moves only.
+        before = self._buffers["scales"]
+        super()._apply(fn, recurse)
+        after = self._buffers["scales"]
+        if after.dtype != before.dtype:  # moved and cast: keep the move only (to_empty etc. untouched)
+            self._buffers["scales"] = before.to(after.device)
+        return self
+
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear, group_size: int = 128, max_iters: int = 50, tol: float = 1e-4,

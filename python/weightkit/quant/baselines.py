@@ -20,6 +20,8 @@ def _check(name: str, W: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"weightkit.quant.{name}: W must be a 2-D tensor, got {getattr(W, 'shape', type(W))}")
     if not W.is_floating_point():
         raise TypeError(f"weightkit.quant.{name}: W must be floating point, got {W.dtype}")
+    if not torch.isfinite(W).all():
+        raise ValueError(f"weightkit.quant.{name}: W must be finite (it has NaN or Inf)")
     return W.detach().float()
 
 
@@ -56,6 +58,8 @@ def rtn_int(W: torch.Tensor, bits: int, group_size: int = 128, symmetric: bool =
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"weightkit.quant.rtn_int: group_size must be an int >= 1, got {group_size!r}")
     out, inf = W.shape
+    if W.numel() == 0:  # no group to scale
+        return W.clone(), bits + (16.0 if symmetric else 32.0) / group_size
     pad = (-inf) % group_size
     Wp = torch.nn.functional.pad(W, (0, pad)).view(out, -1, group_size)
     valid = torch.nn.functional.pad(torch.ones(inf, dtype=torch.bool), (0, pad)).view(1, -1, group_size)

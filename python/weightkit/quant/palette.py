@@ -13,7 +13,6 @@ all layers or a per-layer plan from weightkit.quant.allocation.
 
 from __future__ import annotations
 
-import fnmatch
 import sys
 import time
 
@@ -57,15 +56,19 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tc
     (0, 1) for tcq), ``packed`` int32, ``tcq_params`` (tcq only). The Hadamard width (in) must be
     2^k·m with a supported m (weightkit.ops.palette.HADAMARD_ORDERS).
     """
-    _check_rate(kind, bits)
+    fn = "weightkit.quant.quantize_weight"
+    try:
+        _check_rate(kind, bits)
+    except ValueError as e:
+        raise ValueError(f"{fn}: {e}") from None
     if W.dim() != 2:
-        raise ValueError(f"W must be 2-D (out, in), got shape {tuple(W.shape)}")
+        raise ValueError(f"{fn}: W must be 2-D (out, in), got shape {tuple(W.shape)}")
     out_f, in_f = W.shape
     if P.hadamard_order(in_f) is None:
-        raise ValueError(f"in_features={in_f} is not 2^k·m with m in {P.HADAMARD_ORDERS}")
+        raise ValueError(f"{fn}: in_features={in_f} is not 2^k·m with m in {P.HADAMARD_ORDERS}")
     Wf = W.detach().float().cpu()
     if not torch.isfinite(Wf).all():
-        raise ValueError("W must be finite (it has NaN or Inf)")
+        raise ValueError(f"{fn}: W must be finite (it has NaN or Inf)")
     signs = P.hadamard_signs(in_f, seed)
     Wr = P.hadamard_transform(Wf, signs)
     scales = Wr.pow(2).mean(1).sqrt().clamp_min(1e-12)
@@ -89,35 +92,86 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tc
         return out
     cb = codebooks.lloyd_max(int(bits)) if kind == "sq" else codebooks.vq2d(int(round(2 * bits)))
     if kind == "vq" and in_f % 2:
-        raise ValueError(f"the 2-D VQ needs an even in_features, got {in_f}")
+        raise ValueError(f"{fn}: the 2-D VQ needs an even in_features, got {in_f}")
     c = (cb.shape[0] - 1).bit_length()
     out["codebook"] = cb
     out["packed"] = P.palette_pack(P.palette_encode(Wn, cb), c)
     return out
 
 
-def _linears(model: nn.Module, skip):
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not any(fnmatch.fnmatchcase(n, p) for p in skip)]
+def _layer_problem(lin: nn.Linear, kind: str, bits: float) -> str | None:
+    """Why quantize_weight would refuse this layer, found before any layer is replaced."""
+    try:
+        _check_rate(kind, bits)
+    except ValueError as e:
+        return str(e)
+    in_f = lin.in_features
+    if P.hadamard_order(in_f) is None:
+        return f"in_features={in_f} is not 2^k·m with m in {P.HADAMARD_ORDERS}"
+    if kind == "vq" and in_f % 2:
+        return f"the 2-D VQ needs an even in_features, got {in_f}"
+    return None
+
+
+_TCQ_OPTIONS = ("L", "progress")
+
+
+def _plan_choices(fn: str, plan) -> dict:
+    """{layer name: (quantizer, bits)} from a plan whose values are such pairs or allocation Options."""
+    if plan is None:
+        return {}
+    if not isinstance(plan, dict):
+        raise TypeError(f"weightkit.quant.{fn}: plan must map layer names to (quantizer, bits) or allocation "
+                        f"Options, got a {type(plan).__name__} (allocate returns one Option per layer in the order "
+                        "of its sizes: plan = dict(zip(names, options)))")
+    out = {}
+    for name, choice in plan.items():
+        if hasattr(choice, "quantizer") and hasattr(choice, "bits"):  # an allocation.Option
+            choice = (choice.quantizer, choice.bits)
+        if not (isinstance(choice, (tuple, list)) and len(choice) == 2):
+            raise TypeError(f"weightkit.quant.{fn}: plan[{name!r}] must be (quantizer, bits) or an Option, got {choice!r}")
+        out[name] = tuple(choice)
+    return out
 
 
 def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str = "tcq", plan: dict | None = None,
-                           skip=DEFAULT_SKIP, seed: int = 0, progress: bool = False, **tcq) -> list[dict]:
+                           skip=DEFAULT_SKIP, seed: int = 0, progress: bool = False, skipped: list | None = None,
+                           **tcq) -> list[dict]:
     """Replace the model's nn.Linear layers (names not matching ``skip`` globs) by PaletteLinear.
 
     ``plan`` maps a layer name to (quantizer, bits) and overrides ``quantizer``/``bits`` for it
-    (weightkit.quant.allocation builds one; ``quantizer="mixed"`` requires it). Returns one report
-    dict per layer: name, shape, quantizer, bits, stored_bits (with scales and signs), rel_error
-    (‖W − Ŵ‖/‖W‖), norm, seconds.
+    (weightkit.quant.allocation builds one; ``quantizer="mixed"`` requires it). Every layer is
+    checked (rate, Hadamard width, finite weights) before the first is replaced. Names left out
+    are appended to ``skipped`` when given. Returns one report dict per layer: name, shape,
+    quantizer, bits, stored_bits (with scales and signs), rel_error (‖W − Ŵ‖/‖W‖), norm, seconds.
     """
     from weightkit.nn.palette import PaletteLinear
+    from weightkit.quant.quantize import check_finite_weights, skip_patterns, target_linears
 
+    fn = "quantize_model"
+    unknown = sorted(set(tcq) - set(_TCQ_OPTIONS))
+    if unknown:
+        raise TypeError(f"weightkit.quant.{fn}: unknown palette options {unknown}; the trellis takes {_TCQ_OPTIONS}")
     if quantizer == "mixed" and plan is None:
-        raise ValueError("quantizer='mixed' needs a plan (see weightkit.quant.allocation.allocate)")
-    layers = _linears(model, skip)
+        raise ValueError(f"weightkit.quant.{fn}: quantizer='mixed' needs a plan (see weightkit.quant.allocation.allocate)")
+    layers, left_out = target_linears(fn, model, skip_patterns(fn, skip), replace=True)
+    if skipped is not None:
+        skipped.extend(left_out)
+    plan = _plan_choices(fn, plan)
+    stray = sorted(set(plan) - {name for name, _ in layers})
+    if stray:
+        raise ValueError(f"weightkit.quant.{fn}: the plan names layers that are not quantized here: {stray[:5]}")
+    choices = []
+    for name, lin in layers:
+        kind, b = plan.get(name, (quantizer, bits))
+        problem = _layer_problem(lin, kind, b)
+        if problem:
+            raise ValueError(f"weightkit.quant.{fn}: layer {name!r} ({lin.out_features}x{lin.in_features}): {problem}; "
+                             "nothing was quantized")
+        choices.append((kind, b))
+    check_finite_weights(fn, layers)
     report = []
-    for i, (name, lin) in enumerate(layers):
-        kind, b = (plan or {}).get(name, (quantizer, bits))
+    for i, ((name, lin), (kind, b)) in enumerate(zip(layers, choices)):
         t0 = time.perf_counter()
         layer = PaletteLinear.from_linear(lin, kind, b, seed=seed + i, **(tcq if kind == "tcq" else {}))
         layer = layer.to(dtype=torch.float32)

@@ -75,6 +75,52 @@ def _skipped(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def skip_patterns(fn: str, skip) -> tuple[str, ...]:
+    """``skip`` as a tuple of globs: None gives DEFAULT_SKIP, one string is one glob (not its
+    characters: "*lm_head*" iterated would skip every layer)."""
+    if skip is None:
+        return DEFAULT_SKIP
+    patterns = (skip,) if isinstance(skip, str) else tuple(skip)
+    for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"weightkit.quant.{fn}: skip must hold name globs (str), got {p!r}")
+    return patterns
+
+
+def target_linears(fn: str, model: nn.Module, patterns: tuple[str, ...], replace: bool
+                   ) -> tuple[list[tuple[str, nn.Linear]], list[str]]:
+    """(targets, skipped): the model's nn.Linear layers by name, in module order. ``replace``: the
+    method swaps in another module, so Linears that torch's own attention and transformer layers
+    read as weights instead of calling them (:func:`linears_read_as_weights`) are skipped too."""
+    if isinstance(model, nn.Linear):
+        raise ValueError(f"weightkit.quant.{fn}: the model itself is an nn.Linear, which cannot be replaced in "
+                         "place; wrap it (e.g. nn.Sequential(linear)) or use TritPlaneLinear / "
+                         "PaletteLinear.from_linear")
+    read_directly = linears_read_as_weights(model) if replace else set()
+    targets, skipped = [], []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            keep = not _skipped(name, patterns) and id(mod) not in read_directly
+            (targets.append((name, mod)) if keep else skipped.append(name))
+    return targets, skipped
+
+
+def linears_read_as_weights(model: nn.Module) -> set[int]:
+    """ids of the Linears that torch's nn.MultiheadAttention (out_proj) and nn.Transformer*Layer
+    (their fast path in eval mode: linear1, linear2, out_proj) read as ``.weight`` tensors instead
+    of calling: a replacement without a dense weight breaks their forward."""
+    native = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    return {id(child) for m in model.modules() if isinstance(m, native)
+            for child in m.modules() if isinstance(child, nn.Linear)}
+
+
+def check_finite_weights(fn: str, targets) -> None:
+    """Refuses, before any layer is touched, a target whose weight has NaN or Inf."""
+    for name, lin in targets:
+        if not torch.isfinite(lin.weight).all():
+            raise ValueError(f"weightkit.quant.{fn}: layer {name!r} has NaN or Inf weights; nothing was quantized")
+
+
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -94,7 +140,8 @@ def _progress(items: Sequence, enabled: bool, desc: str):
 def _rel_error(W: torch.Tensor, W_hat: torch.Tensor) -> tuple[float, float]:
     W = W.detach().float()
     norm = W.norm().item()
-    return ((W - W_hat.to(W.device).float()).norm().item() / norm if norm > 0 else 0.0), norm
+    err = (W - W_hat.to(W.device).float()).norm().item()
+    return (err / norm if norm > 0 else 0.0 if err == 0 else float("nan")), norm
 
 
 @torch.no_grad()
@@ -131,22 +178,19 @@ def quantize_model(
     if activations not in TritPlaneLinear.ACTIVATIONS:
         raise ValueError(f"weightkit.quant.quantize_model: activations must be one of "
                          f"{TritPlaneLinear.ACTIVATIONS}, got {activations!r}")
-    patterns = tuple(DEFAULT_SKIP if skip is None else skip)
+    patterns = skip_patterns("quantize_model", skip)
     report = QuantReport(method=method, group_size=group_size)
     if method == "palette":
         from weightkit.quant.palette import quantize_model_palette
 
         layers = quantize_model_palette(model, bits=bits, quantizer=quantizer, plan=plan, skip=patterns,
-                                        progress=progress, **palette_options)
+                                        progress=progress, skipped=report.skipped, **palette_options)
         report.layers = [LayerReport(r["name"], tuple(r["shape"]), r["rel_error"], r["stored_bits"], r["seconds"],
                                      r["norm"]) for r in layers]
         return report
-    targets = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            (report.skipped if _skipped(name, patterns) else targets).append(name)
-    for name in _progress(targets, progress, f"quantize {method}"):
-        lin = model.get_submodule(name)
+    targets, report.skipped = target_linears("quantize_model", model, patterns, replace=method == "ptqtp")
+    check_finite_weights("quantize_model", targets)
+    for name, lin in _progress(targets, progress, f"quantize {method}"):
         W = lin.weight
         t0 = time.perf_counter()
         if method == "ptqtp":

@@ -70,6 +70,9 @@ def load_quantized(model: nn.Module, path: str | os.PathLike, map_location: str 
         raise ValueError(f"{where}: file format version {blob.get('version')!r}; this weightkit reads "
                          f"version {FORMAT_VERSION} only")
     state = blob["state_dict"]
+    # Every replacement is built (and checked) before the first swap, and a failed load puts the
+    # original modules back, so no layer is left as an empty quantized one.
+    swaps = []
     for name, kind in blob["modules"].items():
         if kind not in QUANTIZED_LAYERS:
             raise ValueError(f"{where}: layer {name!r} is a {kind!r}, which this weightkit does not know")
@@ -78,8 +81,15 @@ def load_quantized(model: nn.Module, path: str | os.PathLike, map_location: str 
         except AttributeError:
             raise ValueError(f"{where}: the model has no module {name!r}; the file was saved from another "
                              "architecture") from None
-        _set_module(model, name, _empty_layer(where, name, QUANTIZED_LAYERS[kind], old, state))
-    model.load_state_dict(state, strict=True, assign=assign)
+        swaps.append((name, old, _empty_layer(where, name, QUANTIZED_LAYERS[kind], old, state)))
+    for name, _, new in swaps:
+        _set_module(model, name, new)
+    try:
+        model.load_state_dict(state, strict=True, assign=assign)
+    except Exception:
+        for name, old, _ in swaps:
+            _set_module(model, name, old)
+        raise
     # Buffers outside the state dict (non-persistent ones, e.g. rotary tables) keep no data on meta.
     empty = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
     if empty:

@@ -35,8 +35,9 @@ def tcq_encode(Wn: torch.Tensor, L: int, bits_per_step: int, values_per_step: in
                progress=None) -> torch.Tensor:
     """Encode normalized rows Wn (rows, in) float32 in chunks (rows run in parallel inside a chunk);
     ``progress(done_rows, rows)`` is called after each chunk. Returns the int32 streams."""
+    # Chunk 0 always runs, so no rows still gives the op's (0, words) result.
     out = []
-    for r0 in range(0, Wn.shape[0], chunk_rows):
+    for r0 in range(0, max(Wn.shape[0], 1), chunk_rows):
         out.append(P.tcq_encode(Wn[r0:r0 + chunk_rows].contiguous(), L, bits_per_step, values_per_step))
         if progress is not None:
             progress(min(r0 + chunk_rows, Wn.shape[0]), Wn.shape[0])
