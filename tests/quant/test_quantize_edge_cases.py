@@ -124,3 +124,11 @@ def test_failed_load_puts_the_original_layers_back(tmp_path):
     with pytest.raises(RuntimeError, match="Missing key"):
         load_quantized(dst, path)
     assert all(dst.get_submodule(name) is m for name, m in before.items() if name)
+
+
+def test_hugging_face_conv1d_is_reported_as_skipped():
+    from transformers.pytorch_utils import Conv1D
+
+    model = nn.Sequential(Conv1D(64, 64), nn.Linear(64, 64))
+    report = quantize_model(model, "int4", progress=False)
+    assert report.skipped == ["0"] and [r.name for r in report.layers] == ["1"]

@@ -91,7 +91,8 @@ def target_linears(fn: str, model: nn.Module, patterns: tuple[str, ...], replace
                    ) -> tuple[list[tuple[str, nn.Linear]], list[str]]:
     """(targets, skipped): the model's nn.Linear layers by name, in module order. ``replace``: the
     method swaps in another module, so Linears that torch's own attention and transformer layers
-    read as weights instead of calling them (:func:`linears_read_as_weights`) are skipped too."""
+    read as weights instead of calling them (:func:`linears_read_as_weights`) are skipped too.
+    Hugging Face ``Conv1D`` layers (GPT-2) are listed as skipped: not converted."""
     if isinstance(model, nn.Linear):
         raise ValueError(f"weightkit.quant.{fn}: the model itself is an nn.Linear, which cannot be replaced in "
                          "place; wrap it (e.g. nn.Sequential(linear)) or use TritPlaneLinear / "
@@ -102,6 +103,8 @@ def target_linears(fn: str, model: nn.Module, patterns: tuple[str, ...], replace
         if isinstance(mod, nn.Linear):
             keep = not _skipped(name, patterns) and id(mod) not in read_directly
             (targets.append((name, mod)) if keep else skipped.append(name))
+        elif type(mod).__name__ == "Conv1D":  # Hugging Face GPT-2's transposed linears: not converted
+            skipped.append(name)
     return targets, skipped
 
 
