@@ -195,3 +195,14 @@ def test_muon_trains_the_factors_and_adamw_the_values():
         opt.step()
     assert lm_loss(model, batch).item() < 0.8 * first
     assert torch.count_nonzero(fc.B) > 0
+
+
+def test_sparse_lowrank_from_the_meta_device():
+    # The FSDP2 / large-model pattern: build on meta, to_empty(), reset_parameters().
+    ref = SparseLowRankLinear(64, 32, rank=4, density=0.1, seed=3)
+    with torch.device("meta"):
+        layer = SparseLowRankLinear(64, 32, rank=4, density=0.1, seed=3)
+    layer = layer.to_empty(device="cpu")
+    layer.reset_parameters()
+    assert torch.equal(layer.row_ptr, ref.row_ptr) and torch.equal(layer.col_idx, ref.col_idx)
+    assert torch.isfinite(layer(torch.randn(2, 64))).all()

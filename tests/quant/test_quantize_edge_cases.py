@@ -132,3 +132,4 @@ def test_hugging_face_conv1d_is_reported_as_skipped():
     model = nn.Sequential(Conv1D(64, 64), nn.Linear(64, 64))
     report = quantize_model(model, "int4", progress=False)
     assert report.skipped == ["0"] and [r.name for r in report.layers] == ["1"]
+

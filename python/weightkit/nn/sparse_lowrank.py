@@ -86,7 +86,7 @@ class SparseLowRankLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.register_buffer("row_ptr", row_ptr.to(device))
         self.register_buffer("col_idx", col_idx.to(device))
-        self.reset_parameters()
+        self._init_parameters()
 
     @property
     def scale(self) -> float:
@@ -97,6 +97,16 @@ class SparseLowRankLinear(nn.Module):
         return self.values.numel()
 
     def reset_parameters(self) -> None:
+        """The paper's initialization, and the support rebuilt from the seed: a layer built on the
+        meta device and materialized with ``to_empty()`` (FSDP2, large-model init) gets it back."""
+        if not self.row_ptr.is_meta:
+            row_ptr, col_idx = sl_support(self.out_features, self.in_features, self.density, self.seed, self.support)
+            with torch.no_grad():
+                self.row_ptr.copy_(row_ptr)
+                self.col_idx.copy_(col_idx)
+        self._init_parameters()
+
+    def _init_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         nn.init.zeros_(self.B)
         bound = 1.0 / math.sqrt(self.in_features)
