@@ -114,3 +114,16 @@ def test_sensitivity_and_importance_on_tiny_model():
 def test_half_variants_have_errors_between():
     opts = {o.bits: o.error for o in default_options(("tcq",), (2, 2.25, 2.5))}
     assert opts[2] > opts[2.25] > opts[2.5]
+
+
+def test_bits_off_the_quarter_grid_and_coprime_sizes():
+    # Costs off the quarter-bit grid used to be rounded up to the next quarter-bit gcd (a feasible
+    # budget was "below the cheapest plan"); coprime layer sizes made a table of ~10^9 cells.
+    from weightkit.quant.allocation import Option, allocate
+
+    assert allocate([37], [1.0], [Option("sq", 2.5479, 0.1)], budget_bits=2.9) == [Option("sq", 2.5479, 0.1)]
+    sizes = [1_000_003, 999_983, 1_000_033]
+    options = [Option("tcq", b, e) for b, e in ((2, 0.0745), (2.5, 0.0418), (3, 0.0197))]
+    plan = allocate(sizes, [1.0, 2.0, 3.0], options, budget_bits=2.5)
+    assert sum(n * o.bits for n, o in zip(sizes, plan)) <= 2.5 * sum(sizes)
+    assert [o.bits for o in plan] != [2, 2, 2]  # the budget is used, not just met

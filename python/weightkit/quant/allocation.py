@@ -86,33 +86,43 @@ def predicted_loss(sensitivity, plan_options) -> float:
     return float(sum(a * o.error for a, o in zip(sensitivity, plan_options)))
 
 
+#: Largest dynamic-programming table :func:`allocate` builds (one float64 per budget unit).
+MAX_DP_CELLS = 1 << 20
+
+
 def allocate(sizes, sensitivity, options, budget_bits: float, unit: float | None = None):
     """Exact multiple-choice knapsack by dynamic programming.
 
     sizes: weights per layer (n_l); sensitivity: a_l ≥ 0; options: one list of Option for all layers
     or a list per layer (per-layer measured errors); budget_bits: average bits per weight allowed.
-    Costs n_l·bits are counted in ``unit`` bits (default: their greatest common divisor, which makes
-    the DP exact; a coarser unit rounds costs up, so the budget is never exceeded). Returns the chosen
-    Option per layer; raises ValueError when even the cheapest choice exceeds the budget.
+    Costs n_l·bits are counted in ``unit`` bits (default: their greatest common divisor when every
+    cost is a multiple of a quarter bit, which makes the DP exact; a coarser unit rounds costs up,
+    so the budget is never exceeded). The table has at most ``MAX_DP_CELLS`` entries: a finer unit
+    (or bits off the quarter-bit grid) is coarsened to total budget / MAX_DP_CELLS, still rounding
+    costs up. Returns the chosen Option per layer; raises ValueError when even the cheapest choice
+    exceeds the budget.
     """
+    fn = "weightkit.quant.allocation.allocate"
     L = len(sizes)
     per_layer = options if options and isinstance(options[0], (list, tuple)) else [options] * L
     if len(sensitivity) != L or len(per_layer) != L:
-        raise ValueError(f"sizes, sensitivity and options must have one entry per layer ({L}), got "
+        raise ValueError(f"{fn}: sizes, sensitivity and options must have one entry per layer ({L}), got "
                          f"{len(sensitivity)} and {len(per_layer)}")
     costs = [[n * o.bits for o in opts] for n, opts in zip(sizes, per_layer)]
     total = budget_bits * sum(sizes)
     if unit is None:
-        # Bits are multiples of 1/2 (1/4 for half-row variants): work in quarter bits.
+        on_grid = all(abs(4 * c - round(4 * c)) < 1e-6 for row in costs for c in row)
         g = 0
         for row in costs:
             for c in row:
                 g = math.gcd(g, int(round(4 * c)))
-        unit = max(g, 1) / 4
+        # Bits are multiples of 1/2 (1/4 for half-row variants): quarter bits, unless some are not.
+        unit = max(g, 1) / 4 if on_grid else total / MAX_DP_CELLS
+    unit = max(unit, total / MAX_DP_CELLS)
     cap = int(math.floor(total / unit + 1e-9))
     icost = [[int(math.ceil(c / unit - 1e-9)) for c in row] for row in costs]
     if sum(min(r) for r in icost) > cap:
-        raise ValueError(f"budget {budget_bits} bits per weight is below the cheapest plan")
+        raise ValueError(f"{fn}: budget {budget_bits} bits per weight is below the cheapest plan")
     inf = float("inf")
     best = torch.full((cap + 1,), inf, dtype=torch.float64)
     best[0] = 0.0
