@@ -204,7 +204,7 @@ class Muon(torch.optim.Optimizer):
         drop_state = state_dict.pop("drop", None)
         saved_groups = [dict(g) for g in state_dict["param_groups"]]
         for g in saved_groups:
-            # Checkpoints from before AdamW groups kept their learning rate in "lr" (session 14).
+            # Checkpoints written before session 14 kept an AdamW group's rate in "adamw_lr".
             if not g.get("use_muon", True) and "adamw_lr" in g:
                 g["lr"] = g.pop("adamw_lr")
         # Checked before anything is loaded: a bad checkpoint leaves the optimizer as it was.
