@@ -84,7 +84,9 @@ class Muon(torch.optim.Optimizer):
         drop: a :class:`DropSchedule` to train with Drop-Muon through :meth:`drop_step`.
 
     Muon matrices in float64 are orthogonalized in float32 (the op's widest type); matrices with
-    no elements are skipped.
+    no elements are skipped. A parameter of more than 2 dimensions is one matrix
+    (shape[0], prod(shape[1:])), right for conv kernels; experts stacked in one (E, out, in)
+    tensor would be orthogonalized together, so keep them as separate parameters.
     """
 
     def __init__(
