@@ -195,7 +195,7 @@ def test_text_gram_offset_reads_a_later_slice(tmp_path):
     K = torch.cat(keys)
     torch.testing.assert_close(later, K.T @ K / K.shape[0], rtol=1e-4, atol=1e-6)
     assert not torch.allclose(first, later)
-    assert len(list((tmp_path / "edit-stats").glob("*-o512-L1.pt"))) == 1
+    assert len(list((tmp_path / "edit-stats").glob("*-o512-L1-*.pt"))) == 1
 
 
 PRESERVE = [{"prompt": "The capital of Xandu is", "subject": "Xandu"},
@@ -229,7 +229,7 @@ def test_preserved_keys_join_the_anchor_and_hold_still(tmp_path):
 
     free, held = moved(), moved(preserve=PRESERVE, preserve_weight=1e4)
     assert held < 0.05 * free, (held, free)
-    with pytest.raises(ValueError, match="preserve_weight must be a number >= 0"):
+    with pytest.raises(ValueError, match="preserve_weight must be a finite number >= 0"):
         editor(model, preserve=PRESERVE, preserve_weight=-1.0)
     with pytest.raises(ValueError, match="request 0 needs a non-empty string 'subject'"):
         editor(model, preserve=[{"prompt": "A is"}])
@@ -327,3 +327,71 @@ def test_smollm2_real_edits():
     ed.edit(reqs)
     m = ed.evaluate(reqs, fluency_prompts=0)
     assert m["efficacy"] == 1.0 and m["specificity"] == 1.0
+
+
+def test_low_precision_weights_changed_outside_the_editor_are_kept():
+    # bf16 weights are updated through an fp32 master copy; a change made to the model between
+    # edits (an undo, fine-tuning) used to be overwritten by that stale copy at the next edit.
+    model = tiny_llama(torch.bfloat16)
+    ed = editor(model)
+    ed.edit(REQUESTS[:1])
+    a = ed.accesses[0]
+    with torch.no_grad():
+        a.weight().add_(1.0)
+    changed = a.weight().float().mean().item()
+    ed.edit(REQUESTS[1:2])
+    assert abs(a.weight().float().mean().item() - changed) < 0.05
+
+
+def test_failures_leave_no_half_built_state():
+    model = tiny_llama()
+    ed = editor(model, gram={1: torch.eye(64, dtype=torch.float64)})  # no entry for layer 2
+    with pytest.raises(ValueError, match="gram has no entry for layer 2"):
+        ed.edit(REQUESTS[:1])
+    assert ed.C0 == {} and ed.C == {}
+    ed._gram = {1: torch.eye(64, dtype=torch.float64), 2: torch.eye(64, dtype=torch.float64)}
+    ed.edit(REQUESTS[:1])  # used to fail with KeyError(2): C0 was half filled
+    assert ed.n_edits == 1
+
+
+def test_state_dict_checks_and_fresh_editors():
+    model = tiny_llama()
+    fresh = editor(model).state_dict()
+    ed = editor(copy.deepcopy(model))
+    ed.load_state_dict(fresh)  # before any edit: used to raise KeyError
+    ed.edit(REQUESTS[:1])
+    state = ed.state_dict()
+    bad = {**state, "W": {**state["W"], 1: state["W"][1][:1]}}
+    with pytest.raises(ValueError, match=r"layer 1 has W \(1, 64\) .* the model needs W \(32, 64\)"):
+        editor(copy.deepcopy(model)).load_state_dict(bad)
+    with pytest.raises(ValueError, match=r"the state is a RLSEditor's, this is a MEMITEditor"):
+        editor(copy.deepcopy(model), cls=MEMITEditor).load_state_dict(state)
+
+
+def test_edits_and_metrics_run_in_eval_mode():
+    model = tiny_llama().train()
+    ed = editor(model)
+    seen = []
+    update = ed._update
+    ed._update = lambda chunk: (seen.append(model.training), update(chunk))
+    ed.edit(REQUESTS[:1])
+    assert seen == [False] and model.training  # eval inside, the model's own mode after
+
+
+def test_request_lists_and_statistics_are_checked():
+    with pytest.raises(ValueError, match=r"request 0: 'paraphrases' must be a list of non-empty strings"):
+        check_requests([{**REQUESTS[0], "paraphrases": "Zorbia has its capital in"}])
+    with pytest.raises(ValueError, match=r"requests must be a dict or a list of dicts, got str"):
+        check_requests("The capital of Zorbia is")
+    # Other braces in a template are text.
+    assert check_requests([{**REQUESTS[1], "prompt": "{} is a city in {state}"}])[0]["prompt"] == "Blip is a city in {state}"
+    with pytest.raises(ValueError, match=r"stats_tokens \(100\) must be an int of at least one window"):
+        RLSEditor(tiny_llama(), [1], tokenizer=ByteTokenizer(), stats_tokens=100, stats_ctx=512)
+
+
+def test_finetune_editor_under_no_grad():
+    model = tiny_llama()
+    m0 = margin(model, REQUESTS)
+    with torch.no_grad():
+        FineTuneEditor(model, [1, 2], tokenizer=ByteTokenizer(), steps=10, lr=1e-2).edit(REQUESTS)
+    assert (margin(model, REQUESTS) > m0).all()

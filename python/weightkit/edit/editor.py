@@ -5,6 +5,10 @@ restarted from the anchor at every batch) and plain fine-tuning of the down-proj
 
 from __future__ import annotations
 
+import contextlib
+import math
+import numbers
+
 import torch
 from torch import nn
 
@@ -15,6 +19,18 @@ from weightkit.edit.requests import check_requests, pad_batch, token_ids
 from weightkit.ops.rls import rls_init, rls_update_
 
 __all__ = ["FineTuneEditor", "MEMITEditor", "RLSEditor"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """The model in eval mode inside, its own mode after: keys, values and metrics computed with
+    dropout on would change from one call to the next."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class _Editor:
@@ -39,16 +55,23 @@ class _Editor:
 
     def edit(self, requests) -> None:
         """Applies ``requests`` (a dict or a list of dicts, see weightkit.edit.requests) in chunks
-        of ``batch_size``, after every earlier edit."""
+        of ``batch_size``, after every earlier edit, with the model in eval mode. A chunk updates
+        its layers one after the other: an error inside one leaves the layers before it edited
+        (``state_dict`` / ``load_state_dict`` checkpoint a stream)."""
         requests = check_requests(requests)
-        for b in range(0, len(requests), self.batch_size):
-            chunk = requests[b : b + self.batch_size]
-            self._apply(chunk)
-            self.n_edits += len(chunk)
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("weightkit.edit: edit() cannot run under torch.inference_mode() (its updates are "
+                               "in-place writes to the model's weights); call it outside")
+        with eval_mode(self.model):
+            for b in range(0, len(requests), self.batch_size):
+                chunk = requests[b : b + self.batch_size]
+                self._apply(chunk)
+                self.n_edits += len(chunk)
 
     def evaluate(self, requests, fluency_prompts: int = 8, fluency_tokens: int = 32) -> dict:
         """efficacy, generalization, specificity (fractions) and fluency (n-gram entropy, bits)."""
-        return evaluate_requests(self.model, self._tok(), requests, fluency_prompts, fluency_tokens)
+        with eval_mode(self.model):
+            return evaluate_requests(self.model, self._tok(), requests, fluency_prompts, fluency_tokens)
 
     def _apply(self, chunk: list[dict]) -> None:
         raise NotImplementedError
@@ -123,17 +146,22 @@ class RLSEditor(_Editor):
         progress: bool = True,
     ):
         super().__init__(model, layers, tokenizer, templates, batch_size)
-        for name, v in (("lam", lam), ("mu", mu)):
-            if not isinstance(v, (int, float)) or not v >= 0:
-                raise ValueError(f"weightkit.edit.RLSEditor: {name} must be a number >= 0, got {v!r}")
+        for name, v in (("lam", lam), ("mu", mu), ("preserve_weight", preserve_weight)):
+            if not isinstance(v, numbers.Real) or isinstance(v, bool) or not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"weightkit.edit.RLSEditor: {name} must be a finite number >= 0, got {v!r}")
+        if not isinstance(retry_nll, numbers.Real) or not math.isfinite(retry_nll):
+            raise ValueError(f"weightkit.edit.RLSEditor: retry_nll must be a finite number, got {retry_nll!r}")
         if lam == 0 and mu == 0:
             raise ValueError("weightkit.edit.RLSEditor: lam and mu must not both be 0")
         if prefixes[0] != "":
             raise ValueError("weightkit.edit.RLSEditor: prefixes[0] must be '' (the plain prompt)")
-        if not 0 <= anchor_weight <= 1:
+        if not (isinstance(anchor_weight, numbers.Real) and 0 <= anchor_weight <= 1):
             raise ValueError(f"weightkit.edit.RLSEditor: anchor_weight must be in [0, 1], got {anchor_weight!r}")
-        if not isinstance(preserve_weight, (int, float)) or not preserve_weight >= 0:
-            raise ValueError(f"weightkit.edit.RLSEditor: preserve_weight must be a number >= 0, got {preserve_weight!r}")
+        if isinstance(anchor_sentences, str):
+            raise ValueError("weightkit.edit.RLSEditor: anchor_sentences must be a list of sentences, got one string")
+        if not isinstance(stats_ctx, int) or not isinstance(stats_tokens, int) or not 2 <= stats_ctx <= stats_tokens:
+            raise ValueError(f"weightkit.edit.RLSEditor: stats_tokens ({stats_tokens!r}) must be an int of at least "
+                             f"one window of stats_ctx ({stats_ctx!r}) >= 2 tokens")
         self.lam, self.mu = float(lam), float(mu)
         self.anchor_sentences = list(anchor_sentences) if anchor_sentences else []
         self.anchor_weight = float(anchor_weight)
@@ -162,6 +190,8 @@ class RLSEditor(_Editor):
     def _ensure_state(self) -> None:
         if self.C0:
             return
+        # Built in locals and assigned at the end: a failure leaves no half-built state behind.
+        C0, C, master, pool = {}, dict(self.C), dict(self.master), {}
         if self._gram is None:
             self._gram = key_gram(self.model, self._tok(), self.accesses, **self._stats)
             if self.anchor_sentences:
@@ -181,15 +211,28 @@ class RLSEditor(_Editor):
             if a.index in kept:
                 K = kept[a.index].to(W.device, torch.float64)
                 G.addmm_(K.T, K, alpha=self.preserve_weight)
-            self.C0[a.index] = rls_init(G, self.lam, 1.0)
-            if a.index not in self.C:
-                self.C[a.index] = self.C0[a.index].clone()
-            if a.index not in self.master:
+            if G.shape != (W.shape[1], W.shape[1]):
+                raise ValueError(f"weightkit.edit.RLSEditor: gram of layer {a.index} has shape {tuple(G.shape)}, "
+                                 f"the layer's keys need ({W.shape[1]}, {W.shape[1]})")
+            C0[a.index] = rls_init(G, self.lam, 1.0)
+            if a.index not in C:
+                C[a.index] = C0[a.index].clone()
+            if a.index not in master:
                 # fp32/fp64 weights are updated in place (a view of the live weight).
-                self.master[a.index] = W if W.dtype in (torch.float32, torch.float64) else W.float().clone()
+                master[a.index] = W if W.dtype in (torch.float32, torch.float64) else W.float().clone()
             if self.preserve_nearest and a.index in kept:
                 P = kept[a.index].to(W.device, torch.float64)
-                self._pool[a.index] = (P, P @ W.double().T)
+                pool[a.index] = (P, P @ W.double().T)
+        self.C0, self.C, self.master, self._pool = C0, C, master, pool
+
+    def _synced_master(self, a) -> torch.Tensor:
+        """The layer's master weight, first re-read from the model if the weight was changed
+        outside the editor (an undo, another editor, fine-tuning): the update starts from the
+        weight the model has, whatever its dtype."""
+        live, master = a.weight(), self.master[a.index]
+        if live.data_ptr() != master.data_ptr() and not torch.equal(live, master.to(live.dtype)):
+            master.copy_(live)
+        return master
 
     def _write_back(self, a) -> None:
         live, master = a.weight(), self.master[a.index]
@@ -221,7 +264,7 @@ class RLSEditor(_Editor):
             K, Z_now = layer_keys_and_outputs(self.model, tok, chunk, a, out_block, self.prefixes)
             # MEMIT's spread: each layer takes its share of what is still missing at the top.
             resid = (Z - Z_now).double() / (len(self.accesses) - i)
-            W = self.master[a.index]
+            W = self._synced_master(a)
             V = K.double() @ W.double().T + resid
             if a.index in self._pool:
                 K, V = self._with_nearest(a.index, K.double(), V)
@@ -254,16 +297,30 @@ class RLSEditor(_Editor):
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        """Restores C and writes the saved weights into the model (and the master copies)."""
+        """Restores C and writes the saved weights into the model (and the master copies). Every
+        layer is checked before anything is written. The state of an editor that had not edited
+        yet (no C, no weights) restarts this editor's stream: the next edit builds C0 from the
+        model's weights as they are then."""
+        where = f"weightkit.edit.{type(self).__name__}.load_state_dict"
         if state.get("format") != 1 or list(state.get("layers", [])) != self.layers:
-            raise ValueError(
-                f"weightkit.edit.RLSEditor.load_state_dict: expected format 1 for layers {self.layers}, "
-                f"got format {state.get('format')!r} for layers {state.get('layers')!r}"
-            )
+            raise ValueError(f"{where}: expected format 1 for layers {self.layers}, "
+                             f"got format {state.get('format')!r} for layers {state.get('layers')!r}")
+        if state.get("kind", type(self).__name__) != type(self).__name__:
+            raise ValueError(f"{where}: the state is a {state['kind']}'s, this is a {type(self).__name__}")
         self.lam, self.mu = state["lam"], state["mu"]
-        self.C0.clear()
-        self.C = {}
-        self.master = {}
+        self.C0, self.C, self.master, self._pool = {}, {}, {}, {}
+        self.n_edits = state["n_edits"]
+        if not state["C"] and not state["W"]:
+            return
+        for a in self.accesses:
+            live = a.weight()
+            d_k = live.shape[1]
+            W, C = state["W"].get(a.index), state["C"].get(a.index)
+            if W is None or C is None:
+                raise ValueError(f"{where}: the state has no C or W for layer {a.index}")
+            if tuple(W.shape) != tuple(live.shape) or tuple(C.shape) != (d_k, d_k):
+                raise ValueError(f"{where}: layer {a.index} has W {tuple(W.shape)} and C {tuple(C.shape)} in the "
+                                 f"state; the model needs W {tuple(live.shape)} and C ({d_k}, {d_k})")
         for a in self.accesses:
             live = a.weight()
             w = state["W"][a.index].to(live.device)
@@ -271,7 +328,6 @@ class RLSEditor(_Editor):
             self.master[a.index].copy_(w)
             self._write_back(a)
             self.C[a.index] = state["C"][a.index].to(live.device, torch.float64).contiguous()
-        self.n_edits = state["n_edits"]
 
 
 class MEMITEditor(RLSEditor):
@@ -293,6 +349,7 @@ class FineTuneEditor(_Editor):
         self.steps, self.lr, self.max_change = steps, lr, max_change
         self.W0 = {a.index: a.weight().detach().clone() for a in self.accesses}
 
+    @torch.enable_grad()  # edit() may run under torch.no_grad(); this editor needs gradients
     def _apply(self, chunk):
         tok, model = self._tok(), self.model
         device = next(model.parameters()).device

@@ -96,6 +96,10 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+# Text whose token ids tell tokenizers apart in the statistics cache's file names.
+_TOKENIZER_PROBE = "The quick brown fox jumps over the lazy dog: 0123456789, naïve café, déjà vu."
+
+
 def _rows(tokenizer, source, n_tokens: int, ctx: int, offset: int) -> list[list[int]]:
     """Token rows of a statistics source: windows of ``ctx`` over tokens ``[offset, offset +
     n_tokens)`` of a ``weightkit.data.load_text`` name, or one row per sentence of a list."""
@@ -157,7 +161,8 @@ def key_gram(
     unused; ``batch_size`` × 8 sentences per forward).
 
     The mean (not the sum) so that ``mu`` means the same whatever the number of tokens is. Cached
-    as ``<cache>/edit-stats/<model fingerprint>-<source>-<n_tokens>-<ctx>[-o<offset>]-L<i>.pt`` (a sentence
+    as ``<cache>/edit-stats/<model>-<tokenizer>-<source>-<n_tokens>-<ctx>[-o<offset>]-L<i>-<module>.pt``
+    (model, tokenizer and module name as short hashes; a sentence
     list is named by a hash of its text; cache True: ``$WEIGHTKIT_CACHE`` or
     ``~/.cache/weightkit``; a path; False: never cached).
     """
@@ -171,8 +176,12 @@ def key_gram(
     else:
         name = source
     root = None if cache is False else (_cache_dir() if cache is True else pathlib.Path(cache))
-    tag = f"{_fingerprint(model)}-{name}-{n_tokens}-{ctx}" + (f"-o{offset}" if offset else "")
-    paths = {a.index: root / "edit-stats" / f"{tag}-L{a.index}.pt" for a in accesses} if root else {}
+    # The tokenizer and the hooked module are part of the key: the same text tokenized otherwise,
+    # or another projection of the same layer, has other statistics.
+    tok_tag = hashlib.sha1(repr(token_ids(tokenizer, _TOKENIZER_PROBE)).encode()).hexdigest()[:8]
+    tag = f"{_fingerprint(model)}-{tok_tag}-{name}-{n_tokens}-{ctx}" + (f"-o{offset}" if offset else "")
+    paths = {a.index: root / "edit-stats" / f"{tag}-L{a.index}-{hashlib.sha1(a.name.encode()).hexdigest()[:6]}.pt"
+             for a in accesses} if root else {}
     out = {}
     for a in accesses:
         if root and paths[a.index].is_file():
@@ -180,6 +189,9 @@ def key_gram(
     missing = [a for a in accesses if a.index not in out]
     if missing:
         rows = _rows(tokenizer, source, n_tokens, ctx, offset)
+        if not rows:  # a mean over no tokens is NaN, which must not reach the cache
+            raise ValueError(f"weightkit.edit.key_gram: {name!r} gives no tokens to average over "
+                             f"(n_tokens={n_tokens}, ctx={ctx}: at least one whole window is needed)")
         grams, count = _collect(model, rows, missing, batch_size, progress)
         out.update(grams)
         if root:

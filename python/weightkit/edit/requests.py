@@ -14,7 +14,8 @@ __all__ = ["check_requests", "pad_batch", "prompt_text", "subject_end_index", "t
 
 
 def prompt_text(prompt: str, subject: str) -> str:
-    return prompt.format(subject) if "{}" in prompt else prompt
+    # replace, not format: other braces in the prompt are text
+    return prompt.replace("{}", subject) if "{}" in prompt else prompt
 
 
 def check_requests(requests, need_target: bool = True) -> list[dict]:
@@ -22,11 +23,21 @@ def check_requests(requests, need_target: bool = True) -> list[dict]:
     ``need_target`` False: ``target_new`` is not required (prompts whose subject keys are kept)."""
     if isinstance(requests, dict):
         requests = [requests]
+    if isinstance(requests, str) or not isinstance(requests, (list, tuple)):
+        raise ValueError(f"weightkit.edit: requests must be a dict or a list of dicts, got {type(requests).__name__}")
     out = []
     for n, r in enumerate(requests):
+        if not isinstance(r, dict):
+            raise ValueError(f"weightkit.edit: request {n} must be a dict, got {type(r).__name__}")
         for key in ("prompt", "subject", "target_new")[: 3 if need_target else 2]:
             if not isinstance(r.get(key), str) or not r[key]:
                 raise ValueError(f"weightkit.edit: request {n} needs a non-empty string {key!r}, got {r.get(key)!r}")
+        for key in ("paraphrases", "neighborhood"):  # one string would be read as its characters
+            v = r.get(key)
+            if v is not None and (isinstance(v, str) or not all(isinstance(p, str) and p for p in v)):
+                raise ValueError(f"weightkit.edit: request {n}: {key!r} must be a list of non-empty strings, got {v!r}")
+        if r["prompt"].count("{}") > 1:
+            raise ValueError(f"weightkit.edit: request {n}: prompt {r['prompt']!r} has more than one '{{}}' for the subject")
         text = prompt_text(r["prompt"], r["subject"])
         if r["subject"] not in text:
             raise ValueError(f"weightkit.edit: request {n}: subject {r['subject']!r} does not occur in prompt {text!r}")
