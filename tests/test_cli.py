@@ -222,3 +222,11 @@ def test_rls_bench_rejects_unknown_arms(capsys):
     with pytest.raises(SystemExit):
         rls_bench.main(["--only", "real", "--arms", "rome"])
     assert "--arms" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_unwritable_out_before_running(tmp_path):
+    from weightkit.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["bench", "--quick", "--only", "rls", "--out", str(blocker / "sub")]) != 0

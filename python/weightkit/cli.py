@@ -133,6 +133,10 @@ def cmd_bench(args) -> int:
         )
         return EXIT_USAGE
     out = Path(args.out)
+    problem = _writable_dir(out)
+    if problem is not None:  # found now, not after minutes of benchmarks
+        print(f"weightkit bench: cannot write results to --out {out}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     rows: list[dict] = []
     skipped: list[dict] = []
     t0 = time.perf_counter()

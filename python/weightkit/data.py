@@ -79,6 +79,9 @@ def encode(text: str) -> torch.Tensor:
 
 
 def decode(tokens: torch.Tensor) -> str:
+    if tokens.numel() and not (0 <= int(tokens.min()) and int(tokens.max()) < VOCAB_SIZE):
+        raise ValueError(f"weightkit.data.decode: byte tokens must be in [0, {VOCAB_SIZE}), got "
+                         f"[{int(tokens.min())}, {int(tokens.max())}]")
     return bytes(tokens.to(torch.uint8).tolist()).decode("utf-8", errors="replace")
 
 
@@ -93,7 +96,10 @@ def train_val_split(tokens: torch.Tensor, val_tokens: int = 16384) -> tuple[torc
 
 def random_batch(tokens: torch.Tensor, batch: int, ctx: int, generator: torch.Generator) -> torch.Tensor:
     """(batch, ctx + 1) windows at random offsets: inputs are [:, :-1], targets [:, 1:]."""
-    starts = torch.randint(0, tokens.numel() - ctx - 1, (batch,), generator=generator)
+    if tokens.numel() < ctx + 1:
+        raise ValueError(f"weightkit.data.random_batch: {tokens.numel()} tokens hold no window of ctx + 1 = {ctx + 1}")
+    # Starts 0 .. numel - ctx - 1: the last window ends at the last token.
+    starts = torch.randint(0, tokens.numel() - ctx, (batch,), generator=generator)
     return torch.stack([tokens[s : s + ctx + 1] for s in starts.tolist()])
 
 

@@ -64,7 +64,17 @@ def perplexity(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"weightkit.eval.perplexity: batch_size must be a positive int, got {batch_size!r}")
 
-    device = next(model.parameters()).device
+    param = next(model.parameters(), None)
+    if param is None:
+        raise ValueError("weightkit.eval.perplexity: the model has no parameters to find its device from")
+    device = param.device
+    embed = getattr(model, "get_input_embeddings", lambda: None)()
+    vocab = getattr(embed, "num_embeddings", None)
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or (vocab is not None and hi >= vocab):
+        # Out of range, the embedding lookup fails obscurely (on CUDA: a device-side assert).
+        raise ValueError(f"weightkit.eval.perplexity: token ids must be in [0, {vocab if vocab is not None else '...'}), "
+                         f"got [{lo}, {hi}]")
     tokens = tokens.to(device=device, dtype=torch.long)
     windows = _windows(tokens.numel(), ctx, stride)
     # Windows of one length batch together; only the last ones can be shorter than ctx.

@@ -395,3 +395,10 @@ def test_finetune_editor_under_no_grad():
     with torch.no_grad():
         FineTuneEditor(model, [1, 2], tokenizer=ByteTokenizer(), steps=10, lr=1e-2).edit(REQUESTS)
     assert (margin(model, REQUESTS) > m0).all()
+
+
+def test_perplexity_token_ids_are_checked():
+    from weightkit.eval import perplexity
+
+    with pytest.raises(ValueError, match=r"weightkit.eval.perplexity: token ids must be in \[0, 256\), got \[0, 300\]"):
+        perplexity(tiny_llama(), torch.tensor([0, 5, 300, 7]), ctx=4)
