@@ -402,3 +402,13 @@ def test_perplexity_token_ids_are_checked():
 
     with pytest.raises(ValueError, match=r"weightkit.eval.perplexity: token ids must be in \[0, 256\), got \[0, 300\]"):
         perplexity(tiny_llama(), torch.tensor([0, 5, 300, 7]), ctx=4)
+
+
+def test_the_subject_is_where_the_template_puts_it():
+    from weightkit.edit.requests import subject_end_index
+
+    r = check_requests([{"prompt": "Romeo's home town {} is in", "subject": "Rome", "target_new": " X"}])[0]
+    assert r["subject_at"] == 18
+    # The key is read at the "e" of the second "Rome", not inside "Romeo" (byte tokens: index = char).
+    assert subject_end_index(ByteTokenizer(), r["prompt"], "Rome", r["subject_at"]) == 21
+    assert subject_end_index(ByteTokenizer(), "A. " + r["prompt"], "Rome", 3 + r["subject_at"]) == 24

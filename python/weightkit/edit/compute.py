@@ -46,7 +46,7 @@ def _prefixed_rows(tokenizer, requests, prefixes):
         for p in prefixes:
             text = p + r["prompt"]
             rows.append(token_ids(tokenizer, text))
-            pos.append(subject_end_index(tokenizer, text, r["subject"]))
+            pos.append(subject_end_index(tokenizer, text, r["subject"], len(p) + r.get("subject_at", 0)))
     return rows, pos
 
 
@@ -126,7 +126,7 @@ def target_values(model, tokenizer, requests, out_block: nn.Module, cfg: ValueCo
             ids = token_ids(tokenizer, text)
             tgt_spans.append((len(ids), len(target)))
             rows.append(ids + target)
-            pos.append(subject_end_index(tokenizer, text, r["subject"]))
+            pos.append(subject_end_index(tokenizer, text, r["subject"], len(pre) + r.get("subject_at", 0)))
     n_nll = len(rows)
     for r in requests:  # KL rows: "{subject} is a", next-token distribution at the last token
         text = f"{r['subject']} is a"

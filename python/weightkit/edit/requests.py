@@ -41,7 +41,10 @@ def check_requests(requests, need_target: bool = True) -> list[dict]:
         text = prompt_text(r["prompt"], r["subject"])
         if r["subject"] not in text:
             raise ValueError(f"weightkit.edit: request {n}: subject {r['subject']!r} does not occur in prompt {text!r}")
-        out.append({**r, "prompt": text})
+        # Where the subject is: the template's '{}' when there is one ("Rome" in "Romeo's town {}
+        # is in" is the second match), else its first occurrence.
+        at = r["prompt"].index("{}") if "{}" in r["prompt"] else text.index(r["subject"])
+        out.append({**r, "prompt": text, "subject_at": at})
     return out
 
 
@@ -49,9 +52,10 @@ def token_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def subject_end_index(tokenizer, text: str, subject: str) -> int:
-    """Token index of the subject's last token in ``text`` (its first occurrence)."""
-    end = text.index(subject) + len(subject)
+def subject_end_index(tokenizer, text: str, subject: str, start: int = 0) -> int:
+    """Token index of the subject's last token in ``text`` (its first occurrence from character
+    ``start`` on)."""
+    end = text.index(subject, start) + len(subject)
     return len(token_ids(tokenizer, text[:end])) - 1
 
 
