@@ -45,7 +45,10 @@ at::Tensor rls_init(const at::Tensor& gram, double lam, double mu) {
            "or gram nonsingular), got a matrix whose Cholesky factorization fails at column ",
            info.item<int64_t>());
   at::Tensor C = at::cholesky_inverse(L);
-  return ((C + C.t()).mul_(0.5)).contiguous();
+  C = ((C + C.t()).mul_(0.5)).contiguous();
+  WK_CHECK(op, at::isfinite(C).all().item<bool>(), "the inverse of lam * I + mu * gram overflows float64 (lam=", lam,
+           ", mu=", mu, "): the system is too close to singular; raise lam");
+  return C;
 }
 
 void rls_update(const RlsDevice& dev, at::Tensor& W, at::Tensor& C, const at::Tensor& K, const at::Tensor& V) {
@@ -73,29 +76,35 @@ void rls_update(const RlsDevice& dev, at::Tensor& W, at::Tensor& C, const at::Te
   WK_CHECK(op, u >= 1, "K must hold at least one key, got shape ", K.sizes());
 
   const at::Tensor Kd = K.to(at::kDouble), Vd = V.to(at::kDouble);
-  // One float64 copy of W serves the residual and the update (W itself when already float64).
-  at::Tensor Wd = W.to(at::kDouble);
+  // W in float64 for the residual and the update (W itself when already float64).
+  const at::Tensor Wd = W.to(at::kDouble);
   const at::Tensor R = at::addmm(Vd, Kd, Wd.t(), 1.0, -1.0);  // (u, d_v) = V - K Wᵀ
   const at::Tensor F = at::mm(C, Kd.t());                     // (d_k, u)
   at::Tensor S = at::mm(Kd, F);                               // (u, u)
   S.diagonal().add_(1.0);
   S = (S + S.t()).mul_(0.5);
   auto [L, info] = at::linalg_cholesky_ex(S);
-  // Every check that reads values, in one device-to-host copy (one wait for a GPU, not five);
-  // reported in this order, so a NaN key is named as such rather than as a Cholesky failure.
+  const at::Tensor Ft = F.t().contiguous();
+  // (u, d_k) = S⁻¹ Fᵀ = Gᵀ; garbage, and unused, if the factorization failed.
+  const at::Tensor Gt = at::cholesky_solve(Ft, L).contiguous();
+  // The new W, rounded to W's dtype, before anything is written: an update that overflows a
+  // float16 W is refused instead of leaving C downdated and W infinite.
+  const at::Tensor W_new = at::addmm(Wd, R.t(), Gt).to(W.scalar_type());
+  // Every check that reads values, in one device-to-host copy (one wait for a GPU, not six);
+  // reported in this order, so a NaN input is named as such rather than as a Cholesky failure.
   // F has u columns of C: a NaN/Inf in C almost surely reaches it, and checking F costs nothing.
-  const at::Tensor ok = at::stack({at::isfinite(K).all(), at::isfinite(V).all(), info.eq(0),
-                                   at::isfinite(R).all(), at::isfinite(F).all()}).cpu();
+  const at::Tensor ok = at::stack({at::isfinite(K).all(), at::isfinite(V).all(), at::isfinite(R).all(),
+                                   at::isfinite(F).all(), info.eq(0), at::isfinite(W_new).all()}).cpu();
   const bool* passed = ok.const_data_ptr<bool>();
   WK_CHECK(op, passed[0], "K must be finite, got NaN or Inf entries");
   WK_CHECK(op, passed[1], "V must be finite, got NaN or Inf entries");
-  WK_CHECK(op, passed[2], "I + K C Kᵀ must be positive definite (C symmetric positive definite, as rls_init makes "
+  WK_CHECK(op, passed[2], "W must be finite, got NaN or Inf entries");
+  WK_CHECK(op, passed[3], "C must be finite, got NaN or Inf entries");
+  WK_CHECK(op, passed[4], "I + K C Kᵀ must be positive definite (C symmetric positive definite, as rls_init makes "
            "it), got a Cholesky failure at column ", info.item<int64_t>());
-  WK_CHECK(op, passed[3], "W must be finite, got NaN or Inf entries");
-  WK_CHECK(op, passed[4], "C must be finite, got NaN or Inf entries");
+  WK_CHECK(op, passed[5], "the update overflows W's dtype ", W.scalar_type(), " (its largest entries would not be "
+           "finite); keep W in a wider type");
   // Nothing is written above this line: a refused call leaves W and C as they were.
-  const at::Tensor Ft = F.t().contiguous();
-  const at::Tensor Gt = at::cholesky_solve(Ft, L).contiguous();  // (u, d_k) = S⁻¹ Fᵀ = Gᵀ
   // C -= G Fᵀ, symmetrized, before W changes (a failed kernel launch then leaves W as it was).
   // G Fᵀ = F S⁻¹ Fᵀ is symmetric in exact arithmetic, so for symmetric C this is
   // C - (G Fᵀ + F Gᵀ) / 2, which the fused kernel forms bitwise symmetric in one
@@ -106,9 +115,8 @@ void rls_update(const RlsDevice& dev, at::Tensor& W, at::Tensor& C, const at::Te
     C.addmm_(Gt.t(), Ft, 1.0, -1.0);
     dev.symmetrize(C);
   }
-  // W += Rᵀ Gᵀ, summed in float64 and rounded once to W's dtype.
-  Wd.addmm_(R.t(), Gt);
-  if (!Wd.is_same(W)) W.copy_(Wd);
+  // W += Rᵀ Gᵀ, summed in float64 and rounded once to W's dtype (W_new above).
+  W.copy_(W_new);
 }
 
 namespace {

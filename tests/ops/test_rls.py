@@ -114,6 +114,24 @@ def test_bad_update_shapes_of_state():
     with pytest.raises(RuntimeError, match="weightkit.rls_update_: W must be finite"):
         rls_update_(W, C, torch.randn(1, D_K), torch.randn(1, D_V))
     assert torch.equal(C, C_before)
+    # A NaN in C is named as such, not as the Cholesky failure it also causes.
+    C_nan = C.clone()
+    C_nan[2, 2] = float("nan")
+    with pytest.raises(RuntimeError, match="weightkit.rls_update_: C must be finite"):
+        rls_update_(W0.clone(), C_nan, torch.randn(1, D_K), torch.randn(1, D_V))
+
+
+def test_update_overflowing_a_float16_weight_is_refused():
+    # Used to downdate C, then write Inf into W (and refuse every later call: "W must be finite").
+    _, gram, W0 = problem(6)
+    W = (W0 * 60000 / W0.abs().max()).half()
+    C = rls_init(gram, 1e-6, 1.0)
+    K = torch.randn(1, D_K, dtype=torch.float64)
+    V = K @ W.double().T + 1e6
+    W_before, C_before = W.clone(), C.clone()
+    with pytest.raises(RuntimeError, match=r"weightkit.rls_update_: the update overflows W's dtype Half"):
+        rls_update_(W, C, K, V)
+    assert torch.equal(W, W_before) and torch.equal(C, C_before)
 
 
 def test_bad_init():
@@ -131,6 +149,8 @@ def test_bad_init():
         rls_init(bad, 1.0, 1.0)
     with pytest.raises(RuntimeError, match="weightkit.rls_init: lam and mu must be finite"):
         rls_init(torch.eye(3), float("inf"), 1.0)
+    with pytest.raises(RuntimeError, match="weightkit.rls_init: the inverse of lam \\* I \\+ mu \\* gram overflows float64"):
+        rls_init(torch.zeros(3, 3), 1e-320, 1.0)
 
 
 def test_compile_traces_update():
