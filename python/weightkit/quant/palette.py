@@ -21,7 +21,7 @@ from torch import nn
 
 from weightkit.ops import palette as P
 from weightkit.quant import codebooks
-from weightkit.quant.quantize import _set_module
+from weightkit.quant.quantize import _set_module, check_finite_weights, skip_patterns, target_linears
 
 __all__ = ["QUANTIZER_RATES", "quantize_weight", "quantize_model_palette", "rate_of"]
 
@@ -57,15 +57,12 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tc
     2^k·m with a supported m (weightkit.ops.palette.HADAMARD_ORDERS).
     """
     fn = "weightkit.quant.quantize_weight"
-    try:
-        _check_rate(kind, bits)
-    except ValueError as e:
-        raise ValueError(f"{fn}: {e}") from None
     if W.dim() != 2:
         raise ValueError(f"{fn}: W must be 2-D (out, in), got shape {tuple(W.shape)}")
     out_f, in_f = W.shape
-    if P.hadamard_order(in_f) is None:
-        raise ValueError(f"{fn}: in_features={in_f} is not 2^k·m with m in {P.HADAMARD_ORDERS}")
+    problem = _width_problem(in_f, kind, bits)
+    if problem:
+        raise ValueError(f"{fn}: {problem}")
     Wf = W.detach().float().cpu()
     if not torch.isfinite(Wf).all():
         raise ValueError(f"{fn}: W must be finite (it has NaN or Inf)")
@@ -91,21 +88,18 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tc
         out["tcq_params"] = params
         return out
     cb = codebooks.lloyd_max(int(bits)) if kind == "sq" else codebooks.vq2d(int(round(2 * bits)))
-    if kind == "vq" and in_f % 2:
-        raise ValueError(f"{fn}: the 2-D VQ needs an even in_features, got {in_f}")
     c = (cb.shape[0] - 1).bit_length()
     out["codebook"] = cb
     out["packed"] = P.palette_pack(P.palette_encode(Wn, cb), c)
     return out
 
 
-def _layer_problem(lin: nn.Linear, kind: str, bits: float) -> str | None:
-    """Why quantize_weight would refuse this layer, found before any layer is replaced."""
+def _width_problem(in_f: int, kind: str, bits: float) -> str | None:
+    """Why quantize_weight would refuse a weight of ``in_f`` columns at this rate, or None."""
     try:
         _check_rate(kind, bits)
     except ValueError as e:
         return str(e)
-    in_f = lin.in_features
     if P.hadamard_order(in_f) is None:
         return f"in_features={in_f} is not 2^k·m with m in {P.HADAMARD_ORDERS}"
     if kind == "vq" and in_f % 2:
@@ -146,7 +140,6 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
     quantizer, bits, stored_bits (with scales and signs), rel_error (‖W − Ŵ‖/‖W‖), norm, seconds.
     """
     from weightkit.nn.palette import PaletteLinear
-    from weightkit.quant.quantize import check_finite_weights, skip_patterns, target_linears
 
     fn = "quantize_model"
     unknown = sorted(set(tcq) - set(_TCQ_OPTIONS))
@@ -164,7 +157,7 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
     choices = []
     for name, lin in layers:
         kind, b = plan.get(name, (quantizer, bits))
-        problem = _layer_problem(lin, kind, b)
+        problem = _width_problem(lin.in_features, kind, b)
         if problem:
             raise ValueError(f"weightkit.quant.{fn}: layer {name!r} ({lin.out_features}x{lin.in_features}): {problem}; "
                              "nothing was quantized")
