@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["linear_layers", "perplexity"]
+__all__ = ["linear_layers", "linears_read_as_weights", "perplexity"]
 
 
 def _windows(n: int, ctx: int, stride: int) -> list[tuple[int, int, int]]:
@@ -133,3 +133,12 @@ def linear_layers(
         and (include is None or any(s in name for s in include))
         and not any(s in name for s in exclude)
     }
+
+
+def linears_read_as_weights(model: nn.Module) -> set[int]:
+    """ids of the Linears that torch's nn.MultiheadAttention (out_proj) and nn.Transformer*Layer
+    (their fast path in eval mode: linear1, linear2, out_proj) read as ``.weight`` tensors instead
+    of calling: a replacement without a dense weight breaks their forward."""
+    native = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    return {id(child) for m in model.modules() if isinstance(m, native)
+            for child in m.modules() if isinstance(child, nn.Linear)}

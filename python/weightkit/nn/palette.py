@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from weightkit.nn.fixed_dtype import FixedDtypeBuffers
 from weightkit.ops import palette as P
 
 __all__ = ["PaletteLinear", "PALETTE_FORMAT_VERSION"]
@@ -18,7 +19,7 @@ __all__ = ["PaletteLinear", "PALETTE_FORMAT_VERSION"]
 PALETTE_FORMAT_VERSION = 1
 
 
-class PaletteLinear(nn.Module):
+class PaletteLinear(FixedDtypeBuffers):
     """Quantized linear layer (out_features, in_features).
 
     Buffers: ``signs`` (in,) float32 ±1, ``scales`` (out,) float32, ``codebook`` (2^c, d) float32
@@ -27,6 +28,8 @@ class PaletteLinear(nn.Module):
     the codes) and the trellis parameters travel in the extra state, so ``state_dict`` round trips
     are exact.
     """
+
+    FIXED_DTYPE_BUFFERS = ("signs", "scales", "codebook")  # float32 by format
 
     def __init__(self, in_features: int, out_features: int, kind: str, bits: float, bias: bool = True,
                  tcq_params: dict | None = None):
@@ -53,17 +56,6 @@ class PaletteLinear(nn.Module):
         if linear.bias is not None:
             layer.bias.data.copy_(linear.bias.detach().float())
         return layer.to(linear.weight.device)
-
-    def _apply(self, fn, recurse=True):
-        # model.half() / .to(torch.bfloat16) cast floating buffers; the ops need the rotation signs,
-        # row scales and codebook in float32, so they follow device moves only.
-        fixed = {name: self._buffers[name] for name in ("signs", "scales", "codebook")}
-        super()._apply(fn, recurse)
-        for name, before in fixed.items():
-            after = self._buffers[name]
-            if after.dtype != before.dtype:  # moved and cast: keep the move only (to_empty etc. untouched)
-                self._buffers[name] = before.to(after.device)
-        return self
 
     def load_quantized(self, q: dict) -> None:
         """Take the tensors of a quantize_weight result (signs, scales, codebook, packed)."""

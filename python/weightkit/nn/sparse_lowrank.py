@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from weightkit.eval import linears_read_as_weights
 from weightkit.ops.sparse_lowrank import sl_linear, sl_support
 
 __all__ = ["SparseLowRankLinear", "ddp_ignore_support_buffers", "to_sparse_lowrank"]
@@ -283,8 +284,6 @@ def to_sparse_lowrank(
     # One pattern is a pattern, not a sequence of one-character patterns.
     include = (include,) if isinstance(include, str) else include
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-    from weightkit.quant.quantize import linears_read_as_weights
-
     read_directly = linears_read_as_weights(model)  # torch's attention / transformer layers
     if rank_ratio is not None and not 0.0 < rank_ratio <= 1.0:
         raise ValueError(f"to_sparse_lowrank: rank_ratio must be in (0, 1], got {rank_ratio}")

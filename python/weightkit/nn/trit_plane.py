@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from weightkit.nn.fixed_dtype import FixedDtypeBuffers
 from weightkit.ops import trit_plane as tp
 
 __all__ = ["TritPlaneLinear"]
 
 
-class TritPlaneLinear(nn.Module):
+class TritPlaneLinear(FixedDtypeBuffers):
     """y = x·Ŵᵀ + b with Ŵ = α¹·T¹ + α²·T² stored packed (format :data:`weightkit.ops.trit_plane.PACK_VERSION`).
 
     Buffers: ``packed`` int32 ``packed_shape(out, in, group_size)``, ``scales`` float16
@@ -24,6 +25,8 @@ class TritPlaneLinear(nn.Module):
     group first (:func:`~weightkit.ops.trit_plane.trit_plane_matmul_a8`: ~0.65% relative change on
     Gaussian inputs, faster on AVX2-only CPUs).
     """
+
+    FIXED_DTYPE_BUFFERS = ("scales",)  # float16 by format
 
     ACTIVATIONS = ("fp32", "int8")
 
@@ -50,16 +53,6 @@ class TritPlaneLinear(nn.Module):
             self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device))
         else:
             self.bias = None
-
-    def _apply(self, fn, recurse=True):
-        # model.float() / .to(torch.bfloat16) cast floating buffers; the trit-plane scales are
-        # float16 by format (the ops refuse others), so they follow device moves only.
-        before = self._buffers["scales"]
-        super()._apply(fn, recurse)
-        after = self._buffers["scales"]
-        if after.dtype != before.dtype:  # moved and cast: keep the move only (to_empty etc. untouched)
-            self._buffers["scales"] = before.to(after.device)
-        return self
 
     @classmethod
     @torch.no_grad()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from weightkit.eval import linears_read_as_weights
 from weightkit.nn.trit_plane import TritPlaneLinear
 from weightkit.quant import baselines
 
@@ -106,15 +107,6 @@ def target_linears(fn: str, model: nn.Module, patterns: tuple[str, ...], replace
         elif type(mod).__name__ == "Conv1D":  # Hugging Face GPT-2's transposed linears: not converted
             skipped.append(name)
     return targets, skipped
-
-
-def linears_read_as_weights(model: nn.Module) -> set[int]:
-    """ids of the Linears that torch's nn.MultiheadAttention (out_proj) and nn.Transformer*Layer
-    (their fast path in eval mode: linear1, linear2, out_proj) read as ``.weight`` tensors instead
-    of calling: a replacement without a dense weight breaks their forward."""
-    native = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-    return {id(child) for m in model.modules() if isinstance(m, native)
-            for child in m.modules() if isinstance(child, nn.Linear)}
 
 
 def check_finite_weights(fn: str, targets) -> None:
