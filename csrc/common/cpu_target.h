@@ -9,6 +9,9 @@
 // AVX-512 with VBMI and VNNI, checked separately (CpuFeatures::avx512_vbmi / avx512_vnni): the
 // palette GEMV's int8 byte-table path.
 #define WK_VBMI_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,fma")))
+// AVX-512 with VNNI but not VBMI (CpuFeatures::avx512_vnni; Cascade Lake has VNNI without VBMI):
+// trit_plane_matmul_a8's u8 x s8 dot products.
+#define WK_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 // For generic helpers that must be inlined into a target-attributed caller, whose ISA they then
 // compile for.
 #define WK_INLINE inline __attribute__((always_inline))
