@@ -33,9 +33,18 @@ struct NsDevice {
   // alpha * X X^T + beta * D for X (B, m, k) and D (B, m, m) (undefined D: no addend). The
   // result is symmetric, which a device may exploit (upper tiles only); unset: ATen products.
   std::function<at::Tensor(const at::Tensor& X, double alpha, const at::Tensor& D, double beta)> sym_product;
-  // Whether AUTO picks the Gram form for half-precision compute: its m x m products run in fp32,
-  // which is cheap where the m x n products also run in fp32 (CPU) but not on tensor cores.
-  bool gram_in_half_precision = true;
+  // The aspect ratio n / m from which AUTO picks the Gram form when the products run natively in
+  // half precision (0: never). Its m x m state stays in fp32, so it trades the plain form's half-
+  // precision m x n products for fp32 m x m ones: with r = (fp32 time) / (half time) of the same
+  // product, 5 steps cost r (2 + 14 m / n) + 2 units of m^2 n against 10 + 5 m / n for the plain
+  // form. Where the products run in fp32 (CPUs without fast bf16) r = 1 and the Gram form wins
+  // from n = 2 m.
+  double half_gram_min_aspect = 0.0;
+  // Whether a batch that divides evenly among the intra-op threads is iterated as that many
+  // independent slices, one per thread (each product single-threaded), instead of running every
+  // product multi-threaded: on a CPU, small products split across cores waste much of their time
+  // in synchronization.
+  bool split_batch_across_threads = false;
 };
 
 // dev.sym_product if set, else bmm / baddbmm.

@@ -85,9 +85,8 @@ NsDevice cuda_device() {
   // Buffers are stored in the compute dtype and cuBLAS accumulates in fp32: nothing to round.
   dev.round = [](at::Tensor&, at::ScalarType) {};
   if (syrk_enabled()) dev.sym_product = sym_product_cuda;
-  // The Gram form's fp32 m x m products would run off the tensor cores that the plain form's
-  // half-precision products use.
-  dev.gram_in_half_precision = false;
+  // half_gram_min_aspect stays 0 (never): the Gram form's fp32 m x m products would run off the
+  // tensor cores that the plain form's half-precision products use.
   return dev;
 }
 
