@@ -153,7 +153,7 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".") -> dict:
             cases.append(_step_case("step-gpt2-124m", hidden, others, dev, settings, "GPT-2 124M parameter set"))
         else:
             skipped.append({"case": "step-gpt2-124m", "reason": "CPU: torch.optim.Muon's bf16 step on 48 GPT-2 "
-                            "matrices takes minutes here (no bf16 units); run on a GPU"})
+                            "matrices takes minutes on a 2-core CPU; run on a GPU"})
     curves, curve_cases, curve_skips = _curves(dev, quick, progress)
     cases += curve_cases
     skipped += curve_skips
