@@ -290,8 +290,7 @@ WK_AVX2 void blocks_a8_avx2(const Activations& a, int64_t batch, const int32_t* 
 // register: packed[rb, w] is 64 bytes, plane 0's 8 rows then plane 1's, so one load fills the 16
 // lanes and the four shuffles decode both planes at once (the 16-byte tables repeat per 128-bit
 // lane). VPDPBUSD multiplies the unsigned trits t + 1 by the activation bytes and adds four
-// products into each int32 lane, so there are no int16 sums to flush. Four accumulators per batch
-// row (one per shuffle) keep the multiply-add chains independent.
+// products into each int32 lane, so there are no int16 sums to flush.
 
 // Decodes one word (both planes): t[i] = t + 1 of the trits that activation pattern i multiplies.
 WK_AVX512_VNNI WK_INLINE void decode_word_avx512(const int32_t* pw, __m512i (&t)[4]) {
@@ -308,6 +307,7 @@ WK_AVX512_VNNI WK_INLINE void decode_word_avx512(const int32_t* pw, __m512i (&t)
 WK_AVX512_VNNI WK_INLINE void dot_pattern(__m512i& acc, __m512i t, const int8_t* x) {
   acc = _mm512_dpbusd_epi32(acc, t, _mm512_broadcastd_epi32(_mm_loadu_si32(x)));
 }
+
 // NB batch rows (b0 ..) for one block of 8 rows: lanes 0..7 are plane 1's rows, 8..15 plane 2's.
 // Each batch row has four accumulators per word in flight (one per activation pattern); with one
 // batch row, two words are in flight, since one word's four multiply-add chains left the
