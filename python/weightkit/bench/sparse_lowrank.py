@@ -13,7 +13,9 @@ of one layer's training step (CUDA allocator peak; on CPU the peak RSS growth of
 
 Training: dense vs SLTrain vs pure low-rank with the same parameter count, each with AdamW at the
 paper's lr 3e-3 and at 1e-3 (judged by its better run), plus SLTrain with Muon; validation loss
-on the fixed pydoc slice.
+on the fixed pydoc slice. Each method's better run is repeated with two more seeds (model
+initialization and batch order) and the bars compare the means: one seed moved dense's final loss
+by 8% (2.032 vs 1.869) where SLTrain's moved by 1%.
 """
 
 from __future__ import annotations
@@ -274,8 +276,8 @@ def _training(dev, quick, progress):
     train, val = wk.data.train_val_split(tokens, 8192)
     train, val = train.to(dev), val.to(dev)
 
-    def build(kind):
-        torch.manual_seed(0)
+    def build(kind, seed=0):
+        torch.manual_seed(seed)
         model = wk.nn.GPT(vocab=wk.data.VOCAB_SIZE, d=d, layers=layers, heads=4 if d >= 128 else 2, ctx=ctx)
         if kind.startswith("sltrain"):
             wk.nn.to_sparse_lowrank(model, rank=rank, density=density, verbose=False)
@@ -308,18 +310,31 @@ def _training(dev, quick, progress):
     best = {kind: min((n for n in results if n.split(" ")[0] == kind), key=lambda n: results[n].final_loss)
             for kind in ("dense", "sltrain", "low-rank", "sltrain+muon")}
     setup = f"GPT d={d} L={layers} ctx={ctx} batch={batch}, {steps} steps, pydoc bytes, r={rank}, delta={density}"
+    # The compared methods' better runs again with other seeds (initialization and batch order).
+    seeds = (0,) if quick else (0, 1, 2)
+    seed_losses = {kind: [results[best[kind]].final_loss] for kind in ("dense", "sltrain", "low-rank")}
+    repeats = [(kind, seed) for seed in seeds[1:] for kind in seed_losses]
+    if progress is not None and repeats:
+        repeats = progress(repeats, desc="sltrain seeds", label=lambda ks: f"{best[ks[0]]} seed {ks[1]}")
+    for kind, seed in repeats:
+        model = build(kind, seed)
+        seed_losses[kind].append(train_lm(model, runs[best[kind]][1](model), train, val, steps=steps, batch=batch,
+                                          ctx=ctx, eval_every=steps, seed=seed).final_loss)
+    mean = {kind: sum(v) / len(v) for kind, v in seed_losses.items()}
     dense_loss = results[best["dense"]].final_loss
     quality = {
         name: {"final_val_loss": round(r.final_loss, 4), "params": params[name],
                "vs_best_dense": round(r.final_loss / dense_loss - 1, 4), "train_s": round(r.curve[-1][2], 1)}
         for name, r in results.items()
     }
-    sl, lr_only = results[best["sltrain"]].final_loss, results[best["low-rank"]].final_loss
+    quality["seeds"] = {kind: {"run": best[kind], "seeds": list(seeds), "final_val_loss": [round(v, 4) for v in losses],
+                               "mean": round(mean[kind], 4)} for kind, losses in seed_losses.items()}
     quality["bars"] = {
         "best": best,
-        "sltrain_vs_dense": round(sl / dense_loss - 1, 4),
-        "sltrain_within_3pct_of_dense": sl / dense_loss - 1 <= 0.03,
-        "sltrain_below_low_rank": sl < lr_only,
+        "judged_on": f"mean final val loss over seeds {list(seeds)}",
+        "sltrain_vs_dense": round(mean["sltrain"] / mean["dense"] - 1, 4),
+        "sltrain_within_3pct_of_dense": mean["sltrain"] / mean["dense"] - 1 <= 0.03,
+        "sltrain_below_low_rank": mean["sltrain"] < mean["low-rank"],
         "setup": setup,
     }
     curves = {name: {"curve": r.curve, "final_loss": r.final_loss} for name, r in results.items()}
