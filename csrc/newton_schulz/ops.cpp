@@ -136,10 +136,7 @@ at::Tensor iterate(at::Tensor X, const NsParams& p, at::ScalarType compute, cons
     return gram ? iterate_gram(std::move(Xs), p, compute, dev) : iterate_plain(std::move(Xs), p, compute, dev);
   };
   const int64_t threads = at::get_num_threads(), batch = X.size(0);
-  // Only small matrices: at GPT-2 124M's (12..24, 768, 768..3072) each thread's slices outgrow
-  // the caches and the set ran 0.83x the multi-threaded products' speed.
-  constexpr int64_t kMaxSplitElements = int64_t{1} << 18;  // 256 x 1024
-  if (!dev.split_batch_across_threads || threads < 2 || batch % threads != 0 || X.size(1) * X.size(2) > kMaxSplitElements)
+  if (threads < 2 || batch % threads != 0 || X.size(1) * X.size(2) > dev.split_batch_max_elements)
     return run(std::move(X));
   // Inside the parallel region ATen and its BLAS run single-threaded.
   at::Tensor out = at::empty_like(X);
@@ -241,8 +238,9 @@ NsDevice cpu_device(const char* op) {
   dev.half_gram_min_aspect = 10.0;
   // The small model's parameter set (16 matrices of 256 x 256..1024, batches of 4 and 8) on the
   // AVX512-BF16 EPYC, 2 threads: a (4, 256, 256) bf16 product took 0.61 ms multi-threaded and
-  // 0.33 ms as two single-threaded halves side by side.
-  dev.split_batch_across_threads = true;
+  // 0.33 ms as two single-threaded halves side by side. Only small matrices: at GPT-2 124M's
+  // (12..24, 768, 768..3072) each thread's slices outgrow the caches and the set ran 0.83x.
+  dev.split_batch_max_elements = int64_t{1} << 18;  // 256 x 1024
   dev.round = [isa](at::Tensor& T, at::ScalarType compute) {
     if (T.scalar_type() != at::kFloat) return;
     const Rounding r = rounding_for(compute);

@@ -40,11 +40,11 @@ struct NsDevice {
   // form. Where the products run in fp32 (CPUs without fast bf16) r = 1 and the Gram form wins
   // from n = 2 m.
   double half_gram_min_aspect = 0.0;
-  // Whether a batch that divides evenly among the intra-op threads is iterated as that many
-  // independent slices, one per thread (each product single-threaded), instead of running every
-  // product multi-threaded: on a CPU, small products split across cores waste much of their time
-  // in synchronization.
-  bool split_batch_across_threads = false;
+  // The largest matrix (m * n elements; 0: none) whose batches, when they divide evenly among the
+  // intra-op threads, are iterated as that many independent slices, one per thread (each product
+  // single-threaded), instead of running every product multi-threaded: on a CPU, small products
+  // split across cores waste much of their time in synchronization.
+  int64_t split_batch_max_elements = 0;
 };
 
 // dev.sym_product if set, else bmm / baddbmm.

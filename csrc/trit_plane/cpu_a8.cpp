@@ -44,6 +44,13 @@ constexpr int64_t kSlotsPerWord = 2 * kCodesPerWord;  // 16 columns (pair slots)
 // adds four of them, so 16 words (256 columns) stay below 32767; longer groups flush to int32.
 constexpr int64_t kWordsPerFlush = 16;
 
+// t + 1 of column 0 / column 1 of a pair, indexed by its 4-bit code (pos | neg << 2): the 16-byte
+// shuffle tables of both SIMD kernels.
+alignas(16) constexpr int8_t kTritPlusOne[2][16] = {{1, 2, 1, 2, 0, 1, 0, 1, 1, 2, 1, 2, 0, 1, 0, 1},
+                                                    {1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 1, 1, 0, 0, 1, 1}};
+
+inline __m128i trit_table(int column) { return _mm_load_si128(reinterpret_cast<const __m128i*>(kTritPlusOne[column])); }
+
 // Rounded activations of a batch: codes in the kernel's order, their per-group sums and steps.
 struct Activations {
   int64_t words = 0;         // words_per_row
@@ -216,11 +223,7 @@ bool groups_fill_words(const Layout& l) { return l.n_groups <= 1 || l.pairs_full
 template <int NB>
 WK_AVX2 WK_INLINE void word_a8(__m256i v, const __m256i (&x)[NB][4], __m256i (&acc)[NB]) {
   const __m256i nibble = _mm256_set1_epi8(0x0F);
-  // t + 1 of column 0 / column 1 of a pair, indexed by its 4-bit code (pos | neg << 2).
-  const __m256i lut0 = _mm256_setr_epi8(1, 2, 1, 2, 0, 1, 0, 1, 1, 2, 1, 2, 0, 1, 0, 1, 1, 2, 1, 2, 0, 1, 0, 1, 1, 2,
-                                        1, 2, 0, 1, 0, 1);
-  const __m256i lut1 = _mm256_setr_epi8(1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0,
-                                        1, 1, 0, 0, 1, 1);
+  const __m256i lut0 = _mm256_broadcastsi128_si256(trit_table(0)), lut1 = _mm256_broadcastsi128_si256(trit_table(1));
   const __m256i lo = _mm256_and_si256(v, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
   const __m256i t0 = _mm256_shuffle_epi8(lut0, lo), t1 = _mm256_shuffle_epi8(lut1, lo);
   const __m256i t2 = _mm256_shuffle_epi8(lut0, hi), t3 = _mm256_shuffle_epi8(lut1, hi);
@@ -295,8 +298,7 @@ WK_AVX2 void blocks_a8_avx2(const Activations& a, int64_t batch, const int32_t* 
 // Decodes one word (both planes): t[i] = t + 1 of the trits that activation pattern i multiplies.
 WK_AVX512_VNNI WK_INLINE void decode_word_avx512(const int32_t* pw, __m512i (&t)[4]) {
   const __m512i nibble = _mm512_set1_epi8(0x0F);
-  const __m512i lut0 = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 2, 1, 2, 0, 1, 0, 1, 1, 2, 1, 2, 0, 1, 0, 1));
-  const __m512i lut1 = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 1, 1, 0, 0, 1, 1));
+  const __m512i lut0 = _mm512_broadcast_i32x4(trit_table(0)), lut1 = _mm512_broadcast_i32x4(trit_table(1));
   const __m512i v = _mm512_loadu_si512(pw);
   const __m512i lo = _mm512_and_si512(v, nibble), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
   t[0] = _mm512_shuffle_epi8(lut0, lo), t[1] = _mm512_shuffle_epi8(lut1, lo);
