@@ -13,6 +13,7 @@
 #include "common/checks.h"
 #include "common/cpu_features.h"
 #include "newton_schulz/cpu.h"
+#include "newton_schulz/cpu_bf16_products.h"
 
 namespace weightkit::newton_schulz {
 
@@ -43,14 +44,25 @@ NsParams check_params(const char* op, int64_t steps, c10::ArrayRef<double> coeff
   return p;
 }
 
-at::Tensor sym_product(const NsDevice& dev, const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
-  if (dev.sym_product) return dev.sym_product(X, alpha, D, beta);
+at::Tensor aten_sym_product(const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
   // torch 2.13's CPU bf16 baddbmm (oneDNN, on AVX512-BF16 machines) returns NaN for alpha = 0 or
   // beta = 0 instead of dropping that term, so those cases never reach it.
   if (D.defined() && alpha == 0.0) return D.mul(beta);
   if (D.defined() && beta != 0.0) return at::baddbmm(D, X, X.mT(), beta, alpha);
   at::Tensor P = at::bmm(X, X.mT());
   return alpha == 1.0 ? P : P.mul_(alpha);
+}
+
+at::Tensor aten_left_product(const at::Tensor& B, const at::Tensor& X, double a) {
+  return a == 0.0 ? at::bmm(B, X) : at::baddbmm(X, B, X, /*beta=*/a, /*alpha=*/1.0);  // see aten_sym_product
+}
+
+at::Tensor sym_product(const NsDevice& dev, const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
+  return dev.sym_product ? dev.sym_product(X, alpha, D, beta) : aten_sym_product(X, alpha, D, beta);
+}
+
+at::Tensor left_product(const NsDevice& dev, const at::Tensor& B, const at::Tensor& X, double a) {
+  return dev.left_product ? dev.left_product(B, X, a) : aten_left_product(B, X, a);
 }
 
 namespace {
@@ -84,7 +96,7 @@ at::Tensor iterate_plain(at::Tensor X, const NsParams& p, at::ScalarType compute
     // A is symmetric, so A A = A A^T: the same symmetric product, with b A fused in.
     at::Tensor B = sym_product(dev, A, c, A, b);
     dev.round(B, compute);
-    X = a == 0.0 ? at::bmm(B, X) : at::baddbmm(X, B, X, /*beta=*/a, /*alpha=*/1.0);  // see sym_product
+    X = left_product(dev, B, X, a);
     dev.round(X, compute);
   }
   return X;
@@ -241,6 +253,28 @@ NsDevice cpu_device(const char* op) {
   // 0.33 ms as two single-threaded halves side by side. Only small matrices: at GPT-2 124M's
   // (12..24, 768, 768..3072) each thread's slices outgrow the caches and the set ran 0.83x.
   dev.split_batch_max_elements = int64_t{1} << 18;  // 256 x 1024
+  if (newton_schulz_cpu::bf16_products_available(isa)) {
+    dev.sym_product = [](const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
+      if (X.scalar_type() != at::kBFloat16) return aten_sym_product(X, alpha, D, beta);
+      TORCH_INTERNAL_ASSERT(X.dim() == 3 && X.is_contiguous() && (!D.defined() || D.is_contiguous()));
+      const int64_t batch = X.size(0), m = X.size(1), k = X.size(2);
+      at::Tensor C = at::empty({batch, m, m}, X.options());
+      newton_schulz_cpu::sym_product_bf16(X.const_data_ptr<at::BFloat16>(),
+                                          D.defined() ? D.const_data_ptr<at::BFloat16>() : nullptr,
+                                          C.mutable_data_ptr<at::BFloat16>(), batch, m, k, static_cast<float>(alpha),
+                                          static_cast<float>(beta));
+      return C;
+    };
+    dev.left_product = [](const at::Tensor& B, const at::Tensor& X, double a) {
+      if (X.scalar_type() != at::kBFloat16) return aten_left_product(B, X, a);
+      TORCH_INTERNAL_ASSERT(X.dim() == 3 && X.is_contiguous() && B.is_contiguous());
+      at::Tensor Y = at::empty_like(X);
+      newton_schulz_cpu::left_product_bf16(B.const_data_ptr<at::BFloat16>(), X.const_data_ptr<at::BFloat16>(),
+                                           Y.mutable_data_ptr<at::BFloat16>(), X.size(0), X.size(1), X.size(2),
+                                           static_cast<float>(a));
+      return Y;
+    };
+  }
   dev.round = [isa](at::Tensor& T, at::ScalarType compute) {
     if (T.scalar_type() != at::kFloat) return;
     const Rounding r = rounding_for(compute);

@@ -33,6 +33,8 @@ struct NsDevice {
   // alpha * X X^T + beta * D for X (B, m, k) and D (B, m, m) (undefined D: no addend). The
   // result is symmetric, which a device may exploit (upper tiles only); unset: ATen products.
   std::function<at::Tensor(const at::Tensor& X, double alpha, const at::Tensor& D, double beta)> sym_product;
+  // a X + B X for B (B, m, m) and X (B, m, n); unset: ATen products.
+  std::function<at::Tensor(const at::Tensor& B, const at::Tensor& X, double a)> left_product;
   // The aspect ratio n / m from which AUTO picks the Gram form when the products run natively in
   // half precision (0: never). Its m x m state stays in fp32, so it trades the plain form's half-
   // precision m x n products for fp32 m x m ones: with r = (fp32 time) / (half time) of the same
@@ -47,8 +49,13 @@ struct NsDevice {
   int64_t split_batch_max_elements = 0;
 };
 
-// dev.sym_product if set, else bmm / baddbmm.
+// The products through ATen (bmm / baddbmm), for what a device's own kernels do not cover.
+at::Tensor aten_sym_product(const at::Tensor& X, double alpha, const at::Tensor& D, double beta);
+at::Tensor aten_left_product(const at::Tensor& B, const at::Tensor& X, double a);
+
+// dev.sym_product / dev.left_product if set, else the ATen products.
 at::Tensor sym_product(const NsDevice& dev, const at::Tensor& X, double alpha, const at::Tensor& D, double beta);
+at::Tensor left_product(const NsDevice& dev, const at::Tensor& B, const at::Tensor& X, double a);
 
 // The whole op over a list; newton_schulz is the one-element case.
 std::vector<at::Tensor> run_grouped(const char* op, at::TensorList Gs, const NsParams& p, const NsDevice& dev);

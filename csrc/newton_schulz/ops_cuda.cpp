@@ -53,15 +53,9 @@ at::Tensor stack_normalized_cuda(const std::vector<at::Tensor>& mats, at::Scalar
   return out;
 }
 
-// The ATen products (an NsDevice without sym_product), for what our kernel does not cover.
-const NsDevice& aten_products() {
-  static const NsDevice dev;
-  return dev;
-}
-
 at::Tensor sym_product_cuda(const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
   const at::ScalarType t = X.scalar_type();
-  if (t != at::kBFloat16 && t != at::kHalf) return sym_product(aten_products(), X, alpha, D, beta);
+  if (t != at::kBFloat16 && t != at::kHalf) return aten_sym_product(X, alpha, D, beta);
   TORCH_INTERNAL_ASSERT(X.dim() == 3);
   const at::Tensor Xc = X.contiguous();
   const int64_t batch = Xc.size(0), m = Xc.size(1), k = Xc.size(2);

@@ -109,6 +109,53 @@ def test_syrk_kernel_matches_reference(monkeypatch, shape, dtype):
     assert rel_err(wk.newton_schulz(G, 5), ref) <= 2 * plain_err + 1e-3
 
 
+# The CPU's own bf16 products (AVX512-BF16 CPUs: Zen 4, Sapphire Rapids): X X^T on its upper
+# blocks of 32 columns in 8-row tiles, and a X + B X. Shapes straddle both tile sizes, odd k,
+# one row, batches; the coefficient triples with zeros take the paths without an addend.
+CPU_BF16_SHAPES = [(48, 160), (3, 100, 264), (130, 130), (65, 67), (2, 17, 40), (200, 72), (1, 9), (33, 31)]
+
+
+def needs_cpu_bf16_products():
+    if not wk.build_info()["cpu_features"]["avx512_bf16"]:
+        pytest.skip("this CPU has no AVX512-BF16: the ATen products run instead")
+
+
+def bf16_products_emulated(G: torch.Tensor, steps: int, coeffs: list[float], eps: float = 1e-7) -> torch.Tensor:
+    """The iteration as a bf16 GEMM computes it: each product (with its scaled addend) exact in
+    float64, rounded once to bf16. An fp32-accumulating kernel differs only where its
+    accumulation error crosses a rounding boundary: rarely, by one bf16 step."""
+
+    def rnd(t):
+        return t.to(torch.bfloat16).double()
+
+    X = G.double()
+    tall = X.shape[-2] > X.shape[-1]
+    X = X.mT if tall else X
+    X = rnd(X / (torch.linalg.matrix_norm(X, keepdim=True) + eps))
+    for s in range(steps):
+        a, b, c = coeffs[3 * s : 3 * s + 3]
+        A = rnd(X @ X.mT)
+        B = rnd(b * A + c * (A @ A))
+        X = rnd(a * X + B @ X)
+    return X.mT if tall else X
+
+
+@pytest.mark.parametrize("shape", CPU_BF16_SHAPES)
+@pytest.mark.parametrize(
+    "coeffs",
+    [list(wk.ops.newton_schulz.JORDAN) * 2, [0.0, 1.5, 0.0, 2.0, 0.0, -0.5]],  # a = 0, then b = 0 and c = 0
+    ids=["jordan", "zero_terms"],
+)
+def test_cpu_bf16_products_match_emulated_bf16_gemm(monkeypatch, shape, coeffs):
+    needs_cpu_bf16_products()
+    monkeypatch.setenv("WEIGHTKIT_NS_GRAM", "never")
+    monkeypatch.setenv("WEIGHTKIT_CPU_ISA", "avx512")
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(7)).bfloat16()
+    out = wk.newton_schulz(G, 2, coeffs)
+    # One bf16 step is 2^-8 = 3.9e-3 relative; a wrong or missing term costs far more than 1e-3.
+    assert rel_err(out, bf16_products_emulated(G, 2, coeffs)) <= 1e-3
+
+
 def check_huge_and_tiny(device):
     """The Frobenius norm is summed in fp64: fp32 squares would overflow above ~1.8e19."""
     G = make_input("random")

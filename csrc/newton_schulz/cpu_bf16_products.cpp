@@ -1,0 +1,222 @@
+#include "newton_schulz/cpu_bf16_products.h"
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "common/cpu_target.h"
+
+namespace weightkit::newton_schulz_cpu {
+namespace {
+
+// Register tile: kRows x kCols fp32 accumulators (8 rows x 2 zmm). Per pair of k values, 2 loads
+// of the right operand and 8 broadcasts of the left one feed 16 independent vdpbf16ps, which
+// keeps the dot-product units busy (measured with both operands in L1: 227 GF/s on one Zen 4
+// core at ~3.5 GHz, its peak of 64 flop a cycle).
+constexpr int kRows = 8;
+constexpr int kCols = 32;
+
+// A pair of consecutive bf16 values as the 32-bit word vdpbf16ps multiplies (first value low).
+inline uint32_t load_pair(const uint16_t* p) {
+  uint32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+WK_INLINE __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
+}
+
+// Words per packed row: k / 2 rounded up (with odd k the last word holds the last value alone,
+// its second half zero, so it adds nothing).
+inline int64_t words(int64_t k) { return (k + 1) / 2; }
+
+// Rows of X (batch, m, k) packed in blocks of kCols rows: block (b, t) holds words(k) steps of
+// kCols words, word (p, j) = values 2p and 2p + 1 of row t * kCols + j, zero past row m. One
+// block is the right operand of X X^T for output columns t * kCols..., and kRows of its words
+// per step are the left operand for those rows: the symmetric product packs X once.
+// The buffer is not zero-filled: every word is written before it is read.
+std::unique_ptr<uint32_t[]> pack_rows(const uint16_t* X, int64_t batch, int64_t m, int64_t k) {
+  const int64_t blocks = (m + kCols - 1) / kCols, kp = words(k), full = k / 2;
+  std::unique_ptr<uint32_t[]> packed(new uint32_t[static_cast<size_t>(batch * blocks * kp * kCols)]);
+  // 16 steps at a time (one cache line of each row): the block being written stays in L1.
+  constexpr int64_t kChunk = 16;
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / blocks, j0 = item % blocks * kCols, rows = std::min<int64_t>(kCols, m - j0);
+      uint32_t* out = packed.get() + item * kp * kCols;
+      for (int64_t p0 = 0; p0 < kp; p0 += kChunk) {
+        const int64_t p1 = std::min(kp, p0 + kChunk);
+        for (int64_t j = 0; j < kCols; ++j) {
+          if (j >= rows) {
+            for (int64_t p = p0; p < p1; ++p) out[p * kCols + j] = 0u;
+            continue;
+          }
+          const uint16_t* row = X + (b * m + j0 + j) * k;
+          for (int64_t p = p0; p < std::min(p1, full); ++p) out[p * kCols + j] = load_pair(row + 2 * p);
+          if (p1 > full && full < kp) out[full * kCols + j] = row[k - 1];
+        }
+      }
+    }
+  });
+  return packed;
+}
+
+// The right operand R = X (k rows of length n), columns j0 on, in the same layout: word (p, j)
+// interleaves X[2p][j0 + j] and X[2p + 1][j0 + j], zero past X's end.
+WK_AVX512_BF16 void pack_interleaved(const uint16_t* X, int64_t k, int64_t n, int64_t j0, uint32_t* panel) {
+  const int64_t cols = std::min<int64_t>(kCols, n - j0);
+  for (int64_t p = 0; p < words(k); ++p) {
+    const uint16_t* lo = X + 2 * p * n + j0;
+    const uint16_t* hi = 2 * p + 1 < k ? lo + n : nullptr;
+    for (int h = 0; h < kCols; h += 16) {
+      const __mmask16 mask = first_lanes(cols - h);
+      const __m512i l = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, lo + h));
+      const __m512i u = hi ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, hi + h)) : _mm512_setzero_si512();
+      _mm512_storeu_si512(panel + p * kCols + h, _mm512_or_si512(l, _mm512_slli_epi32(u, 16)));
+    }
+  }
+}
+
+// tile[r][c] = sum_p left(p, r) . right(p, c) over kp steps, in fp32. Both operands advance
+// kCols words a step; `left` points at the tile's first row within its block.
+WK_AVX512_BF16 void tile_product(const uint32_t* left, const uint32_t* right, int64_t kp, float* tile) {
+  __m512 acc[kRows][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kp; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(right + p * kCols);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(right + p * kCols + 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(left[p * kCols + r]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+    _mm512_storeu_ps(tile + r * kCols, acc[r][0]);
+    _mm512_storeu_ps(tile + r * kCols + 16, acc[r][1]);
+  }
+}
+
+// Where one tile's results go: out[r][c] = bf16(alpha * tile[r][c] + beta * add[r][c]) for
+// r < rows, c < cols, rounded to nearest even.
+struct TileOutput {
+  uint16_t* out;
+  int64_t out_ld;
+  const uint16_t* add;  // null: no addend
+  int64_t add_ld;
+  float alpha, beta;
+};
+
+WK_AVX512_BF16 inline __m512 widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+
+// One row of 16 values of the tile, scaled, added to and rounded.
+WK_AVX512_BF16 inline __m256i finish(const float* t, const TileOutput& o, const uint16_t* add, __mmask16 mask) {
+  __m512 v = _mm512_mul_ps(_mm512_set1_ps(o.alpha), _mm512_loadu_ps(t));
+  if (add) v = _mm512_fmadd_ps(_mm512_set1_ps(o.beta), widen_bf16(_mm256_maskz_loadu_epi16(mask, add)), v);
+  return (__m256i)_mm512_cvtneps_pbh(v);
+}
+
+WK_AVX512_BF16 void store_tile(const float* tile, int rows, int64_t cols, const TileOutput& o) {
+  for (int r = 0; r < rows; ++r)
+    for (int h = 0; h < kCols; h += 16) {
+      const __mmask16 mask = first_lanes(cols - h);
+      if (!mask) break;
+      const uint16_t* add = o.add ? o.add + r * o.add_ld + h : nullptr;
+      _mm256_mask_storeu_epi16(o.out + r * o.out_ld + h, mask, finish(tile + r * kCols + h, o, add, mask));
+    }
+}
+
+// The symmetric product's tile at (i0, j0) of an m x m output: its elements on or above the
+// diagonal (j >= i) are stored in place and those strictly above also at (j, i), so every
+// output element is written once, by the tile that owns its upper-triangle twin. `o` points at
+// the output's (and addend's) element (0, 0).
+WK_AVX512_BF16 void store_symmetric(const float* tile, int rows, int64_t cols, int64_t i0, int64_t j0,
+                                    const TileOutput& o) {
+  alignas(64) uint16_t vals[kCols];
+  for (int r = 0; r < rows; ++r) {
+    const int64_t i = i0 + r;
+    const int64_t first = std::max<int64_t>(0, i - j0);  // first column with j >= i
+    for (int h = 0; h < kCols; h += 16) {
+      const __mmask16 valid = first_lanes(cols - h);
+      const __mmask16 mask = valid & static_cast<__mmask16>(~first_lanes(first - h));
+      if (!mask) continue;
+      const int64_t at = i * o.out_ld + j0 + h;
+      const uint16_t* add = o.add ? o.add + i * o.add_ld + j0 + h : nullptr;
+      const __m256i v = finish(tile + r * kCols + h, o, add, valid);
+      _mm256_mask_storeu_epi16(o.out + at, mask, v);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(vals + h), v);
+    }
+    for (int64_t c = std::max<int64_t>(first, i + 1 - j0); c < cols; ++c) o.out[(j0 + c) * o.out_ld + i] = vals[c];
+  }
+}
+
+}  // namespace
+
+bool bf16_products_available(CpuIsa isa) { return isa == CpuIsa::Avx512 && cpu_features().avx512_bf16; }
+
+void sym_product_bf16(const c10::BFloat16* X, const c10::BFloat16* D, c10::BFloat16* C, int64_t batch, int64_t m,
+                      int64_t k, float alpha, float beta) {
+  const auto* x = reinterpret_cast<const uint16_t*>(X);
+  const auto* d = reinterpret_cast<const uint16_t*>(D);
+  auto* c = reinterpret_cast<uint16_t*>(C);
+  const bool add = d != nullptr && beta != 0.f;  // beta = 0 drops D, NaN or not, as baddbmm does
+  const int64_t blocks = (m + kCols - 1) / kCols, kp = words(k);
+  const std::unique_ptr<uint32_t[]> packed = pack_rows(x, batch, m, k);
+  // Column block J meets the upper triangle in about J + 1 row tiles; an item pairs blocks J and
+  // blocks - 1 - J, so every item has the same work and parallel_for's static split balances.
+  const int64_t pairs = (blocks + 1) / 2;
+  at::parallel_for(0, batch * pairs, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float tile[kRows * kCols];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / pairs, t = item % pairs;
+      const uint32_t* xb = packed.get() + b * blocks * kp * kCols;
+      const TileOutput o{c + b * m * m, m, add ? d + b * m * m : nullptr, m, alpha, beta};
+      const int64_t pair[2] = {t, blocks - 1 - t};
+      for (int q = 0; q < (pair[0] == pair[1] ? 1 : 2); ++q) {
+        const int64_t j0 = pair[q] * kCols, cols = std::min<int64_t>(kCols, m - j0);
+        for (int64_t i0 = 0; i0 < j0 + cols; i0 += kRows) {  // row tiles holding some j >= i
+          const int rows = static_cast<int>(std::min<int64_t>(kRows, m - i0));
+          tile_product(xb + i0 / kCols * kp * kCols + i0 % kCols, xb + pair[q] * kp * kCols, kp, tile);
+          store_symmetric(tile, rows, cols, i0, j0, o);
+        }
+      }
+    }
+  });
+}
+
+void left_product_bf16(const c10::BFloat16* B, const c10::BFloat16* X, c10::BFloat16* Y, int64_t batch, int64_t m,
+                       int64_t n, float a) {
+  const auto* bm = reinterpret_cast<const uint16_t*>(B);
+  const auto* x = reinterpret_cast<const uint16_t*>(X);
+  auto* y = reinterpret_cast<uint16_t*>(Y);
+  const int64_t panels = (n + kCols - 1) / kCols, kp = words(m);
+  const std::unique_ptr<uint32_t[]> left = pack_rows(bm, batch, m, m);
+  const int64_t blocks = (m + kCols - 1) / kCols;
+  at::parallel_for(0, batch * panels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> panel(static_cast<size_t>(kp * kCols));
+    alignas(64) float tile[kRows * kCols];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / panels, j0 = item % panels * kCols, cols = std::min<int64_t>(kCols, n - j0);
+      const uint16_t* xb = x + b * m * n;
+      const uint32_t* bb = left.get() + b * blocks * kp * kCols;
+      pack_interleaved(xb, m, n, j0, panel.data());
+      for (int64_t i0 = 0; i0 < m; i0 += kRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRows, m - i0));
+        tile_product(bb + i0 / kCols * kp * kCols + i0 % kCols, panel.data(), kp, tile);
+        // a = 0 drops the addend, as bmm in place of baddbmm does.
+        const TileOutput o{y + b * m * n + i0 * n + j0, n, a != 0.f ? xb + i0 * n + j0 : nullptr, n, 1.f, a};
+        store_tile(tile, rows, cols, o);
+      }
+    }
+  });
+}
+
+}  // namespace weightkit::newton_schulz_cpu
