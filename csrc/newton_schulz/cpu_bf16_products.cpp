@@ -35,33 +35,61 @@ WK_INLINE __mmask16 first_lanes(int64_t count) {
 // its second half zero, so it adds nothing).
 inline int64_t words(int64_t k) { return (k + 1) / 2; }
 
-// Rows of X (batch, m, k) packed in blocks of kCols rows: block (b, t) holds words(k) steps of
-// kCols words, word (p, j) = values 2p and 2p + 1 of row t * kCols + j, zero past row m. One
-// block is the right operand of X X^T for output columns t * kCols..., and kRows of its words
-// per step are the left operand for those rows: the symmetric product packs X once.
+// 16 x 16 transpose of 32-bit words held in registers: r[i] word j <- r[j] word i.
+WK_AVX512_BF16 inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {  // pairs of rows interleaved by words
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // then by 64-bit pairs: each 128-bit lane holds a 4 x 4 block
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {  // the 4 x 4 blocks moved across lanes in two rounds
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+// Rows j0... of one matrix X (m x k) packed as one block of words(k) steps of kCols words: word
+// (p, j) = values 2p and 2p + 1 of row j0 + j, zero past the matrix's end.
+WK_AVX512_BF16 void pack_block(const uint16_t* X, int64_t m, int64_t k, int64_t j0, uint32_t* out) {
+  const int64_t rows = std::min<int64_t>(kCols, m - j0), kp = words(k);
+  // 16 steps (one cache line of each row) of 16 rows at a time, transposed in registers.
+  for (int64_t p0 = 0; p0 < kp; p0 += 16) {
+    const int64_t values = std::min<int64_t>(32, k - 2 * p0);  // masked: zero past the row's end
+    const __mmask32 mask = values >= 32 ? ~__mmask32(0) : (__mmask32(1) << values) - 1;
+    for (int h = 0; h < kCols; h += 16) {
+      __m512i r[16];
+      for (int j = 0; j < 16; ++j)
+        r[j] = h + j < rows ? _mm512_maskz_loadu_epi16(mask, X + (j0 + h + j) * k + 2 * p0) : _mm512_setzero_si512();
+      transpose16(r);
+      for (int64_t q = 0; q < std::min<int64_t>(16, kp - p0); ++q) _mm512_storeu_si512(out + (p0 + q) * kCols + h, r[q]);
+    }
+  }
+}
+
+// Every matrix of X (batch, m, k) packed in blocks of kCols rows (pack_block). Block t is the
+// right operand of X X^T for output columns t * kCols..., and kRows of its words per step are
+// the left operand for those rows: the symmetric product packs X once.
 // The buffer is not zero-filled: every word is written before it is read.
 std::unique_ptr<uint32_t[]> pack_rows(const uint16_t* X, int64_t batch, int64_t m, int64_t k) {
-  const int64_t blocks = (m + kCols - 1) / kCols, kp = words(k), full = k / 2;
-  std::unique_ptr<uint32_t[]> packed(new uint32_t[static_cast<size_t>(batch * blocks * kp * kCols)]);
-  // 16 steps at a time (one cache line of each row): the block being written stays in L1.
-  constexpr int64_t kChunk = 16;
+  const int64_t blocks = (m + kCols - 1) / kCols, block_words = words(k) * kCols;
+  std::unique_ptr<uint32_t[]> packed(new uint32_t[static_cast<size_t>(batch * blocks * block_words)]);
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / blocks, j0 = item % blocks * kCols, rows = std::min<int64_t>(kCols, m - j0);
-      uint32_t* out = packed.get() + item * kp * kCols;
-      for (int64_t p0 = 0; p0 < kp; p0 += kChunk) {
-        const int64_t p1 = std::min(kp, p0 + kChunk);
-        for (int64_t j = 0; j < kCols; ++j) {
-          if (j >= rows) {
-            for (int64_t p = p0; p < p1; ++p) out[p * kCols + j] = 0u;
-            continue;
-          }
-          const uint16_t* row = X + (b * m + j0 + j) * k;
-          for (int64_t p = p0; p < std::min(p1, full); ++p) out[p * kCols + j] = load_pair(row + 2 * p);
-          if (p1 > full && full < kp) out[full * kCols + j] = row[k - 1];
-        }
-      }
-    }
+    for (int64_t item = begin; item < end; ++item)
+      pack_block(X + item / blocks * m * k, m, k, item % blocks * kCols, packed.get() + item * block_words);
   });
   return packed;
 }

@@ -246,14 +246,17 @@ NsDevice cpu_device(const char* op) {
   };
   // Native bf16 products run ~2.4x as fast as fp32 ones on the AVX512-BF16 EPYC (1024 x 4096,
   // X X^T: 22 vs 53 ms), so the cost model (NsDevice) puts the crossover at n ~ 10 m; measured
-  // there, 5 steps in bf16: Gram / plain time 1.23 at n = 4 m, 1.01-1.07 at 8 m, 0.79 at 16 m.
-  dev.half_gram_min_aspect = 10.0;
+  // there, 5 steps in bf16 through ATen: Gram / plain time 1.23 at n = 4 m, 1.01-1.07 at 8 m,
+  // 0.79 at 16 m. Our own bf16 products (below) halve X X^T, which moves it out again: Gram /
+  // plain 1.26-1.49 at n = 8 m, 1.03-1.40 at 16 m, 0.78 at 32 m (256 x 8192), 2 threads.
+  const bool own_bf16_products = newton_schulz_cpu::bf16_products_available(isa);
+  dev.half_gram_min_aspect = own_bf16_products ? 32.0 : 10.0;
   // The small model's parameter set (16 matrices of 256 x 256..1024, batches of 4 and 8) on the
   // AVX512-BF16 EPYC, 2 threads: a (4, 256, 256) bf16 product took 0.61 ms multi-threaded and
   // 0.33 ms as two single-threaded halves side by side. Only small matrices: at GPT-2 124M's
   // (12..24, 768, 768..3072) each thread's slices outgrow the caches and the set ran 0.83x.
   dev.split_batch_max_elements = int64_t{1} << 18;  // 256 x 1024
-  if (newton_schulz_cpu::bf16_products_available(isa)) {
+  if (own_bf16_products) {
     dev.sym_product = [](const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
       if (X.scalar_type() != at::kBFloat16) return aten_sym_product(X, alpha, D, beta);
       TORCH_INTERNAL_ASSERT(X.dim() == 3 && X.is_contiguous() && (!D.defined() || D.is_contiguous()));
