@@ -19,6 +19,13 @@ namespace weightkit::newton_schulz_cpu {
 // WEIGHTKIT_CPU_ISA=avx2 falls back to ATen's products).
 bool bf16_products_available(CpuIsa isa);
 
+// The largest left operand (m * k elements: X of X X^T, B of B X) the kernels below take. They
+// stream all of it once per 32-column block of the output, which is cheap while it stays in the
+// L3 cache; past 2048 x 2048 (8 MB) it comes from memory and they lose to oneDNN's blocked GEMM
+// (5 steps at 2048 x 8192: 1045 vs 859 ms; 2 steps at 4096 x 11008: 5.3 vs 4.6 s), so larger
+// products go to ATen.
+constexpr int64_t kBf16ProductsMaxLeft = int64_t{2048} * 2048;
+
 // C[b] = alpha * X[b] X[b]^T + beta * D[b] for X (batch, m, k), D and C (batch, m, m); D may be
 // null (no addend). C is exactly symmetric when D is.
 void sym_product_bf16(const c10::BFloat16* X, const c10::BFloat16* D, c10::BFloat16* C, int64_t batch, int64_t m,
