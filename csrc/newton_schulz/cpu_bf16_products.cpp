@@ -1,11 +1,11 @@
 #include "newton_schulz/cpu_bf16_products.h"
 
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "common/cpu_target.h"
@@ -75,21 +75,24 @@ WK_AVX512_BF16 void pack_block(const uint16_t* X, int64_t m, int64_t k, int64_t 
       for (int j = 0; j < 16; ++j)
         r[j] = h + j < rows ? _mm512_maskz_loadu_epi16(mask, X + (j0 + h + j) * k + 2 * p0) : _mm512_setzero_si512();
       transpose16(r);
-      for (int64_t q = 0; q < std::min<int64_t>(16, kp - p0); ++q) _mm512_storeu_si512(out + (p0 + q) * kCols + h, r[q]);
+      for (int64_t q = 0; q < std::min<int64_t>(16, kp - p0); ++q)
+        _mm512_storeu_si512(out + (p0 + q) * kCols + h, r[q]);
     }
   }
 }
 
 // Every matrix of X (batch, m, k) packed in blocks of kCols rows (pack_block). Block t is the
 // right operand of X X^T for output columns t * kCols..., and kRows of its words per step are
-// the left operand for those rows: the symmetric product packs X once.
-// The buffer is not zero-filled: every word is written before it is read.
-std::unique_ptr<uint32_t[]> pack_rows(const uint16_t* X, int64_t batch, int64_t m, int64_t k) {
+// the left operand for those rows: the symmetric product packs X once. The buffer comes from
+// torch's CPU allocator (a clear error if it cannot be had) and is not zero-filled: every word
+// is written before it is read.
+c10::DataPtr pack_rows(const uint16_t* X, int64_t batch, int64_t m, int64_t k) {
   const int64_t blocks = (m + kCols - 1) / kCols, block_words = words(k) * kCols;
-  std::unique_ptr<uint32_t[]> packed(new uint32_t[static_cast<size_t>(batch * blocks * block_words)]);
+  c10::DataPtr packed = c10::GetCPUAllocator()->allocate(static_cast<size_t>(batch * blocks * block_words) * 4);
+  auto* out = static_cast<uint32_t*>(packed.get());
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item)
-      pack_block(X + item / blocks * m * k, m, k, item % blocks * kCols, packed.get() + item * block_words);
+      pack_block(X + item / blocks * m * k, m, k, item % blocks * kCols, out + item * block_words);
   });
   return packed;
 }
@@ -143,7 +146,9 @@ struct TileOutput {
   float alpha, beta;
 };
 
-WK_AVX512_BF16 inline __m512 widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+WK_AVX512_BF16 inline __m512 widen_bf16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 
 // One row of 16 values of the tile, scaled, added to and rounded.
 WK_AVX512_BF16 inline __m256i finish(const float* t, const TileOutput& o, const uint16_t* add, __mmask16 mask) {
@@ -197,7 +202,8 @@ void sym_product_bf16(const c10::BFloat16* X, const c10::BFloat16* D, c10::BFloa
   auto* c = reinterpret_cast<uint16_t*>(C);
   const bool add = d != nullptr && beta != 0.f;  // beta = 0 drops D, NaN or not, as baddbmm does
   const int64_t blocks = (m + kCols - 1) / kCols, kp = words(k);
-  const std::unique_ptr<uint32_t[]> packed = pack_rows(x, batch, m, k);
+  const c10::DataPtr packed_buffer = pack_rows(x, batch, m, k);
+  const auto* packed = static_cast<const uint32_t*>(packed_buffer.get());
   // Column block J meets the upper triangle in about J + 1 row tiles; an item pairs blocks J and
   // blocks - 1 - J, so every item has the same work and parallel_for's static split balances.
   const int64_t pairs = (blocks + 1) / 2;
@@ -205,7 +211,7 @@ void sym_product_bf16(const c10::BFloat16* X, const c10::BFloat16* D, c10::BFloa
     alignas(64) float tile[kRows * kCols];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / pairs, t = item % pairs;
-      const uint32_t* xb = packed.get() + b * blocks * kp * kCols;
+      const uint32_t* xb = packed + b * blocks * kp * kCols;
       const TileOutput o{c + b * m * m, m, add ? d + b * m * m : nullptr, m, alpha, beta};
       const int64_t pair[2] = {t, blocks - 1 - t};
       for (int q = 0; q < (pair[0] == pair[1] ? 1 : 2); ++q) {
@@ -226,7 +232,8 @@ void left_product_bf16(const c10::BFloat16* B, const c10::BFloat16* X, c10::BFlo
   const auto* x = reinterpret_cast<const uint16_t*>(X);
   auto* y = reinterpret_cast<uint16_t*>(Y);
   const int64_t panels = (n + kCols - 1) / kCols, kp = words(m);
-  const std::unique_ptr<uint32_t[]> left = pack_rows(bm, batch, m, m);
+  const c10::DataPtr left_buffer = pack_rows(bm, batch, m, m);
+  const auto* left = static_cast<const uint32_t*>(left_buffer.get());
   const int64_t blocks = (m + kCols - 1) / kCols;
   at::parallel_for(0, batch * panels, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> panel(static_cast<size_t>(kp * kCols));
@@ -234,7 +241,7 @@ void left_product_bf16(const c10::BFloat16* B, const c10::BFloat16* X, c10::BFlo
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / panels, j0 = item % panels * kCols, cols = std::min<int64_t>(kCols, n - j0);
       const uint16_t* xb = x + b * m * n;
-      const uint32_t* bb = left.get() + b * blocks * kp * kCols;
+      const uint32_t* bb = left + b * blocks * kp * kCols;
       pack_interleaved(xb, m, n, j0, panel.data());
       for (int64_t i0 = 0; i0 < m; i0 += kRows) {
         const int rows = static_cast<int>(std::min<int64_t>(kRows, m - i0));
