@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.reference.trit_plane import dequantize_ref, matmul_a8_ref, ptqtp_ref, round_activations_ref
+import weightkit as wk
 from weightkit.ops import trit_plane as tp
 
 # (out, in, group_size): ragged last group, odd out, group not a multiple of 2, tiny rows.
@@ -141,16 +142,39 @@ def test_matmul_fp32(cpu_isa, shape, batch, path, monkeypatch):
     assert ((y.double() - ref).abs() <= 2e-6 * dense_bound(x, D) + 1e-30).all()
 
 
+def bf16_dense_path(dtype, batch) -> bool:
+    """bf16 activations above 16 rows on a CPU with bf16 units: the dense path rounds each
+    dequantized weight tile to bf16 and multiplies in bf16, as a bf16 nn.Linear does."""
+    return dtype == torch.bfloat16 and batch > 16 and wk.build_info()["cpu_fast_bf16"]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("batch", [1, 16, 128])
+@pytest.mark.parametrize("batch", [1, 16, 17, 128])
 def test_matmul_half(cpu_isa, dtype, batch):
     out, inf, gs = 37, 300, 128
     packed, scales, D = random_packed(out, inf, gs)
     x = torch.randn(batch, inf).to(dtype)
     y = tp.trit_plane_matmul(x, packed, scales, inf, gs)
     assert y.dtype == dtype and y.shape == (batch, out)
+    if bf16_dense_path(dtype, batch):
+        D = D.bfloat16().to(D.dtype)
     ref = x.double() @ D.T  # fp32 accumulation, one rounding to the output dtype
     eps = 2**-8 if dtype == torch.bfloat16 else 2**-11
+    assert ((y.double() - ref).abs() <= eps * ref.abs() + 2e-6 * dense_bound(x, D)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_dense_path_over_several_weight_tiles(dtype):
+    # The dense path dequantizes ~2M weights at a time: 300 inputs give tiles of 6,976 rows, so
+    # 7,000 rows are a full tile and a partial one.
+    out, inf, gs, batch = 7000, 300, 128, 40
+    packed, scales, D = random_packed(out, inf, gs)
+    x = torch.randn(batch, inf, generator=torch.Generator().manual_seed(3)).to(dtype)
+    y = tp.trit_plane_matmul(x, packed, scales, inf, gs)
+    if bf16_dense_path(dtype, batch):
+        D = D.bfloat16().to(D.dtype)
+    ref = x.double() @ D.T
+    eps = 2**-8 if dtype == torch.bfloat16 else 0.0
     assert ((y.double() - ref).abs() <= eps * ref.abs() + 2e-6 * dense_bound(x, D)).all()
 
 

@@ -1,7 +1,8 @@
 """Trit-plane (PTQTP) matmul benchmark: weightkit's packed product against dense F.linear.
 
-Two variants of ours per CPU case: ``trit_plane_matmul`` (activations as given) and, with "-a8"
-appended to the case name, ``trit_plane_matmul_a8`` (activations rounded to int8 per row and group).
+Variants of ours per CPU case: ``trit_plane_matmul`` (activations as given, fp32), with "-a8"
+appended to the case name ``trit_plane_matmul_a8`` (activations rounded to int8 per row and group),
+and where the CPU has bf16 units, with "-bf16", ``trit_plane_matmul`` on bf16 activations.
 
 A decode-time linear layer is memory-bound, so each side is timed on rotating copies of its
 weights that together exceed twice the last-level cache (CPU L3 ~32 MB, H100 L2 50 MB): every
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import weightkit as wk
 from weightkit.bench import common
 from weightkit.ops import trit_plane as tp
 
@@ -128,18 +130,22 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait
         base_dtypes = [torch.float16] if dev.type == "cuda" else [torch.float32, torch.bfloat16]
         xo = x.half() if dev.type == "cuda" else x
         # Ours with activations as given, and on the CPU with int8 ones (case name + "-a8"); CUDA's
-        # a8 op is the fp32 kernel after a rounding kernel, so timing it there adds nothing.
-        variants = {"": tp.trit_plane_matmul}
+        # a8 op is the fp32 kernel after a rounding kernel, so timing it there adds nothing. Where
+        # the CPU has bf16 units, also with bf16 activations ("-bf16"), whose large batches take
+        # a bf16 dense product.
+        variants = {"": (tp.trit_plane_matmul, xo)}
         if dev.type == "cpu":
-            variants["-a8"] = tp.trit_plane_matmul_a8
+            variants["-a8"] = (tp.trit_plane_matmul_a8, xo)
+            if wk.build_info()["cpu_fast_bf16"]:
+                variants["-bf16"] = (tp.trit_plane_matmul, x.bfloat16())
         best = None
         for _ in range(attempts):
             if dev.type == "cpu" and wait_quiet_s > 0:
                 wait_quiet(wait_quiet_s)
             with common.OtherLoad() as load:
                 ours = {suffix: common.measure(
-                    _rotating(lambda it, f=f: f(xo, it[0], it[1], case.inf, GROUP), ours_items),
-                    device=dev, **settings) for suffix, f in variants.items()}
+                    _rotating(lambda it, f=f, xi=xi: f(xi, it[0], it[1], case.inf, GROUP), ours_items),
+                    device=dev, **settings) for suffix, (f, xi) in variants.items()}
                 stream = common.measure(_rotating(lambda it: it[0].amax(), ours_items), device=dev, **settings)
                 base = {}
                 for dt in base_dtypes:
@@ -156,15 +162,16 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait
             if cores <= BUSY_CORES:
                 break
         _, load, ours, stream, base = best
-        ref = xo.float() @ tp.trit_plane_unpack(packed, scales, case.inf, GROUP).T
-        for suffix, f in variants.items():
-            a8 = suffix == "-a8"
-            path = "direct" if case.batch <= _direct_max(dev, a8) else "dequantize + dense"
-            y = f(xo, packed, scales, case.inf, GROUP).float()
+        dequant_t = tp.trit_plane_unpack(packed, scales, case.inf, GROUP).T
+        for suffix, (f, xi) in variants.items():
+            a8, bf16 = suffix == "-a8", suffix == "-bf16"
+            path = "direct" if case.batch <= _direct_max(dev, a8, bf16) else "dequantize + dense"
+            y = f(xi, packed, scales, case.inf, GROUP).float()
+            ref = xi.float() @ dequant_t
             err = ((y - ref).norm() / ref.norm()).item()
             for dt, (t, nbytes, ncopies) in base.items():
                 name = "cuBLAS fp16 F.linear" if dev.type == "cuda" else f"torch {str(dt).replace('torch.', '')} F.linear"
-                notes = [f"ours: {path} path, x {str(xo.dtype).replace('torch.', '')}"
+                notes = [f"ours: {path} path, x {str(xi.dtype).replace('torch.', '')}"
                          + (", rounded to int8 per row and group (trit_plane_matmul_a8)" if a8 else ""),
                          f"rel diff vs x·dequant(W)ᵀ {err:.1e}",
                          f"copies {len(ours_items)}/{ncopies}", f"timed calls {ours[suffix].calls}/{t.calls}"]
@@ -196,6 +203,7 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait
             "stream_read": "amax over the packed int32 planes (rotating copies): a plain read of our bytes",
             "direct_max_batch": _direct_max(dev, False),
             "direct_max_batch_a8": _direct_max(dev, True),
+            "direct_max_batch_bf16": _direct_max(dev, False, True),
             "wait_quiet_s": wait_quiet_s,
             "attempts": attempts,
             "timing": settings,
@@ -205,8 +213,9 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait
     return {"cases": results, "skipped": [], "extra": extra}
 
 
-def _direct_max(dev: torch.device, a8: bool) -> int:
-    """Mirror of the ops' path choice (csrc/trit_plane), for the notes."""
+def _direct_max(dev: torch.device, a8: bool, bf16: bool = False) -> int:
+    """Mirror of the ops' path choice (csrc/trit_plane), for the notes. ``bf16``: bf16 activations
+    on a CPU with bf16 units."""
     import os
 
     env = os.environ.get("WEIGHTKIT_TRIT_PLANE_DIRECT_MAX_BATCH")
@@ -214,12 +223,16 @@ def _direct_max(dev: torch.device, a8: bool) -> int:
         return int(env)
     if dev.type == "cuda":
         return 16
-    return CPU_A8_DIRECT_MAX_BATCH if a8 else CPU_DIRECT_MAX_BATCH
+    if a8:
+        return CPU_A8_DIRECT_MAX_BATCH
+    return CPU_BF16_DIRECT_MAX_BATCH if bf16 else CPU_DIRECT_MAX_BATCH
 
 
-#: Keep equal to kCpuDirectMaxBatch and kCpuA8DirectMaxBatch in csrc/trit_plane/ops.cpp.
+#: Keep equal to kCpuDirectMaxBatch, kCpuA8DirectMaxBatch and kCpuBf16DirectMaxBatch in
+#: csrc/trit_plane/ops.cpp.
 CPU_DIRECT_MAX_BATCH = 32
 CPU_A8_DIRECT_MAX_BATCH = 64
+CPU_BF16_DIRECT_MAX_BATCH = 16
 
 
 def main(argv=None) -> int:
