@@ -102,11 +102,11 @@ namespace cpu = weightkit::trit_plane_cpu;
 // 0.69 / 5.8, 16 5.2 / 10.3, 64 20 / 20, 128 31 / 31: the direct kernel's cost grows with every
 // batch row, the dense product's barely, and they meet between 32 and 64 rows.
 constexpr int64_t kCpuDirectMaxBatch = 32;
-// With int8 activations the direct kernel costs ~0.3 ms per batch row at 4096 x 4096 (2-core AVX2
-// EPYC, ms direct / dense: 16 5.6 / 23, 32 11 / 27, 64 20 / 38, 128 36 / 51) and still wins at
-// 128 rows there. 64 leaves a margin for CPUs whose dense GEMM is faster (AVX-512: unmeasured;
-// the a8 op runs the AVX2 kernel there too).
-constexpr int64_t kCpuA8DirectMaxBatch = 64;
+// With int8 activations the direct kernel stays cheaper than the fp32 dense product up to large
+// batches. 4096 x 4096, ms direct / dense, 2-core AVX2 EPYC (session 10): 32 11 / 27, 64 20 / 38,
+// 128 36 / 51 (0.28 against 0.2 ms per extra row: they would meet near 300 rows); Zen 4 with the
+// VNNI kernel (session 16): 64 9.7 / 21, 128 16 / 32, 256 33 / 56, 512 67 / 96.
+constexpr int64_t kCpuA8DirectMaxBatch = 256;
 // bf16 activations where the CPU has bf16 units: the dense path's bf16 product moves the
 // crossover down (2 Zen 4 cores, 4096 x 4096, ms direct / dense in bf16 / dense in fp32: batch 16
 // 5.3 / 7.0 / 10.4, 32 10.4 / 8.4 / 13.7, 64 21 / 11 / 19, 128 43 / 17 / 32).

@@ -231,7 +231,7 @@ def _direct_max(dev: torch.device, a8: bool, bf16: bool = False) -> int:
 #: Keep equal to kCpuDirectMaxBatch, kCpuA8DirectMaxBatch and kCpuBf16DirectMaxBatch in
 #: csrc/trit_plane/ops.cpp.
 CPU_DIRECT_MAX_BATCH = 32
-CPU_A8_DIRECT_MAX_BATCH = 64
+CPU_A8_DIRECT_MAX_BATCH = 256
 CPU_BF16_DIRECT_MAX_BATCH = 16
 
 
