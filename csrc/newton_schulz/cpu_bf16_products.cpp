@@ -5,7 +5,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "common/cpu_target.h"
@@ -19,13 +18,6 @@ namespace {
 // core at ~3.5 GHz, its peak of 64 flop a cycle).
 constexpr int kRows = 8;
 constexpr int kCols = 32;
-
-// A pair of consecutive bf16 values as the 32-bit word vdpbf16ps multiplies (first value low).
-inline uint32_t load_pair(const uint16_t* p) {
-  uint32_t w;
-  std::memcpy(&w, p, 4);
-  return w;
-}
 
 WK_INLINE __mmask16 first_lanes(int64_t count) {
   return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1u);
@@ -66,7 +58,7 @@ WK_AVX512_BF16 inline void transpose16(__m512i r[16]) {
 // (p, j) = values 2p and 2p + 1 of row j0 + j, zero past the matrix's end.
 WK_AVX512_BF16 void pack_block(const uint16_t* X, int64_t m, int64_t k, int64_t j0, uint32_t* out) {
   const int64_t rows = std::min<int64_t>(kCols, m - j0), kp = words(k);
-  // 16 steps (one cache line of each row) of 16 rows at a time, transposed in registers.
+  // 16 steps (64 bytes of each row) of 16 rows at a time, transposed in registers.
   for (int64_t p0 = 0; p0 < kp; p0 += 16) {
     const int64_t values = std::min<int64_t>(32, k - 2 * p0);  // masked: zero past the row's end
     const __mmask32 mask = values >= 32 ? ~__mmask32(0) : (__mmask32(1) << values) - 1;
@@ -204,8 +196,9 @@ void sym_product_bf16(const c10::BFloat16* X, const c10::BFloat16* D, c10::BFloa
   const int64_t blocks = (m + kCols - 1) / kCols, kp = words(k);
   const c10::DataPtr packed_buffer = pack_rows(x, batch, m, k);
   const auto* packed = static_cast<const uint32_t*>(packed_buffer.get());
-  // Column block J meets the upper triangle in about J + 1 row tiles; an item pairs blocks J and
-  // blocks - 1 - J, so every item has the same work and parallel_for's static split balances.
+  // Column block J meets the upper triangle in 4 (J + 1) row tiles of 8 rows (fewer for a short
+  // last block); an item pairs blocks J and blocks - 1 - J, so items have nearly the same work
+  // (the unpaired middle block of an odd count, half) and parallel_for's static split balances.
   const int64_t pairs = (blocks + 1) / 2;
   at::parallel_for(0, batch * pairs, 1, [&](int64_t begin, int64_t end) {
     alignas(64) float tile[kRows * kCols];

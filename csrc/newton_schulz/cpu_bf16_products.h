@@ -1,7 +1,8 @@
 // Newton–Schulz's bf16 matrix products on CPUs with AVX512-BF16 (vdpbf16ps): the symmetric
 // product X X^T computed on its upper blocks only (half the flops of a GEMM) and the update
 // a X + B X, each with its scaling and addend fused into the store. fp32 accumulation and one
-// rounding to bf16 (nearest even) per output, as a bf16 GEMM does.
+// rounding to bf16 (nearest even) per output, as a bf16 GEMM does; vdpbf16ps and vcvtneps2bf16
+// treat denormals as zero, which moves only results below ~1e-38.
 //
 // All buffers are contiguous, row-major, bf16; the batch is the leading dimension. The callers
 // check shapes; these functions only compute.
@@ -27,7 +28,8 @@ bool bf16_products_available(CpuIsa isa);
 constexpr int64_t kBf16ProductsMaxLeft = int64_t{2048} * 2048;
 
 // C[b] = alpha * X[b] X[b]^T + beta * D[b] for X (batch, m, k), D and C (batch, m, m); D may be
-// null (no addend). C is exactly symmetric when D is.
+// null (no addend) and must be symmetric: only its upper triangle is read, and C is always
+// exactly symmetric.
 void sym_product_bf16(const c10::BFloat16* X, const c10::BFloat16* D, c10::BFloat16* C, int64_t batch, int64_t m,
                       int64_t k, float alpha, float beta);
 

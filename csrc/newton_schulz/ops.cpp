@@ -258,9 +258,12 @@ NsDevice cpu_device(const char* op) {
   dev.split_batch_max_elements = int64_t{1} << 18;  // 256 x 1024
   if (own_bf16_products) {
     dev.sym_product = [](const at::Tensor& X, double alpha, const at::Tensor& D, double beta) {
+      TORCH_INTERNAL_ASSERT(X.dim() == 3);
       if (X.scalar_type() != at::kBFloat16 || X.size(1) * X.size(2) > newton_schulz_cpu::kBf16ProductsMaxLeft)
         return aten_sym_product(X, alpha, D, beta);
-      TORCH_INTERNAL_ASSERT(X.dim() == 3 && X.is_contiguous() && (!D.defined() || D.is_contiguous()));
+      // D is A itself (symmetric: only its upper triangle is read).
+      TORCH_INTERNAL_ASSERT(X.is_contiguous());
+      TORCH_INTERNAL_ASSERT(!D.defined() || (D.is_contiguous() && D.scalar_type() == at::kBFloat16));
       const int64_t batch = X.size(0), m = X.size(1), k = X.size(2);
       at::Tensor C = at::empty({batch, m, m}, X.options());
       newton_schulz_cpu::sym_product_bf16(X.const_data_ptr<at::BFloat16>(),
@@ -270,9 +273,10 @@ NsDevice cpu_device(const char* op) {
       return C;
     };
     dev.left_product = [](const at::Tensor& B, const at::Tensor& X, double a) {
+      TORCH_INTERNAL_ASSERT(X.dim() == 3 && B.dim() == 3);
       if (X.scalar_type() != at::kBFloat16 || B.size(1) * B.size(2) > newton_schulz_cpu::kBf16ProductsMaxLeft)
         return aten_left_product(B, X, a);
-      TORCH_INTERNAL_ASSERT(X.dim() == 3 && X.is_contiguous() && B.is_contiguous());
+      TORCH_INTERNAL_ASSERT(X.is_contiguous() && B.is_contiguous() && B.scalar_type() == at::kBFloat16);
       at::Tensor Y = at::empty_like(X);
       newton_schulz_cpu::left_product_bf16(B.const_data_ptr<at::BFloat16>(), X.const_data_ptr<at::BFloat16>(),
                                            Y.mutable_data_ptr<at::BFloat16>(), X.size(0), X.size(1), X.size(2),

@@ -182,16 +182,21 @@ at::Tensor matmul_cpu(const char* op, bool int8_activations, const at::Tensor& x
   check_cpu(op, packed, "packed");
   const CpuIsa isa = selected_cpu_isa(op);
   const at::Tensor P = packed.contiguous(), S = scales.contiguous();
-  at::Tensor x2 = x.reshape({leading_numel(x), in_features}).to(at::kFloat).contiguous();
-  const int64_t batch = x2.size(0);
+  const at::Tensor x_rows = x.reshape({leading_numel(x), in_features});
+  const int64_t batch = x_rows.size(0);
   // bf16 activations on a CPU with bf16 units take the dense path in bf16 above
-  // kCpuBf16DirectMaxBatch rows.
+  // kCpuBf16DirectMaxBatch rows, as they are (no fp32 copy).
   const bool bf16_dense = !int8_activations && x.scalar_type() == at::kBFloat16 && cpu_has_fast_bf16();
   at::Tensor y = at::empty({batch, l.out}, x.options().dtype(at::kFloat));
-  const float* xp = x2.const_data_ptr<float>();
   const int64_t max_direct = int8_activations ? kCpuA8DirectMaxBatch
                              : bf16_dense       ? kCpuBf16DirectMaxBatch
                                                 : kCpuDirectMaxBatch;
+  if (bf16_dense && batch > direct_max_batch(max_direct)) {
+    dense_product(x_rows.contiguous(), P, S, l, y, isa);
+    return y.view(matmul_out_shape(x, l.out)).to(x.scalar_type());
+  }
+  at::Tensor x2 = x_rows.to(at::kFloat).contiguous();
+  const float* xp = x2.const_data_ptr<float>();
   if (batch <= direct_max_batch(max_direct)) {
     (int8_activations ? cpu::matmul_a8 : cpu::matmul)(xp, batch, P.const_data_ptr<int32_t>(), scale_bits(S), l,
                                                        y.mutable_data_ptr<float>(), isa);
@@ -201,7 +206,7 @@ at::Tensor matmul_cpu(const char* op, bool int8_activations, const at::Tensor& x
       cpu::round_activations(xp, batch, l, xq.mutable_data_ptr<float>(), isa);
       x2 = xq;
     }
-    dense_product(bf16_dense ? x2.to(at::kBFloat16) : x2, P, S, l, y, isa);
+    dense_product(x2, P, S, l, y, isa);
   }
   return y.view(matmul_out_shape(x, l.out)).to(x.scalar_type());
 }
