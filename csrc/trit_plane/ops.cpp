@@ -188,22 +188,17 @@ at::Tensor matmul_cpu(const char* op, bool int8_activations, const at::Tensor& x
   // kCpuBf16DirectMaxBatch rows, as they are (no fp32 copy).
   const bool bf16_dense = !int8_activations && x.scalar_type() == at::kBFloat16 && cpu_has_fast_bf16();
   at::Tensor y = at::empty({batch, l.out}, x.options().dtype(at::kFloat));
-  const int64_t max_direct = int8_activations ? kCpuA8DirectMaxBatch
-                             : bf16_dense       ? kCpuBf16DirectMaxBatch
-                                                : kCpuDirectMaxBatch;
-  if (bf16_dense && batch > direct_max_batch(max_direct)) {
-    dense_product(x_rows.contiguous(), P, S, l, y, isa);
-    return y.view(matmul_out_shape(x, l.out)).to(x.scalar_type());
-  }
-  at::Tensor x2 = x_rows.to(at::kFloat).contiguous();
-  const float* xp = x2.const_data_ptr<float>();
-  if (batch <= direct_max_batch(max_direct)) {
-    (int8_activations ? cpu::matmul_a8 : cpu::matmul)(xp, batch, P.const_data_ptr<int32_t>(), scale_bits(S), l,
-                                                       y.mutable_data_ptr<float>(), isa);
+  const bool direct = batch <= direct_max_batch(int8_activations ? kCpuA8DirectMaxBatch
+                                                : bf16_dense       ? kCpuBf16DirectMaxBatch
+                                                                   : kCpuDirectMaxBatch);
+  at::Tensor x2 = bf16_dense && !direct ? x_rows.contiguous() : x_rows.to(at::kFloat).contiguous();
+  if (direct) {
+    (int8_activations ? cpu::matmul_a8 : cpu::matmul)(x2.const_data_ptr<float>(), batch, P.const_data_ptr<int32_t>(),
+                                                       scale_bits(S), l, y.mutable_data_ptr<float>(), isa);
   } else {
     if (int8_activations) {
       at::Tensor xq = at::empty_like(x2);
-      cpu::round_activations(xp, batch, l, xq.mutable_data_ptr<float>(), isa);
+      cpu::round_activations(x2.const_data_ptr<float>(), batch, l, xq.mutable_data_ptr<float>(), isa);
       x2 = xq;
     }
     dense_product(x2, P, S, l, y, isa);
