@@ -32,3 +32,20 @@ def test_muon_reaches_tuned_adamw_loss_in_fewer_steps():
     reached = steps_to_reach(muon, adamw.final_loss)
     assert reached is not None, (muon.final_loss, adamw.final_loss)
     assert reached[0] < STEPS, (reached, adamw.final_loss, muon.curve)
+
+
+def test_val_loss_keeps_the_mode_and_builds_no_graph():
+    from weightkit.optim.train import val_loss
+
+    torch.manual_seed(0)
+    model = wk.nn.GPT(vocab=wk.data.VOCAB_SIZE, d=32, layers=1, heads=2, ctx=16)
+    val = wk.data.encode(wk.data.load_text("pydoc"))[:16 * 5 + 1]
+    with torch.no_grad():
+        expected = model.eval().loss(torch.stack([val[i * 16 : i * 16 + 17] for i in range(5)])).item()
+    grads = []
+    model.lm_head.register_forward_hook(lambda module, args, out: grads.append(out.requires_grad))
+    for training in (True, False):
+        model.train(training)
+        assert abs(val_loss(model, val, 16) - expected) < 1e-5
+        assert model.training == training
+    assert grads == [False, False]
