@@ -1,7 +1,8 @@
 // CUDA glue of the trit-plane family: the same checks as the CPU registration (ops.h), then the
-// kernels of kernels.cu on the current stream. Large batches dequantize W in fp32 and use ATen's
-// (cuBLAS) fp32 product, rounded once to x's dtype as on the CPU (no tensor cores: a bf16 W
-// would round every weight; a faster bf16 prefill path is open); packing to and from int8 trits is a CPU round trip (offline work).
+// kernels of kernels.cu on the current stream. Large batches dequantize W and use ATen's (cuBLAS)
+// product: bf16 x gets a bf16 W and the tensor cores, as on a CPU with bf16 units; fp32 and fp16
+// x an fp32 W and product, rounded once to x's dtype. Packing to and from int8 trits is a CPU
+// round trip (offline work).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAException.h>
@@ -64,12 +65,14 @@ at::Tensor aligned_planes(const at::Tensor& packed) {
   return reinterpret_cast<uintptr_t>(P.const_data_ptr()) % 16 == 0 ? P : P.clone();
 }
 
-// y (batch, out) = x2 (batch, in) W^T in x2's dtype: the direct kernel for small batches, else
-// fp32 weights and an fp32 product, rounded once to x's dtype like the direct kernel and the CPU
-// path (bf16/fp16 weights would round every alpha1*t1 + alpha2*t2).
+// y (batch, out) = x2 (batch, in) W^T in x2's dtype: the direct kernel for small batches. Larger
+// ones: bf16 x2 a bf16 W (each alpha1*t1 + alpha2*t2 rounded once, as a bf16 nn.Linear holds it)
+// and cuBLAS's bf16 product, which is what a bf16 prefill wants; fp32 and fp16 x2 an fp32 W and
+// product rounded once to x2's dtype like the direct kernel (an fp16 W could overflow).
 at::Tensor product(const at::Tensor& x2, const at::Tensor& P, const at::Tensor& S, const Layout& l) {
   const int64_t batch = x2.size(0);
   if (batch > direct_max_batch(kern::kDirectMaxBatch)) {
+    if (x2.scalar_type() == at::kBFloat16) return at::matmul(x2, dequantize_as(P, S, l, at::kBFloat16).t());
     return at::matmul(x2.to(at::kFloat), dequantize_as(P, S, l, at::kFloat).t()).to(x2.scalar_type());
   }
   at::Tensor y = at::empty({batch, l.out}, x2.options());

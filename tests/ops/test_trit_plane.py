@@ -450,9 +450,15 @@ def test_cuda_matmul(shape, batch, dtype):
     x = torch.randn(batch, inf).to(dtype)
     y = tp.trit_plane_matmul(x.cuda(), packed.cuda(), scales.cuda(), inf, gs)
     assert y.dtype == dtype and y.device.type == "cuda"
+    # bf16 above 16 rows: a bf16 W and cuBLAS's bf16 product, whose split reductions may round
+    # partial sums to bf16 (torch's default allows it) once: 2^-9 of the magnitude sum covers that.
+    bf16_dense = dtype == torch.bfloat16 and batch > 16
+    if bf16_dense:
+        D = D.bfloat16().to(D.dtype)
     ref = x.double() @ D.T
     eps = {torch.float32: 0.0, torch.bfloat16: 2**-8, torch.float16: 2**-11}[dtype]
-    assert ((y.cpu().double() - ref).abs() <= eps * ref.abs() + 4e-6 * dense_bound(x, D)).all()
+    slack = 2**-9 + 4e-6 if bf16_dense else 4e-6
+    assert ((y.cpu().double() - ref).abs() <= eps * ref.abs() + slack * dense_bound(x, D)).all()
 
 
 @pytest.mark.cuda

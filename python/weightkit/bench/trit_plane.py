@@ -1,8 +1,9 @@
 """Trit-plane (PTQTP) matmul benchmark: weightkit's packed product against dense F.linear.
 
-Variants of ours per CPU case: ``trit_plane_matmul`` (activations as given, fp32), with "-a8"
+Variants of ours per case: ``trit_plane_matmul`` (activations as given, fp32), with "-a8"
 appended to the case name ``trit_plane_matmul_a8`` (activations rounded to int8 per row and group),
-and where the CPU has bf16 units, with "-bf16", ``trit_plane_matmul`` on bf16 activations.
+and where the CPU has bf16 units (on CUDA: above the direct kernel's 16 rows), with "-bf16",
+``trit_plane_matmul`` on bf16 activations.
 
 A decode-time linear layer is memory-bound, so each side is timed on rotating copies of its
 weights that together exceed twice the last-level cache (CPU L3 ~32 MB, H100 L2 50 MB): every
@@ -131,13 +132,17 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait
         xo = x.half() if dev.type == "cuda" else x
         # Ours with activations as given, and on the CPU with int8 ones (case name + "-a8"); CUDA's
         # a8 op is the fp32 kernel after a rounding kernel, so timing it there adds nothing. Where
-        # the CPU has bf16 units, also with bf16 activations ("-bf16"), whose large batches take
-        # a bf16 dense product.
+        # the CPU has bf16 units, also with bf16 activations ("-bf16"), whose large batches take a
+        # bf16 dense product; on CUDA only the large batches, where that product differs from fp16's.
         variants = {"": (tp.trit_plane_matmul, xo)}
         if dev.type == "cpu":
             variants["-a8"] = (tp.trit_plane_matmul_a8, xo)
-            if wk.build_info()["cpu_fast_bf16"]:
-                variants["-bf16"] = (tp.trit_plane_matmul, x.bfloat16())
+        if dev.type == "cuda":
+            bf16_variant = case.batch > _direct_max(dev, False, True)
+        else:
+            bf16_variant = wk.build_info()["cpu_fast_bf16"]
+        if bf16_variant:
+            variants["-bf16"] = (tp.trit_plane_matmul, x.bfloat16())
         best = None
         for _ in range(attempts):
             if dev.type == "cpu" and wait_quiet_s > 0:
@@ -215,7 +220,7 @@ def run(*, device="cpu", quick: bool = False, progress=None, seed: int = 0, wait
 
 def _direct_max(dev: torch.device, a8: bool, bf16: bool = False) -> int:
     """Mirror of the ops' path choice (csrc/trit_plane), for the notes. ``bf16``: bf16 activations
-    on a CPU with bf16 units."""
+    (on the CPU: one with bf16 units; on CUDA the limit is the same for every dtype)."""
     import os
 
     env = os.environ.get("WEIGHTKIT_TRIT_PLANE_DIRECT_MAX_BATCH")

@@ -83,9 +83,10 @@ def trit_plane_matmul(
     """y = x·Ŵᵀ for the packed weight Ŵ: x (..., in_features) float32/bfloat16/float16 ->
     (..., out) in x's dtype, accumulated in fp32.
 
-    One exception, for speed: on a CPU with bf16 units, bf16 x with more than 16 rows takes a
-    bf16 dense product, so Ŵ is rounded to bf16 first (as a bf16 ``nn.Linear`` would hold it;
-    each output moves by at most 2⁻⁹·Σ|x|·|Ŵ|). Everywhere else Ŵ enters exactly."""
+    One exception, for speed: bf16 x with more than 16 rows, on CUDA or on a CPU with bf16 units,
+    takes a bf16 dense product, so Ŵ is rounded to bf16 first (as a bf16 ``nn.Linear`` would hold
+    it; each output moves by at most 2⁻⁹·Σ|x|·|Ŵ|, plus on CUDA whatever cuBLAS's reduced-precision
+    bf16 reductions add where torch allows them). Everywhere else Ŵ enters exactly."""
     return torch.ops.weightkit.trit_plane_matmul(x, packed, scales, int(in_features), int(group_size))
 
 
