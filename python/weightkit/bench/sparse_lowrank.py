@@ -13,11 +13,11 @@ of one layer's training step (CUDA allocator peak; on CPU the peak RSS growth of
 
 Training: dense vs SLTrain vs pure low-rank with the same parameter count, each with AdamW (the
 embeddings and head at the paper's lr 3e-3, the blocks' lr searched, each method judged by its
-best run), plus SLTrain with Muon; validation loss
-on a fixed slice (the first 8,192 tokens). The text is SmolLM2-tokenized pydoc + stdlib
-docstrings (see ``_corpus``; pydoc bytes in the quick run). Each method's better run is repeated
-with two more seeds (model initialization and batch order) and the bars compare the means: one
-seed moved dense's final loss by 8% on bytes where SLTrain's moved by 1%.
+best run), plus SLTrain with Muon; validation loss on a fixed slice (the first 8,192 tokens).
+The text is SmolLM2-tokenized pydoc + stdlib docstrings (see ``_corpus``; pydoc bytes in the
+quick run). Each method's best run is repeated with two more seeds (model initialization and
+batch order) and the bars compare the means: one seed moved dense's final loss by 8% on bytes
+where SLTrain's moved by 1%.
 """
 
 from __future__ import annotations
@@ -346,7 +346,7 @@ def _training(dev, quick, progress):
             for kind in ("dense", "sltrain", "low-rank", "sltrain+muon")}
     setup = (f"GPT d={d} L={layers} ctx={ctx} batch={batch}, {steps} steps, {text}, r={rank}, delta={density}, "
              "AdamW: embeddings and head lr 3e-3, blocks' lr searched")
-    # The compared methods' better runs again with other seeds (initialization and batch order).
+    # The compared methods' best runs again with other seeds (initialization and batch order).
     seeds = (0,) if quick else (0, 1, 2)
     seed_losses = {kind: [results[best[kind]].final_loss] for kind in ("dense", "sltrain", "low-rank")}
     repeats = [(kind, seed) for seed in seeds[1:] for kind in seed_losses]

@@ -33,16 +33,15 @@ class TrainResult:
 @torch.no_grad()
 def val_loss(model: nn.Module, val: torch.Tensor, ctx: int, batch: int = 32) -> float:
     """Mean next-token loss over non-overlapping windows of the fixed slice ``val``, in eval mode
-    and without autograd (the model's mode is restored after)."""
+    (the model's mode is restored after) and without autograd."""
     was_training = model.training
     model.eval()
     n = (val.numel() - 1) // ctx
     windows = torch.stack([val[i * ctx : i * ctx + ctx + 1] for i in range(n)])
     total = 0.0
     try:
-        with torch.no_grad():
-            for chunk in windows.split(batch):
-                total += model.loss(chunk).item() * chunk.shape[0]
+        for chunk in windows.split(batch):
+            total += model.loss(chunk).item() * chunk.shape[0]
     finally:
         model.train(was_training)
     return total / n
