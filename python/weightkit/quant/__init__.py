@@ -1,9 +1,10 @@
 """Post-training weight quantization: PTQTP trit-planes, the palette quantizers (Hadamard rotation
-+ scalar / 2-D VQ / trellis codebooks), layer-wise bit allocation, and the baselines reported
++ scalar / 2-D VQ / trellis codebooks), layer-wise bit allocation, Hessian-aware (LDLQ) rounding from calibration text, and the baselines reported
 beside them; saving a quantized model and loading it back."""
 
-from weightkit.quant import allocation, codebooks, palette
+from weightkit.quant import allocation, codebooks, ldlq, palette
 from weightkit.quant.baselines import rtn_int, rtn_ternary, twn
+from weightkit.quant.ldlq import collect_hessians
 from weightkit.quant.quantize import DEFAULT_SKIP, METHODS, LayerReport, QuantReport, quantize_model
 from weightkit.quant.serialize import load_quantized, save_quantized
 
@@ -14,6 +15,8 @@ __all__ = [
     "QuantReport",
     "allocation",
     "codebooks",
+    "collect_hessians",
+    "ldlq",
     "load_quantized",
     "palette",
     "quantize_model",

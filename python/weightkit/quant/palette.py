@@ -49,12 +49,17 @@ def rate_of(layer) -> float:
     return (code_bits + 32 * layer.out_features + layer.in_features) / n_w
 
 
-def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tcq) -> dict:
+def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, hessian: torch.Tensor | None = None,
+                    damp: float = 0.01, **tcq) -> dict:
     """Quantize W (out, in) float to the palette format.
 
     Returns a dict of CPU tensors: ``signs`` (in,), ``scales`` (out,), ``codebook`` (2^c, d) (empty
     (0, 1) for tcq), ``packed`` int32, ``tcq_params`` (tcq only). The Hadamard width (in) must be
     2^k·m with a supported m (weightkit.ops.palette.HADAMARD_ORDERS).
+
+    ``hessian``: XᵀX/N (in, in) of the layer's inputs (weightkit.quant.collect_hessians); given, the
+    sq and vq codes are chosen by LDLQ (weightkit.quant.ldlq) for the output error on those inputs
+    instead of by nearest rounding, ``damp`` as there. The trellis (tcq) does not take one.
     """
     fn = "weightkit.quant.quantize_weight"
     if W.dim() != 2:
@@ -66,6 +71,13 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tc
     Wf = W.detach().float().cpu()
     if not torch.isfinite(Wf).all():
         raise ValueError(f"{fn}: W must be finite (it has NaN or Inf)")
+    if hessian is not None:
+        if kind == "tcq":
+            raise ValueError(f"{fn}: Hessian-aware rounding covers the sq and vq quantizers, not tcq (its trellis "
+                             "runs along whole rows, LDLQ along columns)")
+        if tuple(hessian.shape) != (in_f, in_f):
+            raise ValueError(f"{fn}: hessian must be ({in_f}, {in_f}) for W of shape {tuple(W.shape)}, "
+                             f"got {tuple(hessian.shape)}")
     signs = P.hadamard_signs(in_f, seed)
     Wr = P.hadamard_transform(Wf, signs)
     scales = Wr.pow(2).mean(1).sqrt().clamp_min(1e-12)
@@ -90,6 +102,11 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, **tc
     cb = codebooks.lloyd_max(int(bits)) if kind == "sq" else codebooks.vq2d(int(round(2 * bits)))
     c = (cb.shape[0] - 1).bit_length()
     out["codebook"] = cb
+    if hessian is not None:
+        from weightkit.quant.ldlq import ldlq_round, nearest_codewords, rotate_hessian
+
+        # Ŵn holds exact codewords, so encoding it below gives back the codes LDLQ chose.
+        Wn = ldlq_round(Wn, rotate_hessian(hessian, signs), nearest_codewords(cb), d=cb.shape[1], damp=damp)
     out["packed"] = P.palette_pack(P.palette_encode(Wn, cb), c)
     return out
 
@@ -130,14 +147,22 @@ def _plan_choices(fn: str, plan) -> dict:
 
 def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str = "tcq", plan: dict | None = None,
                            skip=DEFAULT_SKIP, seed: int = 0, progress: bool = False, skipped: list | None = None,
-                           **tcq) -> list[dict]:
+                           calibration: torch.Tensor | None = None, calibration_ctx: int = 512,
+                           hessians: dict | None = None, damp: float = 0.01, **tcq) -> list[dict]:
     """Replace the model's nn.Linear layers (names not matching ``skip`` globs) by PaletteLinear.
 
     ``plan`` maps a layer name to (quantizer, bits) and overrides ``quantizer``/``bits`` for it
     (weightkit.quant.allocation builds one; ``quantizer="mixed"`` requires it). Every layer is
     checked (rate, Hadamard width, finite weights) before the first is replaced. Names left out
     are appended to ``skipped`` when given. Returns one report dict per layer: name, shape,
-    quantizer, bits, stored_bits (with scales and signs), rel_error (‖W − Ŵ‖/‖W‖), norm, seconds.
+    quantizer, bits, stored_bits (with scales and signs), rel_error (‖W − Ŵ‖/‖W‖), norm, seconds,
+    ldlq (whether the rounding was Hessian-aware).
+
+    Hessian-aware rounding (LDLQ, sq and vq layers): ``calibration`` (1-D int64 tokens, run through
+    ``model(input_ids)`` in windows of ``calibration_ctx`` before any layer is replaced; a few
+    thousand tokens) or
+    ``hessians`` (name → (in, in), from weightkit.quant.collect_hessians: reusable across
+    quantizers) of every quantized layer; ``damp`` as in weightkit.quant.ldlq_round.
     """
     from weightkit.nn.palette import PaletteLinear
 
@@ -163,10 +188,28 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
                              "nothing was quantized")
         choices.append((kind, b))
     check_finite_weights(fn, layers)
+    if calibration is not None and hessians is not None:
+        raise ValueError(f"weightkit.quant.{fn}: give calibration tokens or hessians, not both")
+    if calibration is not None or hessians is not None:
+        tcq_layers = [name for (name, _), (kind, _) in zip(layers, choices) if kind == "tcq"]
+        if tcq_layers:
+            raise ValueError(f"weightkit.quant.{fn}: Hessian-aware rounding covers the sq and vq quantizers; "
+                             f"these layers are tcq: {tcq_layers[:3]}; nothing was quantized")
+    if calibration is not None:
+        from weightkit.quant.ldlq import collect_hessians
+
+        hessians = collect_hessians(model, calibration, dict(layers), ctx=calibration_ctx, progress=progress)
+    if hessians is not None:
+        missing = [name for name, _ in layers if name not in hessians]
+        if missing:
+            raise ValueError(f"weightkit.quant.{fn}: hessians lacks layers {missing[:3]} "
+                             f"({len(missing)} of {len(layers)}); nothing was quantized")
     report = []
     for i, ((name, lin), (kind, b)) in enumerate(zip(layers, choices)):
         t0 = time.perf_counter()
-        layer = PaletteLinear.from_linear(lin, kind, b, seed=seed + i, **(tcq if kind == "tcq" else {}))
+        layer = PaletteLinear.from_linear(lin, kind, b, seed=seed + i, damp=damp,
+                                          hessian=None if hessians is None else hessians[name],
+                                          **(tcq if kind == "tcq" else {}))
         layer = layer.to(dtype=torch.float32)
         W = lin.weight.detach().float()
         err = (layer.dequantize().to(W.device) - W).norm().item()
@@ -174,7 +217,7 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
         _set_module(model, name, layer)
         report.append({"name": name, "shape": tuple(W.shape), "quantizer": kind, "bits": float(b),
                        "stored_bits": rate_of(layer), "rel_error": err / max(norm, 1e-30), "norm": norm,
-                       "seconds": time.perf_counter() - t0})
+                       "seconds": time.perf_counter() - t0, "ldlq": hessians is not None})
         if progress:
             print(f"\r[palette] {i + 1}/{len(layers)} {name} {kind}-{b}", end="", file=sys.stderr, flush=True)
     if progress:

@@ -163,7 +163,8 @@ def quantize_model(
     (RTN, asymmetric, ``group_size`` columns per group), or "palette": a Hadamard rotation and one
     palette quantizer per layer (``quantizer`` "tcq" | "vq" | "sq" at ``bits``, or "mixed" with a
     per-layer ``plan`` from :mod:`weightkit.quant.allocation`; ``palette_options`` go to
-    :func:`weightkit.quant.palette.quantize_model_palette`, e.g. the trellis size ``L``).
+    :func:`weightkit.quant.palette.quantize_model_palette`, e.g. the trellis size ``L``, or
+    ``calibration=tokens`` for Hessian-aware (LDLQ) rounding of sq / vq layers).
     Returns a :class:`QuantReport`.
     """
     if method not in METHODS:
@@ -173,6 +174,9 @@ def quantize_model(
     if activations not in TritPlaneLinear.ACTIVATIONS:
         raise ValueError(f"weightkit.quant.quantize_model: activations must be one of "
                          f"{TritPlaneLinear.ACTIVATIONS}, got {activations!r}")
+    if palette_options and method != "palette":
+        raise TypeError(f"weightkit.quant.quantize_model: {sorted(palette_options)} are options of method='palette', "
+                        f"not of {method!r}")
     patterns = skip_patterns("quantize_model", skip)
     report = QuantReport(method=method, group_size=group_size)
     if method == "palette":

@@ -1,0 +1,208 @@
+"""Hessian-aware (LDLQ) rounding of the palette quantizers: the rounding against its float64
+definition, Hessians measured from calibration tokens, and quantize_model with calibration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import weightkit as wk
+from tests.reference.ldlq import ldlq_ref, proxy_loss
+from weightkit.nn import PaletteLinear
+from weightkit.ops import palette as P
+from weightkit.quant import codebooks
+from weightkit.quant.ldlq import collect_hessians, ldlq_round, nearest_codewords, rotate_hessian
+from weightkit.quant.palette import quantize_weight
+
+
+def correlated_inputs(n, tokens=2048, seed=0):
+    """X (tokens, n) whose columns are strongly correlated, as a transformer's activations are."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.eye(n) + 2 * torch.randn(n, n, generator=g) / n**0.5
+    return torch.randn(tokens, n, generator=g) @ mix
+
+
+def nearest_fn(cb):
+    return lambda block: cb[P.palette_encode(block, cb).view(-1).long()]
+
+
+@pytest.mark.parametrize("kind, bits, block", [("sq", 2, 16), ("sq", 3, 128), ("vq", 2, 16), ("vq", 3, 6)])
+def test_ldlq_matches_its_float64_definition(kind, bits, block):
+    cb = codebooks.lloyd_max(bits) if kind == "sq" else codebooks.vq2d(2 * bits)
+    X = correlated_inputs(48)
+    H = (X.T @ X).double() / X.shape[0]
+    W = torch.randn(24, 48, generator=torch.Generator().manual_seed(1))
+    want = ldlq_ref(W, H, nearest_fn(cb), d=cb.shape[1])
+    got = ldlq_round(W, H, nearest_fn(cb), d=cb.shape[1], block=block, dtype=torch.float64)
+    assert torch.equal(got.double(), want)
+    fast = ldlq_round(W, H, nearest_codewords(cb), d=cb.shape[1], block=block)  # float32 feedback
+    assert (fast.double() != want).float().mean() < 0.01  # ties at float32 resolution only
+    plain = nearest_fn(cb)(W.reshape(-1, cb.shape[1]).contiguous()).reshape(W.shape)
+    assert proxy_loss(W, got, H) < 0.8 * proxy_loss(W, plain, H)
+
+
+@pytest.mark.parametrize("kind, bits", [("sq", 4), ("vq", 3)])
+def test_identity_hessian_is_nearest_rounding(kind, bits):
+    lin = nn.Linear(64, 40)
+    plain = PaletteLinear.from_linear(lin, kind, bits)
+    ldlq = PaletteLinear.from_linear(lin, kind, bits, hessian=torch.eye(64))
+    assert torch.equal(plain.packed, ldlq.packed) and torch.equal(plain.scales, ldlq.scales)
+
+
+@pytest.mark.parametrize("kind, bits", [("sq", 2), ("sq", 4), ("vq", 3)])
+def test_ldlq_lowers_the_output_error_on_its_inputs(kind, bits):
+    n = 128
+    X = correlated_inputs(n, seed=2)
+    H = (X.T @ X).double() / X.shape[0]
+    lin = nn.Linear(n, 96, bias=False)
+
+    def output_error(layer):
+        return ((X @ (lin.weight - layer.dequantize()).T) ** 2).sum() / (X @ lin.weight.T).pow(2).sum()
+
+    with torch.no_grad():
+        plain = output_error(PaletteLinear.from_linear(lin, kind, bits))
+        aware = output_error(PaletteLinear.from_linear(lin, kind, bits, hessian=H))
+    assert aware < 0.75 * plain
+
+
+def test_rotated_hessian_is_the_hessian_of_rotated_inputs():
+    X = correlated_inputs(96, tokens=300)
+    signs = P.hadamard_signs(96, 5)
+    Xr = P.hadamard_transform(X, signs).double()
+    torch.testing.assert_close(rotate_hessian((X.T @ X).double(), signs), Xr.T @ Xr, rtol=1e-5, atol=1e-5 * 300)
+
+
+class SharedInputs(nn.Module):
+    """Token ids → three linears on one tensor (like q/k/v) → a fourth on their sum."""
+
+    def __init__(self, vocab=50, d=16):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.q, self.k, self.v = (nn.Linear(d, d) for _ in range(3))
+        self.o = nn.Linear(d, 8)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        return self.o(self.q(x) + self.k(x) * self.v(x))
+
+
+def test_collect_hessians_is_the_inputs_second_moment():
+    torch.manual_seed(0)
+    model = SharedInputs().train()
+    tokens = torch.randint(0, 50, (100,))  # ctx 8, batches of 3: 12 windows, 96 tokens (4 dropped)
+    layers = {name: getattr(model, name) for name in "qkvo"}
+    H = collect_hessians(model, tokens, layers, ctx=8, batch_size=3)
+    assert model.training  # mode restored
+    with torch.no_grad():
+        x = model.emb(tokens[:96]).double()
+        mid = (model.q(x.float()) + model.k(x.float()) * model.v(x.float())).double()
+    for name in "qkv":
+        torch.testing.assert_close(H[name], x.T @ x / 96)
+    assert H["q"] is H["k"] is H["v"]  # measured once
+    torch.testing.assert_close(H["o"], mid.T @ mid / 96, rtol=1e-5, atol=1e-6)
+    assert all(not lin._forward_pre_hooks for lin in layers.values())  # hooks removed
+
+
+def tiny_gpt(state=None):
+    model = wk.nn.GPT(vocab=256, d=64, layers=2, heads=4, ctx=64)
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained_tiny_gpt():
+    """(state_dict, tokens) of a tiny byte-level GPT trained a little on pydoc, so that its
+    activations have structure."""
+    torch.manual_seed(0)
+    model = tiny_gpt()
+    tokens = wk.data.encode(wk.data.load_text("pydoc"))[:4096]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        loss = model.loss(wk.data.random_batch(tokens, 8, 64, g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.state_dict(), tokens
+
+
+def test_quantize_model_with_calibration_tracks_the_model_better(trained_tiny_gpt):
+    state, tokens = trained_tiny_gpt
+    model = tiny_gpt(state)
+    calib, held_out = tokens[:2048], tokens[2048:3072].view(-1, 64)
+    with torch.no_grad():
+        ref = model(held_out)
+    errors = {}
+    for label, options in [("plain", {}), ("ldlq", {"calibration": calib, "calibration_ctx": 64})]:
+        q = tiny_gpt(state)
+        rep = wk.quant.quantize_model(q, method="palette", quantizer="sq", bits=2, progress=False, **options)
+        assert len(rep.layers) == 8  # 4 per block; the head is skipped
+        with torch.no_grad():
+            errors[label] = ((q(held_out) - ref) ** 2).mean().item()
+    assert errors["ldlq"] < 0.8 * errors["plain"]
+
+
+def test_hessians_are_checked_before_any_layer_changes(trained_tiny_gpt):
+    state, tokens = trained_tiny_gpt
+    model = tiny_gpt(state)
+    kinds = lambda: [type(m).__name__ for m in model.modules()]  # noqa: E731
+    before = kinds()
+    fn = "weightkit.quant.quantize_model"
+    with pytest.raises(ValueError, match=rf"{fn}: Hessian-aware rounding covers the sq and vq .* tcq"):
+        wk.quant.quantize_model(model, method="palette", quantizer="tcq", bits=2, calibration=tokens, progress=False)
+    with pytest.raises(ValueError, match=rf"{fn}: hessians lacks layers \['blocks.0.out'.*\(5 of 8\)"):
+        wk.quant.quantize_model(model, method="palette", quantizer="sq", bits=4, progress=False,
+                                hessians={f"blocks.0.{n}": torch.eye(64) for n in ("attn.qkv", "attn.proj", "fc")})
+    with pytest.raises(ValueError, match=rf"{fn}: give calibration tokens or hessians, not both"):
+        wk.quant.quantize_model(model, method="palette", quantizer="sq", bits=4, progress=False,
+                                calibration=tokens, hessians={})
+    with pytest.raises(TypeError, match=r"quantize_model: \['calibration'\] are options of method='palette', not of 'ptqtp'"):
+        wk.quant.quantize_model(model, method="ptqtp", calibration=tokens, progress=False)
+    assert kinds() == before
+
+
+def test_bad_hessians_and_tokens_are_refused():
+    W = torch.randn(8, 32)
+    with pytest.raises(ValueError, match=r"quantize_weight: hessian must be \(32, 32\) .* got \(16, 16\)"):
+        quantize_weight(W, "sq", 4, hessian=torch.eye(16))
+    with pytest.raises(ValueError, match=r"quantize_weight: Hessian-aware rounding covers the sq and vq"):
+        quantize_weight(W, "tcq", 2, hessian=torch.eye(32))
+    cb = codebooks.lloyd_max(4)
+    H = torch.eye(32)
+    H[3, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"ldlq_round: H has NaN or Inf"):
+        ldlq_round(W, H, nearest_fn(cb))
+    with pytest.raises(ValueError, match=r"ldlq_round: H is not positive definite even after damp=0"):
+        ldlq_round(W, 2 * torch.ones(32, 32) - torch.eye(32), nearest_fn(cb), damp=0.0)  # indefinite
+    with pytest.raises(ValueError, match=r"ldlq_round: the unit width d=2 must divide in_features=31"):
+        ldlq_round(W[:, :31], torch.eye(31), nearest_fn(cb), d=2)
+    model = SharedInputs()
+    layers = {"q": model.q}
+    with pytest.raises(ValueError, match=r"collect_hessians: tokens must be a 1-D integer tensor"):
+        collect_hessians(model, torch.rand(64), layers, ctx=8)
+    with pytest.raises(ValueError, match=r"collect_hessians: need at least ctx=8 tokens, got 5"):
+        collect_hessians(model, torch.arange(5), layers, ctx=8)
+    with pytest.raises(ValueError, match=r"collect_hessians: these layers were never called .*\['stray'\]"):
+        collect_hessians(model, torch.arange(16), {"q": model.q, "stray": nn.Linear(16, 16)}, ctx=8)
+
+
+def test_dead_inputs_are_rounded_plainly():
+    # An input that never fires has a zero row and column in H: its weights cannot change the
+    # output, so they are rounded to nearest and take no part in the feedback.
+    X = correlated_inputs(32, seed=3)
+    X[:, 5] = 0
+    H = (X.T @ X).double() / X.shape[0]
+    W = torch.randn(16, 32)
+    cb = codebooks.lloyd_max(3)
+    got = ldlq_round(W, H, nearest_fn(cb))
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[:, 5], nearest_fn(cb)(W[:, 5:6].contiguous())[:, 0])
+
+
+@pytest.mark.parametrize("kind, bits", [("sq", 3), ("vq", 2.5), ("vq", 4)])
+def test_nearest_codewords_agree_with_the_encoder(kind, bits):
+    cb = codebooks.lloyd_max(bits) if kind == "sq" else codebooks.vq2d(int(2 * bits))
+    block = 1.5 * torch.randn(4096, cb.shape[1], generator=torch.Generator().manual_seed(4))
+    assert torch.equal(nearest_codewords(cb)(block), nearest_fn(cb)(block))

@@ -1,0 +1,34 @@
+"""float64 reference of LDLQ rounding, from its definition rather than through Cholesky factors.
+
+Units (d adjacent columns) are rounded in order. After a unit b is rounded, with F the columns not
+rounded before it (b included) and K = (H[F, F])⁻¹, the columns after it move by the optimal
+correction of the error e = w_b − q_b for the proxy loss (w − ŵ)·H·(w − ŵ)ᵀ (optimal brain surgeon):
+w_rest −= e·(K_bb)⁻¹·K_b,rest. K is recomputed by a plain inverse at every unit: O(in⁴), small sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def ldlq_ref(W: torch.Tensor, H: torch.Tensor, nearest, d: int = 1, damp: float = 0.01) -> torch.Tensor:
+    """Ŵ (out, in) float64; ``nearest`` maps an (out, d) float32 block to its nearest codewords."""
+    W = W.double().clone()
+    H = H.double().clone()
+    H += damp * H.diagonal().mean() * torch.eye(H.shape[0], dtype=torch.float64)
+    n = W.shape[1]
+    Q = torch.empty_like(W)
+    for i in range(0, n, d):
+        K = torch.linalg.inv(H[i:, i:])
+        b, rest = slice(0, d), slice(d, None)
+        q = nearest(W[:, i : i + d].float().contiguous()).double()
+        Q[:, i : i + d] = q
+        e = W[:, i : i + d] - q
+        W[:, i + d :] -= e @ torch.linalg.inv(K[b, b]) @ K[b, rest]
+    return Q
+
+
+def proxy_loss(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """Σ_rows (w − ŵ)·H·(w − ŵ)ᵀ in float64."""
+    E = (W.double() - W_hat.double())
+    return float(((E @ H.double()) * E).sum())
