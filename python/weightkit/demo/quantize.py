@@ -79,7 +79,7 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
         shared["lm"] = (base, tokenizer, ppl)  # the edit stage reuses the loaded model
     # (label, quantize_model arguments). Palette: the 2-D VQ at a fractional rate with Hessian-aware
     # rounding (LDLQ; calibration tokens past the scored ones). One palette row keeps the stage's
-    # 16K-token perplexity passes to five (~45 s each here); `python -m weightkit.bench.palette_ppl
+    # 16K-token perplexity passes to four (~40 s each here); `python -m weightkit.bench.palette_ppl
     # --ldlq` has every rate, nearest against LDLQ. The trellis (TCQ) needs a Viterbi pass over every
     # weight, minutes on 2 CPU cores.
     methods = [("ptqtp", {"method": "ptqtp"}), ("rtn_ternary", {"method": "rtn_ternary"})]

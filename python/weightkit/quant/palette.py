@@ -160,9 +160,9 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
 
     Hessian-aware rounding (LDLQ, sq and vq layers): ``calibration`` (1-D int64 tokens, run through
     ``model(input_ids)`` in windows of ``calibration_ctx`` before any layer is replaced; a few
-    thousand tokens) or
-    ``hessians`` (name → (in, in), from weightkit.quant.collect_hessians: reusable across
-    quantizers) of every quantized layer; ``damp`` as in weightkit.quant.ldlq_round.
+    thousand tokens) or ``hessians`` (name → (in, in) for every quantized layer, from
+    weightkit.quant.collect_hessians: reusable across quantizers); ``damp`` as in
+    weightkit.quant.ldlq_round.
     """
     from weightkit.nn.palette import PaletteLinear
 
