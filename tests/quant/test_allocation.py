@@ -127,3 +127,39 @@ def test_bits_off_the_quarter_grid_and_coprime_sizes():
     plan = allocate(sizes, [1.0, 2.0, 3.0], options, budget_bits=2.5)
     assert sum(n * o.bits for n, o in zip(sizes, plan)) <= 2.5 * sum(sizes)
     assert [o.bits for o in plan] != [2, 2, 2]  # the budget is used, not just met
+
+
+@pytest.mark.parametrize("shape", [(37, 64), (192, 576), (8, 96)])
+@pytest.mark.parametrize("kind, bits, L", [("sq", 3, None), ("vq", 2.5, None), ("vq", 4, None), ("tcq", 2, 8),
+                                            ("tcq", 2.25, 8), ("tcq", 3.5, 10)])
+def test_stored_bits_is_what_a_layer_stores(shape, kind, bits, L):
+    from torch import nn
+
+    from weightkit.nn import PaletteLinear
+    from weightkit.quant.palette import rate_of, stored_bits
+
+    layer = PaletteLinear.from_linear(nn.Linear(shape[1], shape[0]), kind, bits, **({"L": L} if L else {}))
+    assert stored_bits(*shape, kind, bits, L=L) == pytest.approx(rate_of(layer), rel=1e-12)
+
+
+def test_stored_options_keep_the_real_size_in_budget():
+    from weightkit.quant.allocation import stored_options
+
+    # Small layers pay for a 256-entry 2-D codebook: by nominal bits the plan fits 2.5, by stored
+    # bits it does not; budgeting stored bits keeps it inside.
+    shapes = [(192, 576), (576, 576), (1536, 576), (576, 1536)]
+    sizes = [o * i for o, i in shapes]
+    sens = [1.0, 0.5, 0.3, 2.0]
+    options = default_options(("vq",))
+    nominal = allocate(sizes, sens, options, 3.0)
+    stored = stored_options(shapes, options)
+    real = allocate(sizes, sens, stored, 3.0)
+
+    def stored_cost(plan):
+        return sum(n * next(s.cost for s in row if (s.quantizer, s.bits) == (o.quantizer, o.bits))
+                   for n, o, row in zip(sizes, plan, stored)) / sum(sizes)
+
+    assert stored_cost(nominal) > 3.0 >= stored_cost(real)
+    assert all(o.cost_bits > o.bits for row in stored for o in row)
+    assert [(o.quantizer, o.bits) for o in allocate_lagrangian(sizes, sens, stored, 3.0)]  # runs on costs too
+    assert stored_cost(allocate_lagrangian(sizes, sens, stored, 3.0)) <= 3.0

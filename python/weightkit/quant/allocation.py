@@ -32,16 +32,35 @@ __all__ = [
     "noise_sensitivity",
     "outlier_counts",
     "predicted_loss",
+    "stored_options",
 ]
 
 
 @dataclass(frozen=True)
 class Option:
-    """One quantizer choice: name ("tcq", "vq", "sq"), bits per weight, relative MSE."""
+    """One quantizer choice: name ("tcq", "vq", "sq"), bits per weight of its codes, relative MSE,
+    and optionally ``cost_bits``, what the budget counts per weight (:func:`stored_options` sets the
+    bits a layer really stores, codebook and scales included; None counts ``bits``)."""
 
     quantizer: str
     bits: float
     error: float
+    cost_bits: float | None = None
+
+    @property
+    def cost(self) -> float:
+        return self.bits if self.cost_bits is None else self.cost_bits
+
+
+def stored_options(shapes, options, L: int | None = None) -> list[list[Option]]:
+    """Per-layer copies of ``options`` whose budget cost is the bits each layer stores
+    (weightkit.quant.palette.stored_bits for its (out, in) shape): with them ``allocate`` keeps the
+    real size within the budget. On small layers the codebooks weigh: a 256-entry 2-D codebook is
+    0.15 bit per weight of a 192×576 projection. ``L``: the trellis's state bits."""
+    from weightkit.quant.palette import stored_bits
+
+    return [[Option(o.quantizer, o.bits, o.error, stored_bits(out_f, in_f, o.quantizer, o.bits, L)) for o in options]
+            for out_f, in_f in shapes]
 
 
 #: Relative MSE of each quantizer on Gaussian data (rotated, normalized weights are close to it):
@@ -94,8 +113,8 @@ def allocate(sizes, sensitivity, options, budget_bits: float, unit: float | None
     """Exact multiple-choice knapsack by dynamic programming.
 
     sizes: weights per layer (n_l); sensitivity: a_l ≥ 0; options: one list of Option for all layers
-    or a list per layer (per-layer measured errors); budget_bits: average bits per weight allowed.
-    Costs n_l·bits are counted in ``unit`` bits (default: their greatest common divisor when every
+    or a list per layer (per-layer measured errors, or :func:`stored_options` to budget stored bits);
+    budget_bits: average bits per weight allowed. Costs n_l·cost (an Option's cost_bits, else its bits) are counted in ``unit`` bits (default: their greatest common divisor when every
     cost is a multiple of a quarter bit, which makes the DP exact; a coarser unit rounds costs up,
     so the budget is never exceeded). The table has at most ``MAX_DP_CELLS`` entries: a finer unit
     (or bits off the quarter-bit grid) is coarsened to total budget / MAX_DP_CELLS, still rounding
@@ -108,7 +127,7 @@ def allocate(sizes, sensitivity, options, budget_bits: float, unit: float | None
     if len(sensitivity) != L or len(per_layer) != L:
         raise ValueError(f"{fn}: sizes, sensitivity and options must have one entry per layer ({L}), got "
                          f"{len(sensitivity)} and {len(per_layer)}")
-    costs = [[n * o.bits for o in opts] for n, opts in zip(sizes, per_layer)]
+    costs = [[n * o.cost for o in opts] for n, opts in zip(sizes, per_layer)]
     total = budget_bits * sum(sizes)
     if unit is None:
         on_grid = all(abs(4 * c - round(4 * c)) < 1e-6 for row in costs for c in row)
@@ -158,11 +177,11 @@ def allocate_lagrangian(sizes, sensitivity, options, budget_bits: float, iters: 
     total = budget_bits * sum(sizes)
 
     def pick(lam):
-        return [min(opts, key=lambda o: (a * o.error + lam * n * o.bits, o.bits))
+        return [min(opts, key=lambda o: (a * o.error + lam * n * o.cost, o.cost))
                 for n, a, opts in zip(sizes, sensitivity, per_layer)]
 
     def cost(plan):
-        return sum(n * o.bits for n, o in zip(sizes, plan))
+        return sum(n * o.cost for n, o in zip(sizes, plan))
 
     lo, hi = 0.0, 1.0
     while cost(pick(hi)) > total:

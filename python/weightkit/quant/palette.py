@@ -23,7 +23,7 @@ from weightkit.ops import palette as P
 from weightkit.quant import codebooks
 from weightkit.quant.quantize import _set_module, check_finite_weights, skip_patterns, target_linears
 
-__all__ = ["QUANTIZER_RATES", "quantize_weight", "quantize_model_palette", "rate_of"]
+__all__ = ["QUANTIZER_RATES", "quantize_weight", "quantize_model_palette", "rate_of", "stored_bits"]
 
 #: Supported bits per weight of each quantizer.
 QUANTIZER_RATES = {
@@ -47,6 +47,32 @@ def rate_of(layer) -> float:
     n_w = layer.in_features * layer.out_features
     code_bits = layer.packed.numel() * 32 + layer.codebook.numel() * 32
     return (code_bits + 32 * layer.out_features + layer.in_features) / n_w
+
+
+def stored_bits(out_features: int, in_features: int, kind: str, bits: float, L: int | None = None) -> float:
+    """Bits per weight a PaletteLinear of this shape stores (what :func:`rate_of` reads off a built
+    layer): codes with their block padding, the codebook, one fp32 scale per row, one sign bit per
+    input. ``L``: the trellis's state bits (tcq only; default as in weightkit.quant.tcq)."""
+    _check_rate(kind, bits)
+    if kind == "tcq":
+        from weightkit.quant import tcq as T
+
+        def stream_words(rows, rate):
+            p = T.tcq_params(rate, L)
+            return rows * P.tcq_words(in_features // p["values_per_step"], p["L"], p["bits_per_step"])
+
+        if (4 * float(bits)) % 2 == 1:  # half variant: the first out // 2 rows at b − ¼, the rest at b + ¼
+            split = out_features // 2
+            words = stream_words(split, bits - 0.25) + stream_words(out_features - split, bits + 0.25)
+        else:
+            words = stream_words(out_features, bits)
+        codebook = 0
+    else:
+        d = 1 if kind == "sq" else 2
+        c = int(bits) if kind == "sq" else int(round(2 * bits))
+        words = out_features * P.packed_words(in_features // d, c)
+        codebook = (1 << c) * d
+    return (32 * (words + codebook + out_features) + in_features) / (out_features * in_features)
 
 
 def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, hessian: torch.Tensor | None = None,
