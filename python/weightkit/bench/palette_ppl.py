@@ -127,13 +127,10 @@ def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=
     for label, q, b in (LDLQ_CONFIGS if configs is None else configs):
         run = {"label": label, "quantizer": q, "bits": b}
         for rounding, options in (("nearest", {}), ("ldlq", {"hessians": hessians})):
-            rep = quantize_model_palette(model, bits=b, quantizer=q, progress=False, **options)
-            n = sum(r["shape"][0] * r["shape"][1] for r in rep)
-            run["stored_bits"] = sum(r["stored_bits"] * r["shape"][0] * r["shape"][1] for r in rep) / n
-            run[rounding] = {"ppl": wk.eval.perplexity(model, eval_ids, ctx=512),
-                             "rel_error": (sum((r["rel_error"] * r["norm"]) ** 2 for r in rep)
-                                           / sum(r["norm"] ** 2 for r in rep)) ** 0.5,
-                             "quantize_s": sum(r["seconds"] for r in rep)}
+            rep = wk.quant.quantize_model(model, method="palette", quantizer=q, bits=b, progress=False, **options)
+            run["stored_bits"] = rep.bits_per_weight
+            run[rounding] = {"ppl": wk.eval.perplexity(model, eval_ids, ctx=512), "rel_error": rep.rel_error,
+                             "quantize_s": rep.seconds}
             model, _ = wk.data.load_smollm2()
         run["ppl_ratio_nearest_over_ldlq"] = run["nearest"]["ppl"] / run["ldlq"]["ppl"]
         results["runs"].append(run)

@@ -1,6 +1,7 @@
 """Post-training weight quantization: PTQTP trit-planes, the palette quantizers (Hadamard rotation
-+ scalar / 2-D VQ / trellis codebooks), layer-wise bit allocation, Hessian-aware (LDLQ) rounding from calibration text, and the baselines reported
-beside them; saving a quantized model and loading it back."""
++ scalar / 2-D VQ / trellis codebooks), layer-wise bit allocation, Hessian-aware (LDLQ) rounding
+from calibration text, and the baselines reported beside them; saving a quantized model and loading
+it back."""
 
 from weightkit.quant import allocation, codebooks, ldlq, palette
 from weightkit.quant.baselines import rtn_int, rtn_ternary, twn

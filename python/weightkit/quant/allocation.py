@@ -114,7 +114,8 @@ def allocate(sizes, sensitivity, options, budget_bits: float, unit: float | None
 
     sizes: weights per layer (n_l); sensitivity: a_l ≥ 0; options: one list of Option for all layers
     or a list per layer (per-layer measured errors, or :func:`stored_options` to budget stored bits);
-    budget_bits: average bits per weight allowed. Costs n_l·cost (an Option's cost_bits, else its bits) are counted in ``unit`` bits (default: their greatest common divisor when every
+    budget_bits: average bits per weight allowed. Costs n_l·cost (an Option's cost_bits, else its
+    bits) are counted in ``unit`` bits (default: their greatest common divisor when every
     cost is a multiple of a quarter bit, which makes the DP exact; a coarser unit rounds costs up,
     so the budget is never exceeded). The table has at most ``MAX_DP_CELLS`` entries: a finer unit
     (or bits off the quarter-bit grid) is coarsened to total budget / MAX_DP_CELLS, still rounding

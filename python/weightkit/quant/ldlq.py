@@ -32,7 +32,8 @@ def collect_hessians(model: nn.Module, tokens: torch.Tensor, layers: dict[str, n
     ``batch_size`` at a time through ``model(input_ids)``; N = number of tokens).
 
     Layers called on the same input tensor one after another (q/k/v, gate/up) share one H, computed
-    once (the same tensor object in the result). The model runs in eval mode without autograd; its mode is restored after.
+    once (the same tensor object in the result). The model runs in eval mode without autograd; its
+    mode is restored after.
     """
     fn = "weightkit.quant.collect_hessians"
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1 or tokens.dtype.is_floating_point:
@@ -51,7 +52,7 @@ def collect_hessians(model: nn.Module, tokens: torch.Tensor, layers: dict[str, n
     sums: dict[str, torch.Tensor] = {}
     owner: dict[str, str] = {}  # layer → the layer whose H it shares (itself when it owns one)
     last = {"x": None, "name": None}
-    count = {"tokens": 0}
+    n_tokens = 0
 
     def pre_hook(name):
         def hook(module, args):
@@ -83,7 +84,7 @@ def collect_hessians(model: nn.Module, tokens: torch.Tensor, layers: dict[str, n
             batch = windows[i : i + batch_size].to(device)
             model(batch)
             last.update(x=None, name=None)  # never match a tensor of another batch
-            count["tokens"] += batch.numel()
+            n_tokens += batch.numel()
     finally:
         for h in handles:
             h.remove()
@@ -91,7 +92,7 @@ def collect_hessians(model: nn.Module, tokens: torch.Tensor, layers: dict[str, n
     missing = [n for n in layers if n not in owner]
     if missing:
         raise ValueError(f"{fn}: these layers were never called by the model's forward: {missing[:5]}")
-    means = {name: total / count["tokens"] for name, total in sums.items()}
+    means = {name: total / n_tokens for name, total in sums.items()}
     return {name: means[owner[name]] for name in layers}
 
 

@@ -44,9 +44,12 @@ def _check_rate(kind: str, bits: float) -> None:
 
 def rate_of(layer) -> float:
     """Stored bits per weight of a PaletteLinear: codes + one fp32 scale per row + signs (1 bit)."""
-    n_w = layer.in_features * layer.out_features
-    code_bits = layer.packed.numel() * 32 + layer.codebook.numel() * 32
-    return (code_bits + 32 * layer.out_features + layer.in_features) / n_w
+    return _bits_per_weight(layer.out_features, layer.in_features, layer.packed.numel(), layer.codebook.numel())
+
+
+def _bits_per_weight(out_features: int, in_features: int, code_words: int, codebook_values: int) -> float:
+    """int32 code words and fp32 codebook values, one fp32 scale per row, one sign bit per input."""
+    return (32 * (code_words + codebook_values + out_features) + in_features) / (out_features * in_features)
 
 
 def stored_bits(out_features: int, in_features: int, kind: str, bits: float, L: int | None = None) -> float:
@@ -72,7 +75,7 @@ def stored_bits(out_features: int, in_features: int, kind: str, bits: float, L: 
         c = int(bits) if kind == "sq" else int(round(2 * bits))
         words = out_features * P.packed_words(in_features // d, c)
         codebook = (1 << c) * d
-    return (32 * (words + codebook + out_features) + in_features) / (out_features * in_features)
+    return _bits_per_weight(out_features, in_features, words, codebook)
 
 
 def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, hessian: torch.Tensor | None = None,
