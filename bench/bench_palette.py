@@ -1,4 +1,5 @@
-"""Palette GEMV / Hadamard speed, quantizer MSE and SmolLM2 perplexity; see weightkit.bench.palette (also `weightkit bench --only palette`)."""
+"""Palette GEMV / Hadamard speed and quantizer MSE; see weightkit.bench.palette (also `weightkit bench
+--only palette`). SmolLM2 perplexity against bits: `python -m weightkit.bench.palette_ppl`."""
 
 from weightkit.bench.palette import main
 

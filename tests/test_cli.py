@@ -230,3 +230,26 @@ def test_bench_refuses_an_unwritable_out_before_running(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     assert main(["bench", "--quick", "--only", "rls", "--out", str(blocker / "sub")]) != 0
+
+
+def test_palette_perplexity_plot_reads_every_sweep_file(tmp_path):
+    from weightkit.bench.palette_ppl_plot import collect_series, plot_perplexity
+
+    assert plot_perplexity(tmp_path) is None  # no sweep: no plot
+    runs = lambda *rs: {"runs": [dict(zip(("label", "quantizer", "stored_bits", "ppl"), r)) for r in rs]}  # noqa: E731
+    (tmp_path / "palette-ppl.json").write_text(json.dumps(runs(("fp", "none", 32, 14.7), ("tcq-2.5", "tcq", 2.64, 237))))
+    (tmp_path / "palette-ppl-mixed.json").write_text(json.dumps(runs(("tcq-2", "tcq", 2.14, 8770.0),
+                                                                     ("mixed-tcq-2.5", "mixed", 2.64, 42.9))))
+    (tmp_path / "palette-ppl-ldlq.json").write_text(json.dumps({"fp_ppl": 14.70, "runs": [
+        {"quantizer": "vq", "stored_bits": 2.72, "nearest": {"ppl": 883.0}, "ldlq": {"ppl": 21.3}}]}))
+    (tmp_path / "palette-ppl-ldlq-mixed.json").write_text(json.dumps(runs(("vq-2.5", "vq", 2.72, 21.3),
+                                                                          ("mixed@vq-2.5", "mixed", 2.70, 20.9))))
+    (tmp_path / "palette-ppl-baselines.json").write_text(json.dumps(runs(("ptqtp", "ptqtp", 4.27, 197.4))))
+    series, fp = collect_series(tmp_path)
+    assert fp == 14.70
+    assert series == {"TCQ nearest": [(2.14, 8770.0), (2.64, 237.0)], "TCQ mixed (DP allocation)": [(2.64, 42.9)],
+                      "VQ LDLQ": [(2.72, 21.3)], "VQ/SQ mixed + LDLQ (DP allocation)": [(2.70, 20.9)],
+                      "PTQTP (2 trit-planes)": [(4.27, 197.4)]}
+    pytest.importorskip("matplotlib")
+    assert plot_perplexity(tmp_path) == str(tmp_path / "palette-ppl.png")
+    assert (tmp_path / "palette-ppl.png").stat().st_size > 10_000

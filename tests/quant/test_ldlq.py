@@ -12,7 +12,14 @@ from tests.reference.ldlq import ldlq_ref, proxy_loss
 from weightkit.nn import PaletteLinear
 from weightkit.ops import palette as P
 from weightkit.quant import codebooks
-from weightkit.quant.ldlq import collect_hessians, ldlq_round, nearest_codewords, rotate_hessian
+from weightkit.quant.allocation import Option, measured_options
+from weightkit.quant.ldlq import (
+    collect_hessians,
+    hessian_weighted_error,
+    ldlq_round,
+    nearest_codewords,
+    rotate_hessian,
+)
 from weightkit.quant.palette import quantize_weight
 
 
@@ -206,3 +213,62 @@ def test_nearest_codewords_agree_with_the_encoder(kind, bits):
     cb = codebooks.lloyd_max(bits) if kind == "sq" else codebooks.vq2d(int(2 * bits))
     block = 1.5 * torch.randn(4096, cb.shape[1], generator=torch.Generator().manual_seed(4))
     assert torch.equal(nearest_codewords(cb)(block), nearest_fn(cb)(block))
+
+
+def test_hessian_weighted_error_is_on_the_scale_of_a_relative_mse():
+    n = 256
+    X = correlated_inputs(n, seed=4)
+    H = (X.T @ X).double() / X.shape[0]
+    W = torch.randn(128, n, generator=torch.Generator().manual_seed(5))
+    noisy = W + 0.1 * torch.randn(W.shape, generator=torch.Generator().manual_seed(6))
+    rel_mse = ((W - noisy).pow(2).sum() / W.pow(2).sum()).item()
+    # Against the float64 proxy loss, by definition; scale-free in H; = relative MSE for H = I.
+    want = proxy_loss(W, noisy, H) * n / (H.trace().item() * W.double().pow(2).sum().item())
+    assert hessian_weighted_error(W, noisy, H) == pytest.approx(want, rel=1e-12)
+    assert hessian_weighted_error(W, noisy, 7 * H) == pytest.approx(want, rel=1e-12)
+    assert hessian_weighted_error(W, noisy, torch.eye(n)) == pytest.approx(rel_mse, rel=1e-6)
+    # Isotropic noise: its H-weighted error is its relative MSE up to sampling (32K entries).
+    assert want == pytest.approx(rel_mse, rel=0.05)
+    assert hessian_weighted_error(W, W, H) == 0.0 and hessian_weighted_error(W, noisy, 0 * H) == 0.0
+
+
+def test_measured_options_are_the_errors_quantize_model_makes(trained_tiny_gpt):
+    state, tokens = trained_tiny_gpt
+    model = tiny_gpt(state)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    H = collect_hessians(model, tokens[:1024], wk.eval.linear_layers(model), ctx=64)
+    options = [Option("sq", 2, 0.0), Option("vq", 2.5, 0.0), Option("sq", 4, 0.0)]
+    plain = measured_options(model, options, seed=3)
+    aware = measured_options(model, options, hessians=H, seed=3)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # model unchanged
+    assert list(plain) == list(aware) and len(plain) == 8  # the head is skipped, as quantize_model does
+    for i, o in enumerate(options):
+        q = tiny_gpt(state)
+        rep = wk.quant.quantize_model(q, method="palette", quantizer=o.quantizer, bits=o.bits, hessians=H, seed=3,
+                                      progress=False)
+        p = tiny_gpt(state)
+        rep_plain = wk.quant.quantize_model(p, method="palette", quantizer=o.quantizer, bits=o.bits, seed=3,
+                                            progress=False)
+        for r, r_plain in zip(rep.layers, rep_plain.layers):
+            name = r.name
+            assert aware[name][i].cost == pytest.approx(r.bits_per_weight, rel=1e-12)
+            # Same seeds as quantize_model: the same layer, so the same errors.
+            assert plain[name][i].error == pytest.approx(r_plain.rel_error**2, rel=1e-5)
+            W = model.get_submodule(name).weight
+            W_hat = q.get_submodule(name).dequantize()
+            assert aware[name][i].error == pytest.approx(hessian_weighted_error(W, W_hat, H[name]), rel=1e-6)
+            # LDLQ lowers the output error it is scored by (2 bits: far from the codewords' reach).
+            if o.bits == 2:
+                assert aware[name][i].error < plain[name][i].error
+
+
+def test_measured_options_refuse_what_quantize_model_refuses(trained_tiny_gpt):
+    state, tokens = trained_tiny_gpt
+    model = tiny_gpt(state)
+    fn = "weightkit.quant.allocation.measured_options"
+    with pytest.raises(ValueError, match=rf"{fn}: Hessian-aware rounding covers the sq and vq quantizers"):
+        measured_options(model, [Option("tcq", 2, 0.0)], hessians={})
+    with pytest.raises(ValueError, match=rf"{fn}: hessians lacks layers \['blocks.0.attn.qkv'.*\(8 of 8\)"):
+        measured_options(model, [Option("sq", 4, 0.0)], hessians={})
+    with pytest.raises(ValueError, match=rf"{fn}: no option fits layer '0' \(4x100\)"):
+        measured_options(nn.Sequential(nn.Linear(100, 4)), [Option("sq", 4, 0.0)])

@@ -1,7 +1,7 @@
 """Palette benchmark: decode-in-register GEMV at batch 1 against torch fp32 / bf16 (CPU, 4096²)
 or cuBLAS fp16 / bf16 (CUDA, 8192², TCQ GEMV included), the Hadamard transform against a dense
-matmul by H, quantizer MSE on unit-Gaussian samples against PAPERS.md, and (``--ppl``) SmolLM2-135M
-perplexity against bits (weightkit.bench.palette_ppl).
+matmul by H, and quantizer MSE on unit-Gaussian samples against PAPERS.md. SmolLM2-135M perplexity
+against bits is weightkit.bench.palette_ppl (its sweeps) and palette_ppl_plot (their plot).
 
 Memory-bound timing (DESIGN.md): every weight format is timed on rotating copies totalling more
 than 2× the last-level cache (96 MiB on the CPU, 256 MiB on a GPU), ours and the baselines alike,
@@ -13,7 +13,6 @@ processes kept busy.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -192,36 +191,7 @@ def mse_results(samples_log2: int, tcq_L: int) -> list:
     return out
 
 
-def plot_ppl(ppl: dict, path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    runs = [r for r in ppl.get("runs", []) if r["quantizer"] != "none"]
-    fp = [r for r in ppl.get("runs", []) if r["quantizer"] == "none"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for q, marker in (("sq", "o"), ("vq", "s"), ("tcq", "^"), ("mixed", "*")):
-        pts = sorted((r["bits"], r["ppl"]) for r in runs if r["quantizer"] == q)
-        if pts:
-            ax.plot(*zip(*pts), marker=marker, label=q if q != "mixed" else "mixed TCQ (DP allocation)",
-                    linestyle="-" if q != "mixed" else "none", markersize=10 if q == "mixed" else 6)
-    if fp:
-        ax.axhline(fp[0]["ppl"], color="gray", linestyle="--", label="Q4_1 baseline (fp32)")
-    ax.set_xlabel("bits per weight (codes)")
-    ax.set_ylabel(f"perplexity (pydoc, {ppl.get('n_eval_tokens')} tokens)")
-    ax.set_yscale("log")
-    ax.set_title("SmolLM2-135M, all 210 linear layers quantized")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
-
-
-def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=None, mse: bool = True) -> dict:
+def run(*, device="cpu", quick: bool = False, progress=None, mse: bool = True) -> dict:
     dev = common.resolve_device(device)
     settings = dict(warmup=2, repeats=7, min_time_s=0.3, max_time_s=3.0 if quick else 8.0, long_call_s=1.0)
     formats = [(label, "palette", (c, d)) for label, c, d in (
@@ -245,13 +215,6 @@ def run(*, device="cpu", quick: bool = False, progress=None, root=".", ppl_json=
         for width in LLM_WIDTHS[:1] if quick else LLM_WIDTHS:
             cases += hadamard_cases(dev, 256 if quick or width > 4096 else 2048, width, settings, stream_gbs)
     extra = {"quick": quick, "mse": mse_results(16 if quick else 18, 16) if mse else []}
-    if ppl_json:
-        with open(ppl_json) as f:
-            ppl = json.load(f)
-        extra["perplexity"] = ppl
-        plot = common.results_path(FAMILY, dev, root=root, quick=quick).with_suffix(".png")
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        extra["plot"] = plot_ppl(ppl, plot)
     return {"cases": cases, "skipped": skipped, "extra": extra}
 
 
@@ -262,13 +225,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-mse", action="store_true", help="skip the quantizer MSE part (CPU Viterbi at L = 16: "
                         "minutes on few cores; the GPU run times kernels only)")
-    parser.add_argument("--ppl-json", metavar="PATH", help="merge a perplexity sweep written by "
-                        "`python -m weightkit.bench.palette_ppl PATH` (slow: ~30 min on 2 cores) and plot it")
     args = parser.parse_args(argv)
     common.check_device(parser, args.device)
     t0 = time.perf_counter()
-    res = run(device=args.device, quick=args.quick, progress=common.progress, ppl_json=args.ppl_json,
-              mse=not args.no_mse)
+    res = run(device=args.device, quick=args.quick, progress=common.progress, mse=not args.no_mse)
     wall = time.perf_counter() - t0
     common.print_table(FAMILY, args.device, res["cases"], skipped=res["skipped"])
     for r in res["extra"]["mse"]:

