@@ -77,11 +77,11 @@ def test_budget_too_small():
 
 
 class TinyLM(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, d=32):
         super().__init__()
-        self.emb = torch.nn.Embedding(50, 32)
-        self.blocks = torch.nn.ModuleList([torch.nn.Linear(32, 32) for _ in range(3)])
-        self.head = torch.nn.Linear(32, 50)
+        self.emb = torch.nn.Embedding(50, d)
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(d, d) for _ in range(3)])
+        self.head = torch.nn.Linear(d, 50)
 
     def forward(self, input_ids, output_hidden_states=False):
         h = self.emb(input_ids)
@@ -163,3 +163,22 @@ def test_stored_options_keep_the_real_size_in_budget():
     assert all(o.cost_bits > o.bits for row in stored for o in row)
     assert [(o.quantizer, o.bits) for o in allocate_lagrangian(sizes, sens, stored, 3.0)]  # runs on costs too
     assert stored_cost(allocate_lagrangian(sizes, sens, stored, 3.0)) <= 3.0
+
+
+@pytest.mark.parametrize("ldlq", [True, False])
+def test_plan_mixed_keeps_the_stored_budget_and_favours_sensitive_layers(ldlq):
+    import weightkit as wk
+    from weightkit.quant.allocation import plan_mixed
+
+    torch.manual_seed(0)
+    model = TinyLM(d=512)  # wide enough that codes, not codebooks and padding, make the stored bits
+    with torch.no_grad():
+        model.blocks[1].weight.mul_(5)  # a layer that matters more
+    tokens = torch.randint(0, 50, (512,))
+    plan, hessians = plan_mixed(model, tokens, budget_bits=3.6, bits=(2, 2.5, 3, 4), ldlq=ldlq, n_sensitivity=128)
+    assert set(plan) == {"blocks.0", "blocks.1", "blocks.2", "head"} and (hessians is not None) == ldlq
+    assert plan["blocks.1"][1] == max(b for _, b in plan.values())
+    assert len({b for _, b in plan.values()}) > 1  # mixed, not one rate
+    rep = wk.quant.quantize_model(model, method="palette", quantizer="mixed", plan=plan, hessians=hessians,
+                                  progress=False)
+    assert rep.bits_per_weight <= 3.6

@@ -79,7 +79,7 @@ def plot_perplexity(folder, path=None) -> str | None:
     if not series:
         return None
     path = Path(folder) / "palette-ppl.png" if path is None else Path(path)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(10.5, 5.5))
     placed: list[float] = []  # x of the off-scale labels written so far: stack those that are close
     for label, pts in series.items():
         colour, marker, line = STYLE.get(label, (None, "o", "-"))
@@ -101,7 +101,7 @@ def plot_perplexity(folder, path=None) -> str | None:
     ax.set_ylabel("perplexity, pydoc 4096 tokens (off-scale values written)")
     ax.set_title("SmolLM2-135M, all 210 linear layers quantized")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: points fill the box
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -13,6 +13,7 @@ With Hessian-aware (LDLQ) rounding the Gaussian table no longer describes the er
 ``measured_options`` quantizes every layer with every option and takes e_l(q) as the layer's
 Hessian-weighted output error (weightkit.quant.ldlq.hessian_weighted_error, on the scale of a
 relative weight MSE, so the noise sensitivities still apply), with the bits it really stores.
+``plan_mixed`` does all of it for a Hugging Face causal LM in one call.
 
 LayerwiseQuant's cheap importance scores are here too: how much a block changes its input
 (1 − cos(input, output), ``block_importance``) and the count of outlier weights per layer.
@@ -37,6 +38,7 @@ __all__ = [
     "measured_options",
     "noise_sensitivity",
     "outlier_counts",
+    "plan_mixed",
     "predicted_loss",
     "stored_options",
 ]
@@ -298,6 +300,38 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
                              f"({lin.out_features}x{lin.in_features}): "
                              f"{palette._width_problem(lin.in_features, options[0].quantizer, options[0].bits)}")
     return out
+
+
+def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quantizers=("vq",),
+               bits=(2, 2.5, 3, 3.5, 4), ldlq: bool = True, hessians: dict | None = None, n_sensitivity: int = 512,
+               skip=None, seed: int = 0, progress: bool = False) -> tuple[dict, dict | None]:
+    """(plan, hessians): one palette option per layer minimizing the predicted KL under a budget of
+    ``budget_bits`` stored bits per weight (codes, codebooks, scales, signs: a uniform VQ 2.5-bit
+    SmolLM2 stores 2.72), for ``quantize_model(model, method="palette", quantizer="mixed",
+    plan=plan, hessians=hessians, seed=seed)``.
+
+    ``model``: a causal LM called as ``model(input_ids=...)`` with ``.logits`` (Hugging Face);
+    ``tokens``: 1-D int64 calibration tokens (a few thousand; the first ``n_sensitivity`` measure
+    the noise sensitivities, all of them the Hessians). ``ldlq``: layers are scored (and must then
+    be quantized) with Hessian-aware rounding; ``hessians`` reuses ones already collected. Costs
+    one forward pass of ``n_sensitivity`` tokens per layer plus each layer quantized once per
+    option (SmolLM2-135M, 2 cores, 5 VQ rates: ~6 + ~3 minutes).
+    """
+    from weightkit.quant.ldlq import collect_hessians
+    from weightkit.quant.quantize import skip_patterns, target_linears
+
+    layers = dict(target_linears("plan_mixed", model, skip_patterns("plan_mixed", skip), replace=True)[0])
+    sens = noise_sensitivity(model, tokens[:n_sensitivity], layers, ctx=min(n_sensitivity, tokens.numel()),
+                             progress=progress)
+    if ldlq and hessians is None:
+        hessians = collect_hessians(model, tokens, layers, ctx=min(512, tokens.numel()), progress=progress)
+    options = [Option(q, float(b), 0.0) for q in quantizers for b in bits]
+    measured = measured_options(model, options, hessians=hessians if ldlq else None, skip=skip, seed=seed,
+                                progress=progress)
+    names = list(measured)
+    chosen = allocate([layers[n].weight.numel() for n in names], [sens[n] for n in names],
+                      [measured[n] for n in names], budget_bits)
+    return {n: (o.quantizer, o.bits) for n, o in zip(names, chosen)}, (hessians if ldlq else None)
 
 
 @torch.no_grad()
