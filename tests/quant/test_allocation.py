@@ -182,3 +182,18 @@ def test_plan_mixed_keeps_the_stored_budget_and_favours_sensitive_layers(ldlq):
     rep = wk.quant.quantize_model(model, method="palette", quantizer="mixed", plan=plan, hessians=hessians,
                                   progress=False)
     assert rep.bits_per_weight <= 3.6
+
+
+def test_plan_mixed_refuses_bad_tokens_and_budgets():
+    from weightkit.quant.allocation import plan_mixed
+
+    model = TinyLM(d=256)
+    fn = "weightkit.quant.allocation.plan_mixed"
+    with pytest.raises(ValueError, match=rf"{fn}: tokens must be a 1-D integer tensor, got \(2, 64\)"):
+        plan_mixed(model, torch.zeros(2, 64, dtype=torch.long), 3.0)
+    with pytest.raises(ValueError, match=rf"{fn}: tokens must be a 1-D integer tensor"):
+        plan_mixed(model, torch.rand(256), 3.0)
+    with pytest.raises(ValueError, match=rf"{fn}: n_sensitivity must be an int >= 2, got 0"):
+        plan_mixed(model, torch.randint(0, 50, (256,)), 3.0, n_sensitivity=0)
+    with pytest.raises(ValueError, match=r"allocate: budget 1.0 bits per weight is below the cheapest plan"):
+        plan_mixed(model, torch.randint(0, 50, (256,)), 1.0, bits=(2, 4), n_sensitivity=64)

@@ -259,7 +259,8 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
     quantized once per option: e = ‖W − Ŵ‖²/‖W‖², or with ``hessians`` (name → (in, in), from
     weightkit.quant.collect_hessians) LDLQ rounding and e = hessian_weighted_error(W, Ŵ, H). The
     Option's cost_bits is what the quantized layer stores (palette.rate_of). Options a layer's width
-    refuses are left out of its list (none left: ValueError). The model is not changed. ``tcq``: the trellis's options (L).
+    refuses are left out of its list (none left: ValueError). The model is not changed. ``tcq``:
+    the trellis's options (L).
     """
     from weightkit.nn.palette import PaletteLinear
     from weightkit.quant import palette
@@ -320,6 +321,12 @@ def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quant
     from weightkit.quant.ldlq import collect_hessians
     from weightkit.quant.quantize import skip_patterns, target_linears
 
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1 or tokens.dtype.is_floating_point:
+        raise ValueError("weightkit.quant.allocation.plan_mixed: tokens must be a 1-D integer tensor, got "
+                         f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
+    if not isinstance(n_sensitivity, int) or n_sensitivity < 2:
+        raise ValueError(f"weightkit.quant.allocation.plan_mixed: n_sensitivity must be an int >= 2, got "
+                         f"{n_sensitivity!r}")
     layers = dict(target_linears("plan_mixed", model, skip_patterns("plan_mixed", skip), replace=True)[0])
     sens = noise_sensitivity(model, tokens[:n_sensitivity], layers, ctx=min(n_sensitivity, tokens.numel()),
                              progress=progress)

@@ -116,7 +116,7 @@ def hessian_weighted_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor
     there. For nearest rounding (error uncorrelated with H's eigenvectors) it is close to the
     relative weight MSE ‖ΔW‖²/‖W‖²; LDLQ lowers it below that, by pushing error into directions the
     inputs rarely take. Computed in float64; 0 when W or H is zero."""
-    dW = (W.detach().double().cpu() - W_hat.detach().double().cpu())
+    dW = W.detach().double().cpu() - W_hat.detach().double().cpu()
     H = H.detach().double().cpu()
     scale = H.diagonal().sum().item() * W.detach().double().pow(2).sum().item() / W.shape[1]
     return ((dW @ H) * dW).sum().item() / scale if scale > 0 else 0.0
