@@ -11,8 +11,11 @@ from __future__ import annotations
 import torch
 
 
-def ldlq_ref(W: torch.Tensor, H: torch.Tensor, nearest, d: int = 1, damp: float = 0.01) -> torch.Tensor:
-    """Ŵ (out, in) float64; ``nearest`` maps an (out, d) float32 block to its nearest codewords."""
+def ldlq_ref(W: torch.Tensor, H: torch.Tensor, nearest, d: int = 1, damp: float = 0.01,
+             group_size: int | None = None) -> torch.Tensor:
+    """Ŵ (out, in) float64; ``nearest`` maps an (out, d) float32 block to its nearest codewords.
+    With ``group_size``, ``nearest`` is called with each group's current weights (out, group)
+    float32 at its first column and returns the group's rounding function (GPTQ's groups)."""
     W = W.double().clone()
     H = H.double().clone()
     H += damp * H.diagonal().mean() * torch.eye(H.shape[0], dtype=torch.float64)
@@ -21,7 +24,9 @@ def ldlq_ref(W: torch.Tensor, H: torch.Tensor, nearest, d: int = 1, damp: float 
     for i in range(0, n, d):
         K = torch.linalg.inv(H[i:, i:])
         b, rest = slice(0, d), slice(d, None)
-        q = nearest(W[:, i : i + d].float().contiguous()).double()
+        if group_size is not None and i % group_size == 0:
+            round_unit = nearest(W[:, i : i + group_size].float().contiguous())
+        q = (nearest if group_size is None else round_unit)(W[:, i : i + d].float().contiguous()).double()
         Q[:, i : i + d] = q
         e = W[:, i : i + d] - q
         W[:, i + d :] -= e @ torch.linalg.inv(K[b, b]) @ K[b, rest]

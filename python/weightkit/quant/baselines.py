@@ -1,7 +1,9 @@
-"""Baseline weight quantizers to report beside PTQTP (fake quantization: dequantized weights).
+"""Baseline weight quantizers to report beside PTQTP and the palette (fake quantization:
+dequantized weights).
 
 Each function takes W (out, in) float32/bfloat16/float16 and returns ``(W_hat, bits_per_weight)``
 with W_hat float32 of W's shape; the bit count includes the scales (float16) and zero points.
+``gptq_int`` also takes the layer's input second moment H (weightkit.quant.collect_hessians).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import math
 
 import torch
 
-__all__ = ["rtn_int", "rtn_ternary", "twn"]
+__all__ = ["gptq_int", "rtn_int", "rtn_ternary", "twn"]
 
 _LOG2_3 = math.log2(3.0)
 
@@ -23,6 +25,20 @@ def _check(name: str, W: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(W).all():
         raise ValueError(f"weightkit.quant.{name}: W must be finite (it has NaN or Inf)")
     return W.detach().float()
+
+
+def _check_grid(name: str, bits, group_size) -> None:
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"weightkit.quant.{name}: bits must be an int in [2, 8], got {bits!r}")
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"weightkit.quant.{name}: group_size must be an int >= 1, got {group_size!r}")
+
+
+def _asymmetric_grid(Wg: torch.Tensor, qmax: int):
+    """Per row of Wg (out, g): scale = (max − min)/qmax and an integer zero point."""
+    lo, hi = Wg.amin(-1, keepdim=True), Wg.amax(-1, keepdim=True)
+    scale = ((hi - lo) / qmax).clamp_min(1e-12)
+    return scale, (-lo / scale).round()
 
 
 def rtn_ternary(W: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -53,10 +69,7 @@ def rtn_int(W: torch.Tensor, bits: int, group_size: int = 128, symmetric: bool =
     (float16 scale and float16-stored zero point per group). Symmetric: scale = max|w|/(2^(b−1) − 1),
     levels −(2^(b−1) − 1) .. 2^(b−1) − 1; bits = b + 16/G."""
     W = _check("rtn_int", W)
-    if not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"weightkit.quant.rtn_int: bits must be an int in [2, 8], got {bits!r}")
-    if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"weightkit.quant.rtn_int: group_size must be an int >= 1, got {group_size!r}")
+    _check_grid("rtn_int", bits, group_size)
     out, inf = W.shape
     if W.numel() == 0:  # no group to scale
         return W.clone(), bits + (16.0 if symmetric else 32.0) / group_size
@@ -70,11 +83,28 @@ def rtn_int(W: torch.Tensor, bits: int, group_size: int = 128, symmetric: bool =
         extra = 16.0 / group_size
     else:
         qmax = 2**bits - 1
-        big = torch.finfo(W.dtype).max
-        lo = torch.where(valid, Wp, big).amin(-1, keepdim=True)
-        hi = torch.where(valid, Wp, -big).amax(-1, keepdim=True)
-        scale = ((hi - lo) / qmax).clamp_min(1e-12)
-        zero = (-lo / scale).round()
+        # Padding takes a value of its group (its first), so it moves neither the min nor the max.
+        scale, zero = _asymmetric_grid(torch.where(valid, Wp, Wp[..., :1]), qmax)
         Q = ((Wp / scale).round() + zero).clamp(0, qmax).sub(zero) * scale
         extra = 32.0 / group_size
     return Q.view(out, -1)[:, :inf].contiguous(), bits + extra
+
+
+def gptq_int(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, damp: float = 0.01
+             ) -> tuple[torch.Tensor, float]:
+    """GPTQ: rtn_int's asymmetric b-bit grid per row and group of ``group_size`` columns, but the
+    columns are rounded in order with the error fed back to the columns not yet rounded
+    (weightkit.quant.ldlq_round, which is GPTQ's loop), and each group's grid is fitted when its
+    first column comes up, to weights that already carry the earlier feedback. ``H`` (in, in): the
+    layer's input second moment; ``damp`` as in ldlq_round. No activation reordering. Bits as rtn_int."""
+    from weightkit.quant.ldlq import ldlq_round
+
+    W = _check("gptq_int", W)
+    _check_grid("gptq_int", bits, group_size)
+    qmax = 2**bits - 1
+
+    def fit(Wg):
+        scale, zero = _asymmetric_grid(Wg, qmax)
+        return lambda col: ((col / scale).round() + zero).clamp(0, qmax).sub(zero) * scale
+
+    return ldlq_round(W, H, fit, damp=damp, group_size=group_size), bits + 32.0 / group_size

@@ -135,8 +135,8 @@ def nearest_codewords(codebook: torch.Tensor) -> Callable[[torch.Tensor], torch.
     return lambda block: cb[torch.addmm(half_norms, block.float(), cb.t(), beta=-1).argmax(1)]
 
 
-def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable[[torch.Tensor], torch.Tensor], d: int = 1,
-               damp: float = 0.01, block: int = 32, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable, d: int = 1, damp: float = 0.01, block: int = 32,
+               dtype: torch.dtype = torch.float32, group_size: int | None = None) -> torch.Tensor:
     """Round W (out, in) float to codewords, unit by unit (``d`` adjacent columns), with LDLQ's
     error feedback for the proxy loss Σ_rows (w − ŵ)·H·(w − ŵ)ᵀ; returns Ŵ (out, in) float32.
 
@@ -147,6 +147,11 @@ def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable[[torch.Tensor
     float64 for comparisons with a reference). Columns are processed in ``block``s: inside a block
     the feedback is applied column by column, to the rest of the matrix once per block (GPTQ's
     lazy batch updates).
+
+    ``group_size``: the grid is fitted as rounding goes (GPTQ with groups). ``nearest`` is then a
+    factory, called at the first column of each group of ``group_size`` columns (ragged last) with
+    that group's weights (out, group) float32, earlier errors already fed back, and returning the
+    rounding function of the group. Blocks are the groups, so each group is complete when fitted.
     """
     fn = "weightkit.quant.ldlq_round"
     out_f, in_f = W.shape
@@ -158,6 +163,10 @@ def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable[[torch.Tensor
         raise ValueError(f"{fn}: the unit width d={d} must divide in_features={in_f}")
     if not damp >= 0:
         raise ValueError(f"{fn}: damp must be >= 0, got {damp!r}")
+    if group_size is not None:
+        if not isinstance(group_size, int) or group_size < 1 or group_size % d:
+            raise ValueError(f"{fn}: group_size must be a positive multiple of d={d}, got {group_size!r}")
+        block = group_size
     block = max(d, block - block % d)
     H = H.detach().double().cpu().clone()
     dead = H.diagonal() <= 0  # inputs that never fire: their weights cannot matter, round them plainly
@@ -186,9 +195,10 @@ def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable[[torch.Tensor
     for b0 in range(0, in_f, block):
         b1 = min(b0 + block, in_f)
         Et = torch.empty(b1 - b0, out_f, dtype=dtype)
+        round_unit = nearest if group_size is None else nearest(Wt[b0:b1].t().float().contiguous())
         for i in range(b0, b1, d):
             w = Wt[i : i + d]  # (d, out)
-            q = nearest(w.t().float().contiguous()).t().to(dtype)
+            q = round_unit(w.t().float().contiguous()).t().to(dtype)
             Qt[i : i + d] = q
             e = inv_diag[i // d].t() @ (w - q)  # (d, out): the unit's error through U_ii⁻¹
             Et[i - b0 : i - b0 + d] = e
