@@ -8,7 +8,8 @@ Sensitivities for the mixed plan come from noise injection (KL on ``n_calib`` to
 the evaluation slice, so calibration and evaluation never overlap). ``--ldlq`` compares nearest
 rounding with Hessian-aware LDLQ rounding (Hessians from 8K pydoc tokens after the evaluation slice);
 ``--ldlq-mixed`` the allocation under LDLQ (each layer's measured Hessian-weighted errors) against
-one VQ rate for all layers at the same stored bits.
+one VQ rate for all layers at the same stored bits; ``--baselines`` PTQTP, RTN and GPTQ integers on
+the same tokens; ``--plot`` draws every sweep of the results folder (palette_ppl_plot).
 """
 
 from __future__ import annotations
