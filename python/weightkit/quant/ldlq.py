@@ -112,8 +112,8 @@ def rotate_hessian(H: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
 
 def hessian_weighted_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
     """tr(ΔW·H·ΔWᵀ) / (tr(H)·‖W‖²/in) for ΔW = W − Ŵ (out, in) and H (in, in): the output error on
-    the calibration inputs, divided by the one isotropic weight noise of relative MSE 1 would cause
-    there. For nearest rounding (error uncorrelated with H's eigenvectors) it is close to the
+    the calibration inputs, divided by the output error that isotropic weight noise of relative MSE 1
+    would cause there. For nearest rounding (error uncorrelated with H's eigenvectors) it is close to the
     relative weight MSE ‖ΔW‖²/‖W‖²; LDLQ lowers it below that, by pushing error into directions the
     inputs rarely take. Computed in float64; 0 when W or H is zero."""
     dW = W.detach().double().cpu() - W_hat.detach().double().cpu()
