@@ -57,7 +57,7 @@ def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12,
     model, tok = wk.data.load_smollm2()
     eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
     calib_ids = wk.data.eval_tokens(tok, "pydoc", n_calib, offset=n_eval)
-    results = {"n_eval_tokens": n_eval, "ctx": 512, "tcq_L": tcq_L, "baseline": BASELINE, "runs": []}
+    results = _header(n_eval, tcq_L=tcq_L)
     out_path = Path(out_path)
 
     def save():
@@ -232,17 +232,18 @@ def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: 
 
 
 #: Other methods, for context at similar bits: PTQTP's two trit-planes, round-to-nearest integers
-#: (asymmetric, group 128) and GPTQ on the same grid (Hessians as for LDLQ), on the palette's tokens.
-BASELINES = ("ptqtp", "int4", "int3", "gptq-int4", "gptq-int3")
+#: (asymmetric, group 128) and GPTQ on the same grid (Hessians as for LDLQ; "-act": columns in
+#: decreasing diag(H) order), on the palette's tokens.
+BASELINES = ("ptqtp", "int4", "int3", "gptq-int4", "gptq-int3", "gptq-int4-act", "gptq-int3-act")
 
 
 @torch.no_grad()
-def _gptq(model, hessians: dict, bits: int) -> dict:
+def _gptq(model, hessians: dict, bits: int, act_order: bool) -> dict:
     """Fake-quantizes every linear layer of ``model`` with GPTQ (group 128); the report's totals."""
     n = err = norm = seconds = stored = 0.0
     for name, lin in wk.eval.linear_layers(model).items():
         t0 = time.perf_counter()
-        W_hat, b = wk.quant.gptq_int(lin.weight, hessians[name], bits, 128)
+        W_hat, b = wk.quant.gptq_int(lin.weight, hessians[name], bits, 128, act_order=act_order)
         seconds += time.perf_counter() - t0
         err += (W_hat - lin.weight).pow(2).sum().item()
         norm += lin.weight.pow(2).sum().item()
@@ -266,7 +267,7 @@ def run_baselines(out_path, n_eval: int = 4096, n_hessian: int = 8192, log=print
             if hessians is None:
                 calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
                 hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model))
-            rec = _gptq(model, hessians, int(method[-1]))
+            rec = _gptq(model, hessians, int(method[len("gptq-int")]), act_order=method.endswith("-act"))
         else:
             rep = wk.quant.quantize_model(model, method=method, progress=False)
             rec = {"stored_bits": rep.bits_per_weight, "rel_error": rep.rel_error, "quantize_s": rep.seconds}

@@ -48,11 +48,20 @@ def collect_series(folder) -> tuple[dict[str, list[tuple[float, float]]], float 
         if r["label"].startswith("mixed"):
             add("VQ/SQ mixed + LDLQ (DP allocation)", r["stored_bits"], r["ppl"])
     for r in (_load(folder, "palette-ppl-baselines.json") or {}).get("runs", []):
-        add({"ptqtp": "PTQTP (2 trit-planes)", "int4": "int4 RTN g128", "int3": "int3 RTN g128",
-             "gptq-int4": "GPTQ int4 g128", "gptq-int3": "GPTQ int3 g128"}.get(
-            r["quantizer"], r["quantizer"]), r["stored_bits"], r["ppl"])
+        add(_baseline_label(r["quantizer"]), r["stored_bits"], r["ppl"])
     # Nearest-rounding sweeps were run in parts: one point per rate.
     return {k: sorted(set(v)) for k, v in series.items()}, fp
+
+
+def _baseline_label(method: str) -> str:
+    """The series of a palette-ppl-baselines run: its int3 and int4 points share one line."""
+    if method == "ptqtp":
+        return "PTQTP (2 trit-planes)"
+    if method in ("int3", "int4"):
+        return "int RTN g128"
+    if method.startswith("gptq-int"):
+        return "GPTQ act-order g128" if method.endswith("-act") else "GPTQ g128"
+    return method
 
 
 #: (colour, marker, line style) per series; nearest dashed, LDLQ solid, single points unjoined.
@@ -61,9 +70,8 @@ STYLE = {
     "VQ nearest": ("tab:orange", "s", "--"), "VQ LDLQ": ("tab:orange", "s", "-"),
     "TCQ nearest": ("tab:green", "^", "--"), "TCQ mixed (DP allocation)": ("tab:green", "*", "none"),
     "VQ/SQ mixed + LDLQ (DP allocation)": ("tab:red", "*", "none"),
-    "PTQTP (2 trit-planes)": ("tab:purple", "D", "none"), "int4 RTN g128": ("tab:brown", "P", "none"),
-    "int3 RTN g128": ("tab:gray", "X", "none"), "GPTQ int4 g128": ("tab:olive", "p", "none"),
-    "GPTQ int3 g128": ("tab:cyan", "h", "none"),
+    "PTQTP (2 trit-planes)": ("tab:purple", "D", "none"), "int RTN g128": ("tab:brown", "P", ":"),
+    "GPTQ g128": ("tab:olive", "p", ":"), "GPTQ act-order g128": ("tab:cyan", "h", ":"),
 }
 
 

@@ -90,21 +90,38 @@ def rtn_int(W: torch.Tensor, bits: int, group_size: int = 128, symmetric: bool =
     return Q.view(out, -1)[:, :inf].contiguous(), bits + extra
 
 
-def gptq_int(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, damp: float = 0.01
-             ) -> tuple[torch.Tensor, float]:
+def gptq_int(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, damp: float = 0.01,
+             act_order: bool = False) -> tuple[torch.Tensor, float]:
     """GPTQ: rtn_int's asymmetric b-bit grid per row and group of ``group_size`` columns, but the
     columns are rounded in order with the error fed back to the columns not yet rounded
     (weightkit.quant.ldlq_round, which is GPTQ's loop), and each group's grid is fitted when its
     first column comes up, to weights that already carry the earlier feedback. ``H`` (in, in): the
-    layer's input second moment; ``damp`` as in ldlq_round. No activation reordering. Bits as rtn_int."""
+    layer's input second moment; ``damp`` as in ldlq_round. Bits as rtn_int.
+
+    ``act_order``: round the columns by decreasing diag(H) (the inputs with the most energy first,
+    while the most columns are left to absorb their error), GPTQ's ``desc_act``. The groups are then
+    runs of ``group_size`` columns in that order, so a model stores each column's group index too:
+    ⌈log2(groups)⌉ bits per column, counted in the bits (⌈log2(groups)⌉/out per weight: SmolLM2's
+    576 → 192 projections, 3/192)."""
     from weightkit.quant.ldlq import ldlq_round
 
     W = _check("gptq_int", W)
     _check_grid("gptq_int", bits, group_size)
+    if H.shape != (W.shape[1], W.shape[1]):  # checked here too: act_order indexes H first
+        raise ValueError(f"weightkit.quant.gptq_int: H must be ({W.shape[1]}, {W.shape[1]}) for W of shape "
+                         f"{tuple(W.shape)}, got {tuple(H.shape)}")
     qmax = 2**bits - 1
 
     def fit(Wg):
         scale, zero = _asymmetric_grid(Wg, qmax)
         return lambda col: ((col / scale).round() + zero).clamp(0, qmax).sub(zero) * scale
 
-    return ldlq_round(W, H, fit, damp=damp, group_size=group_size), bits + 32.0 / group_size
+    bits_per_weight = bits + 32.0 / group_size
+    if not act_order:
+        return ldlq_round(W, H, fit, damp=damp, group_size=group_size), bits_per_weight
+    out_f, in_f = W.shape
+    order = torch.argsort(H.diagonal().detach().cpu(), descending=True, stable=True)
+    Q = ldlq_round(W[:, order], H.detach().cpu()[order][:, order], fit, damp=damp, group_size=group_size)
+    groups = -(-in_f // group_size)
+    index_bits = in_f * math.ceil(math.log2(groups)) / max(W.numel(), 1)
+    return Q[:, torch.argsort(order)], bits_per_weight + index_bits
