@@ -47,6 +47,12 @@ def test_ldlq_matches_its_float64_definition(kind, bits, block):
     assert (fast.double() != want).float().mean() < 0.01  # ties at float32 resolution only
     plain = nearest_fn(cb)(W.reshape(-1, cb.shape[1]).contiguous()).reshape(W.shape)
     assert proxy_loss(W, got, H) < 0.8 * proxy_loss(W, plain, H)
+    # Act order: the same, units by decreasing energy (here some inputs carry far more than others).
+    Hs = H * torch.linspace(0.2, 3, 48, dtype=torch.float64).outer(torch.linspace(0.2, 3, 48, dtype=torch.float64))
+    want = ldlq_ref(W, Hs, nearest_fn(cb), d=cb.shape[1], act_order=True)
+    assert not torch.equal(want, ldlq_ref(W, Hs, nearest_fn(cb), d=cb.shape[1]))
+    got = ldlq_round(W, Hs, nearest_fn(cb), d=cb.shape[1], block=block, dtype=torch.float64, act_order=True)
+    assert torch.equal(got.double(), want)
 
 
 @pytest.mark.parametrize("kind, bits", [("sq", 4), ("vq", 3)])
@@ -296,6 +302,10 @@ def test_grouped_ldlq_matches_its_float64_definition(group_size, in_f):
     want = ldlq_ref(W, H, int_grid_factory(3), group_size=group_size)
     got = ldlq_round(W, H, int_grid_factory(3), dtype=torch.float64, group_size=group_size)
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    # Act order: the groups are runs of the processing order.
+    want_act = ldlq_ref(W, H, int_grid_factory(3), group_size=group_size, act_order=True)
+    got_act = ldlq_round(W, H, int_grid_factory(3), dtype=torch.float64, group_size=group_size, act_order=True)
+    torch.testing.assert_close(got_act.double(), want_act, rtol=1e-6, atol=1e-6)
     # Grids fitted to the original weights instead (as if before any feedback) give another answer:
     # when the grid is fitted matters, and the comparison above can see it (one group: the same).
     frozen = iter([int_grid_factory(3)(W[:, g : g + group_size].float()) for g in range(0, in_f, group_size)])
@@ -351,7 +361,7 @@ def test_gptq_int_refuses_bad_input():
     with pytest.raises(ValueError, match=r"gptq_int: W must be finite"):
         gptq_int(W * float("nan"), torch.eye(32), 4)
     for act_order in (False, True):
-        with pytest.raises(ValueError, match=r"gptq_int: H must be \(32, 32\) for W of shape \(8, 32\), got \(16, 16\)"):
+        with pytest.raises(ValueError, match=r"ldlq_round: H must be \(32, 32\) for W of shape \(8, 32\), got \(16, 16\)"):
             gptq_int(W, torch.eye(16), 4, act_order=act_order)
     with pytest.raises(ValueError, match=r"ldlq_round: group_size must be a positive multiple of d=2, got 5"):
         ldlq_round(W, torch.eye(32), int_grid_factory(4), d=2, group_size=5)

@@ -12,10 +12,18 @@ import torch
 
 
 def ldlq_ref(W: torch.Tensor, H: torch.Tensor, nearest, d: int = 1, damp: float = 0.01,
-             group_size: int | None = None) -> torch.Tensor:
+             group_size: int | None = None, act_order: bool = False) -> torch.Tensor:
     """Ŵ (out, in) float64; ``nearest`` maps an (out, d) float32 block to its nearest codewords.
     With ``group_size``, ``nearest`` is called with each group's current weights (out, group)
-    float32 at its first column and returns the group's rounding function (GPTQ's groups)."""
+    float32 at its first column and returns the group's rounding function (GPTQ's groups).
+    ``act_order``: the units are rounded by decreasing Σ diag(H) over their columns (ties in column
+    order), i.e. the same rounding of the permuted problem, permuted back."""
+    if act_order:
+        energy = [float(H.double().diagonal()[u : u + d].sum()) for u in range(0, W.shape[1], d)]
+        units = sorted(range(len(energy)), key=lambda u: -energy[u])  # sorted() is stable
+        cols = torch.tensor([u * d + k for u in units for k in range(d)])
+        Q = ldlq_ref(W[:, cols], H[cols][:, cols], nearest, d, damp, group_size)
+        return Q[:, torch.argsort(cols)]
     W = W.double().clone()
     H = H.double().clone()
     H += damp * H.diagonal().mean() * torch.eye(H.shape[0], dtype=torch.float64)

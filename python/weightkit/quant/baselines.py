@@ -107,9 +107,6 @@ def gptq_int(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128,
 
     W = _check("gptq_int", W)
     _check_grid("gptq_int", bits, group_size)
-    if H.shape != (W.shape[1], W.shape[1]):  # checked here too: act_order indexes H first
-        raise ValueError(f"weightkit.quant.gptq_int: H must be ({W.shape[1]}, {W.shape[1]}) for W of shape "
-                         f"{tuple(W.shape)}, got {tuple(H.shape)}")
     qmax = 2**bits - 1
 
     def fit(Wg):
@@ -117,11 +114,8 @@ def gptq_int(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128,
         return lambda col: ((col / scale).round() + zero).clamp(0, qmax).sub(zero) * scale
 
     bits_per_weight = bits + 32.0 / group_size
-    if not act_order:
-        return ldlq_round(W, H, fit, damp=damp, group_size=group_size), bits_per_weight
-    out_f, in_f = W.shape
-    order = torch.argsort(H.diagonal().detach().cpu(), descending=True, stable=True)
-    Q = ldlq_round(W[:, order], H.detach().cpu()[order][:, order], fit, damp=damp, group_size=group_size)
-    groups = -(-in_f // group_size)
-    index_bits = in_f * math.ceil(math.log2(groups)) / max(W.numel(), 1)
-    return Q[:, torch.argsort(order)], bits_per_weight + index_bits
+    Q = ldlq_round(W, H, fit, damp=damp, group_size=group_size, act_order=act_order)
+    if act_order:
+        groups = -(-W.shape[1] // group_size)
+        bits_per_weight += W.shape[1] * math.ceil(math.log2(groups)) / max(W.numel(), 1)
+    return Q, bits_per_weight

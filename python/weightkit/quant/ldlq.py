@@ -136,7 +136,8 @@ def nearest_codewords(codebook: torch.Tensor) -> Callable[[torch.Tensor], torch.
 
 
 def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable, d: int = 1, damp: float = 0.01, block: int = 32,
-               dtype: torch.dtype = torch.float32, group_size: int | None = None) -> torch.Tensor:
+               dtype: torch.dtype = torch.float32, group_size: int | None = None,
+               act_order: bool = False) -> torch.Tensor:
     """Round W (out, in) float to codewords, unit by unit (``d`` adjacent columns), with LDLQ's
     error feedback for the proxy loss Σ_rows (w − ŵ)·H·(w − ŵ)ᵀ; returns Ŵ (out, in) float32.
 
@@ -152,6 +153,11 @@ def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable, d: int = 1, 
     factory, called at the first column of each group of ``group_size`` columns (ragged last) with
     that group's weights (out, group) float32, earlier errors already fed back, and returning the
     rounding function of the group. Blocks are the groups, so each group is complete when fitted.
+
+    ``act_order``: round the units by decreasing energy (the sum of their columns' diag(H)), GPTQ's
+    act order: the inputs that carry the most are rounded while the most columns remain to absorb
+    their error. Ŵ comes back in W's column order; with ``group_size`` the groups are runs of that
+    order.
     """
     fn = "weightkit.quant.ldlq_round"
     out_f, in_f = W.shape
@@ -169,6 +175,11 @@ def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable, d: int = 1, 
         block = group_size
     block = max(d, block - block % d)
     H = H.detach().double().cpu().clone()
+    order = None  # the processing order of W's columns, when not 0 .. in − 1
+    if act_order:
+        by_energy = torch.argsort(H.diagonal().view(-1, d).sum(1), descending=True, stable=True)
+        order = (by_energy[:, None] * d + torch.arange(d)).reshape(-1)
+        H = H[order][:, order]
     dead = H.diagonal() <= 0  # inputs that never fire: their weights cannot matter, round them plainly
     H[dead, :] = 0
     H[:, dead] = 0
@@ -188,7 +199,8 @@ def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable, d: int = 1, 
     inv_diag = (1 / units).view(-1, 1, 1) if d == 1 else torch.linalg.inv(units)
 
     # Columns as rows: a unit's weights and every update below touch contiguous memory.
-    Wt = W.detach().to("cpu", dtype).t().contiguous()  # (in, out)
+    Wt = W.detach().to("cpu", dtype).t()  # (in, out)
+    Wt = (Wt if order is None else Wt[order]).contiguous()
     Qt = torch.empty_like(Wt)
     Ut = U.t().to(dtype).contiguous()  # Ut[c, i] = U[i, c]
     inv_diag = inv_diag.to(dtype)
@@ -204,4 +216,4 @@ def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable, d: int = 1, 
             Et[i - b0 : i - b0 + d] = e
             Wt[i + d : b1].addmm_(Ut[i + d : b1, i : i + d], e, alpha=-1)
         Wt[b1:].addmm_(Ut[b1:, b0:b1], Et, alpha=-1)
-    return Qt.t().float()
+    return (Qt if order is None else Qt[torch.argsort(order)]).t().float()
