@@ -238,18 +238,29 @@ BASELINES = ("ptqtp", "int4", "int3", "gptq-int4", "gptq-int3", "gptq-int4-act",
 
 
 @torch.no_grad()
-def _gptq(model, hessians: dict, bits: int, act_order: bool) -> dict:
-    """Fake-quantizes every linear layer of ``model`` with GPTQ (group 128); the report's totals."""
+def _gptq(model, hessians, bits: int, act_order: bool) -> dict:
+    """Fake-quantizes every linear layer of ``model`` with GPTQ (group 128); the report's totals.
+    ``hessians``: name → H, or calibration tokens for Hessians measured block by block on the
+    partly quantized model (weightkit.quant.sequential_hessians; their time is in quantize_s)."""
     n = err = norm = seconds = stored = 0.0
-    for name, lin in wk.eval.linear_layers(model).items():
+    layers = wk.eval.linear_layers(model)
+    t_all = time.perf_counter()
+    if isinstance(hessians, dict):
+        steps = ((name, hessians[name]) for name in layers)
+    else:
+        steps = ((name, H[name]) for names, H in wk.quant.sequential_hessians(model, hessians, layers) for name in names)
+    for name, H in steps:
+        lin = layers[name]
         t0 = time.perf_counter()
-        W_hat, b = wk.quant.gptq_int(lin.weight, hessians[name], bits, 128, act_order=act_order)
+        W_hat, b = wk.quant.gptq_int(lin.weight, H, bits, 128, act_order=act_order)
         seconds += time.perf_counter() - t0
         err += (W_hat - lin.weight).pow(2).sum().item()
         norm += lin.weight.pow(2).sum().item()
         lin.weight.copy_(W_hat)
         n += W_hat.numel()
         stored += b * W_hat.numel()
+    if not isinstance(hessians, dict):
+        seconds = time.perf_counter() - t_all
     return {"stored_bits": stored / n, "rel_error": (err / norm) ** 0.5, "quantize_s": seconds}
 
 
@@ -276,6 +287,42 @@ def run_baselines(out_path, n_eval: int = 4096, n_hessian: int = 8192, log=print
         _write(out_path, results)
         log(f"{method}: ppl {rec['ppl']:.3f} stored {rec['stored_bits']:.3f} bits, quantize {rec['quantize_s']:.0f} s")
         model, _ = wk.data.load_smollm2()
+    return results
+
+
+#: (label, bits) of the GPTQ (act order) and VQ + LDLQ runs of --sequential.
+SEQUENTIAL_GPTQ = (("gptq-int4-act", 4), ("gptq-int3-act", 3))
+SEQUENTIAL_VQ = (("vq-2", 2.0), ("vq-2.5", 2.5), ("vq-3", 3.0))
+
+
+def run_sequential(out_path, n_eval: int = 4096, n_hessian: int = 8192, log=print) -> dict:
+    """Hessians of the unquantized model against Hessians measured block by block on the partly
+    quantized one (weightkit.quant.sequential_hessians, GPTQ's order), for VQ + LDLQ and for GPTQ
+    with act order, on the palette's tokens; both from the same ``n_hessian`` calibration tokens."""
+    torch.manual_seed(0)
+    model, tok = wk.data.load_smollm2()
+    eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
+    calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
+    results = _header(n_eval, n_hessian_tokens=n_hessian)
+    out_path = Path(out_path)
+    hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model))
+    runs = [(label, "vq", bits) for label, bits in SEQUENTIAL_VQ] + [(label, "gptq", bits) for label, bits in SEQUENTIAL_GPTQ]
+    for label, kind, bits in runs:
+        for sequential in (False, True):
+            model, _ = wk.data.load_smollm2()
+            if kind == "gptq":
+                rec = _gptq(model, calib_ids if sequential else hessians, bits, act_order=True)
+            else:
+                options = {"calibration": calib_ids, "sequential": True} if sequential else {"hessians": hessians}
+                rep = wk.quant.quantize_model(model, method="palette", quantizer="vq", bits=bits, progress=False,
+                                              **options)
+                rec = {"stored_bits": rep.bits_per_weight, "rel_error": rep.rel_error, "quantize_s": rep.seconds}
+            rec = {"label": label, "quantizer": kind, "sequential": sequential,
+                   "ppl": wk.eval.perplexity(model, eval_ids, ctx=512), **rec}
+            results["runs"].append(rec)
+            _write(out_path, results)
+            log(f"{label} {'sequential' if sequential else 'one pass  '}: ppl {rec['ppl']:.3f} "
+                f"stored {rec['stored_bits']:.3f} bits, quantize {rec['quantize_s']:.0f} s")
     return results
 
 
@@ -313,6 +360,8 @@ if __name__ == "__main__":
                     "VQ at equal stored bits (default output: palette-ppl-ldlq-mixed.json)")
     ap.add_argument("--baselines", action="store_true", help="PTQTP and int4 / int3 RTN (group 128) on the same "
                     "tokens (default output: palette-ppl-baselines.json)")
+    ap.add_argument("--sequential", action="store_true", help="Hessians of the unquantized model against block by "
+                    "block on the partly quantized one, VQ + LDLQ and GPTQ act order (palette-ppl-sequential.json)")
     ap.add_argument("--plot", action="store_true", help="only draw palette-ppl.png from the JSON files in the "
                     "results folder (weightkit.bench.palette_ppl_plot)")
     args = ap.parse_args()
@@ -321,7 +370,8 @@ if __name__ == "__main__":
         from weightkit.bench.common import results_path
 
         name = ("palette-ppl-ldlq-mixed" if args.ldlq_mixed else "palette-ppl-ldlq" if args.ldlq
-                else "palette-ppl-baselines" if args.baselines else "palette-ppl")
+                else "palette-ppl-baselines" if args.baselines
+                else "palette-ppl-sequential" if args.sequential else "palette-ppl")
         args.out = str(results_path("palette", "cpu").with_name(name + ".json"))
     if args.plot:
         from weightkit.bench.palette_ppl_plot import plot_perplexity
@@ -329,6 +379,8 @@ if __name__ == "__main__":
         print(plot_perplexity(Path(args.out).parent))
     elif args.baselines:
         run_baselines(args.out)
+    elif args.sequential:
+        run_sequential(args.out)
     elif args.ldlq_mixed:
         run_ldlq_mixed(args.out)
     elif args.ldlq:

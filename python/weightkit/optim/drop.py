@@ -67,11 +67,13 @@ class DropSchedule:
         self.generator.set_state(state["generator"])
 
 
-def find_blocks(model: nn.Module) -> list[nn.Module]:
+def find_blocks(model: nn.Module, where: str = "weightkit.optim.Muon.drop_step",
+                hint: str = "pass them: DropSchedule(blocks=[...]) or drop_step(model, blocks=[...])") -> list[nn.Module]:
     """The model's ordered transformer blocks: the outermost ``nn.ModuleList`` of same-type
     modules (``model.layers``, ``transformer.h``, ``blocks``… in Llama, GPT-2 and most GPT-style
     code); among several, the longest, then one with a usual name. Lists inside another list's
     modules (a mixture-of-experts layer's ``experts``) are never the blocks, however long.
+    ``where`` and ``hint`` make the error when there is none.
     """
     best: list[nn.Module] = []
     best_named = False
@@ -86,10 +88,8 @@ def find_blocks(model: nn.Module) -> list[nn.Module]:
         if len(module) > len(best) or (len(module) == len(best) and named and not best_named):
             best, best_named = list(module), named
     if not best:
-        raise ValueError(
-            "weightkit.optim.Muon.drop_step: found no list of blocks in the model (an nn.ModuleList of "
-            "same-type modules); pass them: DropSchedule(blocks=[...]) or drop_step(model, blocks=[...])"
-        )
+        raise ValueError(f"{where}: found no list of blocks in the model (an nn.ModuleList of same-type modules); "
+                         f"{hint}")
     return best
 
 

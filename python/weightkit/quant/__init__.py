@@ -7,6 +7,7 @@ from weightkit.quant import allocation, codebooks, ldlq, palette
 from weightkit.quant.baselines import gptq_int, rtn_int, rtn_ternary, twn
 from weightkit.quant.ldlq import collect_hessians
 from weightkit.quant.quantize import DEFAULT_SKIP, METHODS, LayerReport, QuantReport, quantize_model
+from weightkit.quant.sequential import sequential_hessians
 from weightkit.quant.serialize import load_quantized, save_quantized
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "rtn_int",
     "rtn_ternary",
     "save_quantized",
+    "sequential_hessians",
     "twn",
 ]

@@ -38,6 +38,30 @@ def collect_hessians(model: nn.Module, tokens: torch.Tensor, layers: dict[str, n
     mode is restored after.
     """
     fn = "weightkit.quant.collect_hessians"
+    windows = calibration_windows(fn, tokens, layers, ctx, batch_size)
+    device = next(model.parameters()).device
+    acc = HessianAccumulator(fn, layers)
+    was_training = model.training
+    model.eval()
+    try:
+        starts = range(0, windows.shape[0], batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="hessians", unit="batch")
+        with acc:
+            for i in starts:
+                batch = windows[i : i + batch_size].to(device)
+                model(batch)
+                acc.end_batch(batch.numel())
+    finally:
+        model.train(was_training)
+    return acc.result()
+
+
+def calibration_windows(fn: str, tokens: torch.Tensor, layers: dict, ctx: int, batch_size: int) -> torch.Tensor:
+    """``tokens`` cut into windows (n, ctx) int64 (the tail that fills no window dropped), after
+    checking the arguments of a Hessian collection; errors name ``fn``."""
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1 or tokens.dtype.is_floating_point:
         raise ValueError(f"{fn}: tokens must be a 1-D integer tensor, got "
                          f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
@@ -50,52 +74,60 @@ def collect_hessians(model: nn.Module, tokens: torch.Tensor, layers: dict[str, n
     for name, lin in layers.items():
         if not isinstance(lin, nn.Linear):
             raise TypeError(f"{fn}: layers[{name!r}] must be an nn.Linear, got {type(lin).__name__}")
+    return tokens[: tokens.numel() // ctx * ctx].view(-1, ctx).long()
 
-    sums: dict[str, torch.Tensor] = {}
-    owner: dict[str, str] = {}  # layer → the layer whose H it shares (itself when it owns one)
-    last = {"x": None, "name": None}
-    n_tokens = 0
 
-    def pre_hook(name):
+class HessianAccumulator:
+    """Sums XᵀX (float64, CPU) over the inputs X of each layer (name → nn.Linear) while active
+    (``with acc:`` registers forward pre-hooks and removes them on exit); ``end_batch(n_tokens)``
+    after each batch, ``result()`` for name → XᵀX / N.
+
+    Layers called on the same input tensor one after another (q/k/v, gate/up) share one sum, and
+    ``result`` gives them the same tensor object. ``where`` names the caller in errors.
+    """
+
+    def __init__(self, where: str, layers: dict[str, nn.Linear]):
+        self.where, self.layers = where, layers
+        self.sums: dict[str, torch.Tensor] = {}
+        self.owner: dict[str, str] = {}  # layer → the layer whose sum it shares (itself when it owns one)
+        self.last = {"x": None, "name": None}
+        self.n_tokens = 0
+        self.handles = []
+
+    def _hook(self, name: str):
         def hook(module, args):
             x = args[0]
-            if x is last["x"]:  # same tensor as the layer just before: same H
-                shared = last["name"]
+            if x is self.last["x"]:  # same tensor as the layer just before: same H
+                shared = self.last["name"]
             else:
                 X = x.detach().reshape(-1, x.shape[-1]).float()
-                sums[name] = sums.get(name, 0) + (X.T @ X).double().cpu()
-                last.update(x=x, name=name)
+                self.sums[name] = self.sums.get(name, 0) + (X.T @ X).double().cpu()
+                self.last.update(x=x, name=name)
                 shared = name
-            if owner.setdefault(name, shared) != shared:
-                raise RuntimeError(f"{fn}: layer {name!r} shared its input with {owner[name]!r} in one batch and "
-                                   f"with {shared!r} in another; this model's call order is not fixed")
+            if self.owner.setdefault(name, shared) != shared:
+                raise RuntimeError(f"{self.where}: layer {name!r} shared its input with {self.owner[name]!r} in one "
+                                   f"batch and with {shared!r} in another; this model's call order is not fixed")
         return hook
 
-    device = next(model.parameters()).device
-    windows = tokens[: tokens.numel() // ctx * ctx].view(-1, ctx)
-    handles = [lin.register_forward_pre_hook(pre_hook(name)) for name, lin in layers.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        starts = range(0, windows.shape[0], batch_size)
-        if progress:
-            from tqdm.auto import tqdm
+    def __enter__(self):
+        self.handles = [lin.register_forward_pre_hook(self._hook(name)) for name, lin in self.layers.items()]
+        return self
 
-            starts = tqdm(starts, desc="hessians", unit="batch")
-        for i in starts:
-            batch = windows[i : i + batch_size].to(device)
-            model(batch)
-            last.update(x=None, name=None)  # never match a tensor of another batch
-            n_tokens += batch.numel()
-    finally:
-        for h in handles:
+    def __exit__(self, *exc):
+        for h in self.handles:
             h.remove()
-        model.train(was_training)
-    missing = [n for n in layers if n not in owner]
-    if missing:
-        raise ValueError(f"{fn}: these layers were never called by the model's forward: {missing[:5]}")
-    means = {name: total / n_tokens for name, total in sums.items()}
-    return {name: means[owner[name]] for name in layers}
+        self.handles = []
+
+    def end_batch(self, n_tokens: int) -> None:
+        self.last.update(x=None, name=None)  # never match a tensor of another batch
+        self.n_tokens += n_tokens
+
+    def result(self) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.layers if n not in self.owner]
+        if missing:
+            raise ValueError(f"{self.where}: these layers were never called by the model's forward: {missing[:5]}")
+        means = {name: total / self.n_tokens for name, total in self.sums.items()}
+        return {name: means[self.owner[name]] for name in self.layers}
 
 
 def rotate_hessian(H: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:

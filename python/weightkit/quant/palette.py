@@ -185,7 +185,8 @@ def check_hessians(where: str, layers, hessians: dict, after: str = "") -> None:
 def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str = "tcq", plan: dict | None = None,
                            skip=DEFAULT_SKIP, seed: int = 0, progress: bool = False, skipped: list | None = None,
                            calibration: torch.Tensor | None = None, calibration_ctx: int = 512,
-                           hessians: dict | None = None, damp: float = 0.01, **tcq) -> list[dict]:
+                           sequential: bool = False, hessians: dict | None = None, damp: float = 0.01,
+                           **tcq) -> list[dict]:
     """Replace the model's nn.Linear layers (names not matching ``skip`` globs) by PaletteLinear.
 
     ``plan`` maps a layer name to (quantizer, bits) and overrides ``quantizer``/``bits`` for it
@@ -199,7 +200,9 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
     ``model(input_ids)`` in windows of ``calibration_ctx`` before any layer is replaced; a few
     thousand tokens) or ``hessians`` (name → (in, in) for every quantized layer, from
     weightkit.quant.collect_hessians: reusable across quantizers); ``damp`` as in
-    weightkit.quant.ldlq_round.
+    weightkit.quant.ldlq_round. ``sequential=True`` (with ``calibration``) measures each block's
+    Hessians on the model whose lower blocks are already quantized, and quantizes block by block
+    (weightkit.quant.sequential_hessians; every quantized layer must be inside a transformer block).
     """
     from weightkit.nn.palette import PaletteLinear
 
@@ -232,17 +235,27 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
         if tcq_layers:
             raise ValueError(f"weightkit.quant.{fn}: Hessian-aware rounding covers the sq and vq quantizers; "
                              f"these layers are tcq: {tcq_layers[:3]}; nothing was quantized")
-    if calibration is not None:
+    if sequential and calibration is None:
+        raise ValueError(f"weightkit.quant.{fn}: sequential=True needs calibration tokens")
+    if calibration is not None and not sequential:
         from weightkit.quant.ldlq import collect_hessians
 
         hessians = collect_hessians(model, calibration, dict(layers), ctx=calibration_ctx, progress=progress)
     if hessians is not None:
         check_hessians(f"weightkit.quant.{fn}", layers, hessians, "; nothing was quantized")
+    if sequential:
+        from weightkit.quant.sequential import sequential_hessians
+
+        index = {name: i for i, (name, _) in enumerate(layers)}
+        steps = ((index[name], H[name]) for names, H in sequential_hessians(
+            model, calibration, dict(layers), ctx=calibration_ctx, progress=progress) for name in names)
+    else:
+        steps = ((i, None if hessians is None else hessians[name]) for i, (name, _) in enumerate(layers))
     report = []
-    for i, ((name, lin), (kind, b)) in enumerate(zip(layers, choices)):
+    for i, hessian in steps:
+        (name, lin), (kind, b) = layers[i], choices[i]
         t0 = time.perf_counter()
-        layer = PaletteLinear.from_linear(lin, kind, b, seed=seed + i, damp=damp,
-                                          hessian=None if hessians is None else hessians[name],
+        layer = PaletteLinear.from_linear(lin, kind, b, seed=seed + i, damp=damp, hessian=hessian,
                                           **(tcq if kind == "tcq" else {}))
         layer = layer.to(dtype=torch.float32)
         W = lin.weight.detach().float()
@@ -251,9 +264,9 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
         _set_module(model, name, layer)
         report.append({"name": name, "shape": tuple(W.shape), "quantizer": kind, "bits": float(b),
                        "stored_bits": rate_of(layer), "rel_error": err / max(norm, 1e-30), "norm": norm,
-                       "seconds": time.perf_counter() - t0, "ldlq": hessians is not None})
-        if progress:
+                       "seconds": time.perf_counter() - t0, "ldlq": hessian is not None})
+        if progress and not sequential:  # sequential_hessians has its own bar, by block
             print(f"\r[palette] {i + 1}/{len(layers)} {name} {kind}-{b}", end="", file=sys.stderr, flush=True)
-    if progress:
+    if progress and not sequential:
         print(file=sys.stderr)
-    return report
+    return sorted(report, key=lambda r: index[r["name"]]) if sequential else report
