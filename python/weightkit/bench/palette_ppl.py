@@ -44,6 +44,14 @@ def _header(n_eval: int, **fields) -> dict:
             "n_eval_tokens": n_eval, "ctx": 512, **fields, "baseline": BASELINE, "runs": []}
 
 
+def _setup(n_eval: int, n_calib: int):
+    """(SmolLM2, scored tokens: the first ``n_eval`` pydoc tokens, calibration tokens: the
+    ``n_calib`` after them), with torch's seed reset; every sweep starts here."""
+    torch.manual_seed(0)
+    model, tok = wk.data.load_smollm2()
+    return model, wk.data.eval_tokens(tok, "pydoc", n_eval), wk.data.eval_tokens(tok, "pydoc", n_calib, offset=n_eval)
+
+
 def _write(out_path: Path, results: dict) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=2) + "\n")
@@ -53,10 +61,7 @@ def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12,
               mixed_bits=(2.5,), baseline: bool = True, uniform_tcq: bool = True, sensitivity: dict | None = None,
               log=print) -> dict:
     """Runs the sweep, rewriting ``out_path`` (JSON) after every configuration."""
-    torch.manual_seed(0)
-    model, tok = wk.data.load_smollm2()
-    eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
-    calib_ids = wk.data.eval_tokens(tok, "pydoc", n_calib, offset=n_eval)
+    model, eval_ids, calib_ids = _setup(n_eval, n_calib)
     results = _header(n_eval, tcq_L=tcq_L)
     out_path = Path(out_path)
 
@@ -129,10 +134,7 @@ LDLQ_CONFIGS = [c for c in UNIFORM if c[1] != "tcq"]
 def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=None, log=print) -> dict:
     """Each sq / vq configuration twice, nearest rounding then LDLQ, with Hessians measured once on
     ``n_hessian`` pydoc tokens after the evaluation slice; rewrites ``out_path`` after every run."""
-    torch.manual_seed(0)
-    model, tok = wk.data.load_smollm2()
-    eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
-    calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
+    model, eval_ids, calib_ids = _setup(n_eval, n_hessian)
     t0 = time.perf_counter()
     hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model), progress=True)
     results = _header(n_eval, n_hessian_tokens=n_hessian, hessian_s=time.perf_counter() - t0)
@@ -172,10 +174,7 @@ def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: 
     Hessian-weighted error, stored bits). For each LDLQ_MIXED_UNIFORM rate, that rate for all
     layers, then the DP plan whose stored bits do not exceed the uniform model's. Rewrites
     ``out_path`` after every run."""
-    torch.manual_seed(0)
-    model, tok = wk.data.load_smollm2()
-    eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
-    calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
+    model, eval_ids, calib_ids = _setup(n_eval, n_hessian)
     layers = wk.eval.linear_layers(model)
     results = _header(n_eval, n_hessian_tokens=n_hessian)
     out_path = Path(out_path)
@@ -267,16 +266,13 @@ def _gptq(model, hessians, bits: int, act_order: bool) -> dict:
 def run_baselines(out_path, n_eval: int = 4096, n_hessian: int = 8192, log=print) -> dict:
     """Perplexity of each BASELINES method (group 128) on the first ``n_eval`` pydoc tokens; GPTQ's
     Hessians from the next ``n_hessian``. Rewrites ``out_path`` after every run."""
-    torch.manual_seed(0)
-    model, tok = wk.data.load_smollm2()
-    eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
+    model, eval_ids, calib_ids = _setup(n_eval, n_hessian)
     results = _header(n_eval, group_size=128, n_hessian_tokens=n_hessian)
     out_path = Path(out_path)
     hessians = None
     for method in BASELINES:
         if method.startswith("gptq"):
             if hessians is None:
-                calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
                 hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model))
             rec = _gptq(model, hessians, int(method[len("gptq-int")]), act_order=method.endswith("-act"))
         else:
@@ -299,10 +295,7 @@ def run_sequential(out_path, n_eval: int = 4096, n_hessian: int = 8192, log=prin
     """Hessians of the unquantized model against Hessians measured block by block on the partly
     quantized one (weightkit.quant.sequential_hessians, GPTQ's order), for VQ + LDLQ and for GPTQ
     with act order, on the palette's tokens; both from the same ``n_hessian`` calibration tokens."""
-    torch.manual_seed(0)
-    model, tok = wk.data.load_smollm2()
-    eval_ids = wk.data.eval_tokens(tok, "pydoc", n_eval)
-    calib_ids = wk.data.eval_tokens(tok, "pydoc", n_hessian, offset=n_eval)
+    model, eval_ids, calib_ids = _setup(n_eval, n_hessian)
     results = _header(n_eval, n_hessian_tokens=n_hessian)
     out_path = Path(out_path)
     hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model))
