@@ -115,7 +115,7 @@ def gptq_int(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128,
 
     bits_per_weight = bits + 32.0 / group_size
     Q = ldlq_round(W, H, fit, damp=damp, group_size=group_size, act_order=act_order)
-    if act_order:
-        groups = -(-W.shape[1] // group_size)
-        bits_per_weight += W.shape[1] * math.ceil(math.log2(groups)) / max(W.numel(), 1)
+    groups = -(-W.shape[1] // group_size)
+    if act_order and groups > 1:  # one group needs no index
+        bits_per_weight += W.shape[1] * math.ceil(math.log2(groups)) / W.numel()
     return Q, bits_per_weight
