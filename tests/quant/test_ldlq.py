@@ -171,7 +171,7 @@ def test_hessians_are_checked_before_any_layer_changes(trained_tiny_gpt):
     with pytest.raises(ValueError, match=rf"{fn}: give calibration tokens or hessians, not both"):
         wk.quant.quantize_model(model, method="palette", quantizer="sq", bits=4, progress=False,
                                 calibration=tokens, hessians={})
-    with pytest.raises(TypeError, match=r"quantize_model: \['calibration'\] are options of method='palette', not of 'ptqtp'"):
+    with pytest.raises(TypeError, match=r"quantize_model: \['calibration'\] are options of method='palette' or 'gptq', not of 'ptqtp'"):
         wk.quant.quantize_model(model, method="ptqtp", calibration=tokens, progress=False)
     assert kinds() == before
 

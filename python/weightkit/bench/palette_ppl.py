@@ -236,31 +236,14 @@ def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: 
 BASELINES = ("ptqtp", "int4", "int3", "gptq-int4", "gptq-int3", "gptq-int4-act", "gptq-int3-act")
 
 
-@torch.no_grad()
 def _gptq(model, hessians, bits: int, act_order: bool) -> dict:
     """Fake-quantizes every linear layer of ``model`` with GPTQ (group 128); the report's totals.
     ``hessians``: name → H, or calibration tokens for Hessians measured block by block on the
     partly quantized model (weightkit.quant.sequential_hessians; their time is in quantize_s)."""
-    n = err = norm = seconds = stored = 0.0
-    layers = wk.eval.linear_layers(model)
-    t_all = time.perf_counter()
-    if isinstance(hessians, dict):
-        steps = ((name, hessians[name]) for name in layers)
-    else:
-        steps = ((name, H[name]) for names, H in wk.quant.sequential_hessians(model, hessians, layers) for name in names)
-    for name, H in steps:
-        lin = layers[name]
-        t0 = time.perf_counter()
-        W_hat, b = wk.quant.gptq_int(lin.weight, H, bits, 128, act_order=act_order)
-        seconds += time.perf_counter() - t0
-        err += (W_hat - lin.weight).pow(2).sum().item()
-        norm += lin.weight.pow(2).sum().item()
-        lin.weight.copy_(W_hat)
-        n += W_hat.numel()
-        stored += b * W_hat.numel()
-    if not isinstance(hessians, dict):
-        seconds = time.perf_counter() - t_all
-    return {"stored_bits": stored / n, "rel_error": (err / norm) ** 0.5, "quantize_s": seconds}
+    source = {"hessians": hessians} if isinstance(hessians, dict) else {"calibration": hessians, "sequential": True}
+    rep = wk.quant.quantize_model(model, method="gptq", bits=bits, group_size=128, act_order=act_order,
+                                  progress=False, **source)
+    return {"stored_bits": rep.bits_per_weight, "rel_error": rep.rel_error, "quantize_s": rep.seconds}
 
 
 def run_baselines(out_path, n_eval: int = 4096, n_hessian: int = 8192, log=print) -> dict:

@@ -19,8 +19,8 @@ __all__ = ["DEFAULT_SKIP", "METHODS", "LayerReport", "QuantReport", "quantize_mo
 
 #: Methods: "ptqtp" swaps in TritPlaneLinear, "palette" PaletteLinear (weightkit.quant.palette);
 #: the others write their dequantized weight into the nn.Linear (fake quantization, for accuracy
-#: comparisons).
-METHODS = ("ptqtp", "palette", "rtn_ternary", "twn", "int4", "int3")
+#: comparisons), "gptq" from calibration text (weightkit.quant.gptq).
+METHODS = ("ptqtp", "palette", "rtn_ternary", "twn", "int4", "int3", "gptq")
 
 #: Module-name globs left in full precision unless ``skip`` says otherwise: output heads and
 #: embeddings (the usual practice of PTQ papers, PTQTP included).
@@ -152,7 +152,7 @@ def quantize_model(
     quantizer: str = "tcq",
     plan: dict | None = None,
     activations: str = "fp32",
-    **palette_options,
+    **options,
 ) -> QuantReport:
     """Quantize every ``nn.Linear`` of ``model`` in place (names matching ``skip`` globs excepted,
     default :data:`DEFAULT_SKIP`).
@@ -162,9 +162,13 @@ def quantize_model(
     :class:`~weightkit.nn.TritPlaneLinear`), "rtn_ternary", "twn", "int4" or "int3"
     (RTN, asymmetric, ``group_size`` columns per group), or "palette": a Hadamard rotation and one
     palette quantizer per layer (``quantizer`` "tcq" | "vq" | "sq" at ``bits``, or "mixed" with a
-    per-layer ``plan`` from :mod:`weightkit.quant.allocation`; ``palette_options`` go to
+    per-layer ``plan`` from :mod:`weightkit.quant.allocation`; ``options`` go to
     :func:`weightkit.quant.palette.quantize_model_palette`, e.g. the trellis size ``L``, or
-    ``calibration=tokens`` for Hessian-aware (LDLQ) rounding of sq / vq layers).
+    ``calibration=tokens`` for Hessian-aware (LDLQ) rounding of sq / vq layers), or "gptq": GPTQ
+    at integer ``bits`` with ``group_size`` (fake quantization; ``options`` from
+    :data:`weightkit.quant.gptq.GPTQ_OPTIONS`: ``calibration`` tokens or ``hessians``,
+    ``act_order``, ``sequential``, ``calibration_ctx``, ``damp``; see
+    :func:`weightkit.quant.gptq.quantize_layers_gptq`).
     Returns a :class:`QuantReport`.
     """
     if method not in METHODS:
@@ -174,21 +178,35 @@ def quantize_model(
     if activations not in TritPlaneLinear.ACTIVATIONS:
         raise ValueError(f"weightkit.quant.quantize_model: activations must be one of "
                          f"{TritPlaneLinear.ACTIVATIONS}, got {activations!r}")
-    if palette_options and method != "palette":
-        raise TypeError(f"weightkit.quant.quantize_model: {sorted(palette_options)} are options of method='palette', "
-                        f"not of {method!r}")
+    if method == "gptq":
+        from weightkit.quant.gptq import GPTQ_OPTIONS
+
+        unknown = sorted(set(options) - set(GPTQ_OPTIONS))
+        if unknown:
+            raise TypeError(f"weightkit.quant.quantize_model: {unknown} are not options of method='gptq' "
+                            f"(it takes {GPTQ_OPTIONS})")
+    elif options and method != "palette":
+        raise TypeError(f"weightkit.quant.quantize_model: {sorted(options)} are options of method='palette' or "
+                        f"'gptq', not of {method!r}")
     patterns = skip_patterns("quantize_model", skip)
     report = QuantReport(method=method, group_size=group_size)
     if method == "palette":
         from weightkit.quant.palette import quantize_model_palette
 
         layers = quantize_model_palette(model, bits=bits, quantizer=quantizer, plan=plan, skip=patterns,
-                                        progress=progress, skipped=report.skipped, **palette_options)
+                                        progress=progress, skipped=report.skipped, **options)
         report.layers = [LayerReport(r["name"], tuple(r["shape"]), r["rel_error"], r["stored_bits"], r["seconds"],
                                      r["norm"]) for r in layers]
         return report
     targets, report.skipped = target_linears("quantize_model", model, patterns, replace=method == "ptqtp")
     check_finite_weights("quantize_model", targets)
+    if method == "gptq":
+        from weightkit.quant.gptq import quantize_layers_gptq
+
+        layers = quantize_layers_gptq(model, targets, bits, group_size, progress=progress, **options)
+        report.layers = [LayerReport(r["name"], r["shape"], r["rel_error"], r["bits"], r["seconds"], r["norm"])
+                         for r in layers]
+        return report
     for name, lin in _progress(targets, progress, f"quantize {method}"):
         W = lin.weight
         t0 = time.perf_counter()
