@@ -264,7 +264,7 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
     """
     from weightkit.nn.palette import PaletteLinear
     from weightkit.quant import palette
-    from weightkit.quant.ldlq import hessian_weighted_error
+    from weightkit.quant.ldlq import check_hessians, hessian_weighted_error
     from weightkit.quant.quantize import skip_patterns, target_linears
 
     fn = "measured_options"
@@ -273,7 +273,7 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
         if any(o.quantizer == "tcq" for o in options):
             raise ValueError(f"weightkit.quant.allocation.{fn}: Hessian-aware rounding covers the sq and vq "
                              "quantizers; drop the tcq options or the hessians")
-        palette.check_hessians(f"weightkit.quant.allocation.{fn}", layers, hessians)
+        check_hessians(f"weightkit.quant.allocation.{fn}", layers, hessians)
     items = enumerate(layers)
     if progress:
         from tqdm.auto import tqdm

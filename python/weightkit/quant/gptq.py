@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from weightkit.quant.baselines import gptq_int
+from weightkit.quant.quantize import _rel_error
+from weightkit.quant.sequential import layer_hessians
 
 __all__ = ["GPTQ_OPTIONS", "quantize_layers_gptq"]
 
@@ -42,36 +44,18 @@ def quantize_layers_gptq(model: nn.Module, targets: list[tuple[str, nn.Linear]],
         raise ValueError(f"{fn}: method='gptq' needs bits an int in [2, 8], got {bits!r}")
     if (calibration is None) == (hessians is None):
         raise ValueError(f"{fn}: method='gptq' needs calibration tokens or hessians (one of them)")
-    if sequential and calibration is None:
-        raise ValueError(f"{fn}: sequential=True needs calibration tokens")
     layers = dict(targets)
     t0 = time.perf_counter()
-    if hessians is not None:
-        from weightkit.quant.palette import check_hessians
-
-        check_hessians(fn, targets, hessians, "; nothing was quantized")
-        steps = ((name, hessians[name]) for name in layers)
-    elif sequential:
-        from weightkit.quant.sequential import sequential_hessians
-
-        steps = ((name, H[name]) for names, H in sequential_hessians(
-            model, calibration, layers, ctx=calibration_ctx, progress=progress) for name in names)
-    else:
-        from weightkit.quant.ldlq import collect_hessians
-
-        H_all = collect_hessians(model, calibration, layers, ctx=calibration_ctx, progress=progress)
-        steps = ((name, H_all[name]) for name in layers)
+    steps = layer_hessians(fn, model, targets, calibration, calibration_ctx, hessians, sequential, progress)
     order = {name: i for i, name in enumerate(layers)}
     report = []
     for name, H in steps:  # a sequential step's Hessian pass runs while this loop waits for it
         W = layers[name].weight
         W_hat, b = gptq_int(W, H, bits, group_size, damp=damp, act_order=act_order)
-        W32 = W.detach().float()
-        norm = W32.norm().item()
-        err = (W32 - W_hat.to(W.device)).norm().item()
+        rel, norm = _rel_error(W, W_hat)
         W.copy_(W_hat.to(W.dtype))
         t1 = time.perf_counter()
-        report.append({"name": name, "shape": tuple(W.shape), "rel_error": err / max(norm, 1e-30), "bits": b,
-                       "seconds": t1 - t0, "norm": norm})
+        report.append({"name": name, "shape": tuple(W.shape), "rel_error": rel, "bits": b, "seconds": t1 - t0,
+                       "norm": norm})
         t0 = t1
     return sorted(report, key=lambda r: order[r["name"]])

@@ -59,6 +59,14 @@ def collect_hessians(model: nn.Module, tokens: torch.Tensor, layers: dict[str, n
     return acc.result()
 
 
+def check_hessians(where: str, layers, hessians: dict, after: str = "") -> None:
+    """Raises ValueError (message from ``where`` to ``after``) unless ``hessians`` has an entry for
+    every one of ``layers`` ((name, module) pairs)."""
+    missing = [name for name, _ in layers if name not in hessians]
+    if missing:
+        raise ValueError(f"{where}: hessians lacks layers {missing[:3]} ({len(missing)} of {len(layers)}){after}")
+
+
 def calibration_windows(fn: str, tokens: torch.Tensor, layers: dict, ctx: int, batch_size: int) -> torch.Tensor:
     """``tokens`` cut into windows (n, ctx) int64 (the tail that fills no window dropped), after
     checking the arguments of a Hessian collection; errors name ``fn``."""

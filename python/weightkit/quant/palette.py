@@ -174,14 +174,6 @@ def _plan_choices(fn: str, plan) -> dict:
     return out
 
 
-def check_hessians(where: str, layers, hessians: dict, after: str = "") -> None:
-    """Raises ValueError (message from ``where`` to ``after``) unless ``hessians`` has an entry for
-    every one of ``layers`` ((name, module) pairs)."""
-    missing = [name for name, _ in layers if name not in hessians]
-    if missing:
-        raise ValueError(f"{where}: hessians lacks layers {missing[:3]} ({len(missing)} of {len(layers)}){after}")
-
-
 def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str = "tcq", plan: dict | None = None,
                            skip=DEFAULT_SKIP, seed: int = 0, progress: bool = False, skipped: list | None = None,
                            calibration: torch.Tensor | None = None, calibration_ctx: int = 512,
@@ -235,25 +227,15 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
         if tcq_layers:
             raise ValueError(f"weightkit.quant.{fn}: Hessian-aware rounding covers the sq and vq quantizers; "
                              f"these layers are tcq: {tcq_layers[:3]}; nothing was quantized")
-    if sequential and calibration is None:
-        raise ValueError(f"weightkit.quant.{fn}: sequential=True needs calibration tokens")
-    if calibration is not None and not sequential:
-        from weightkit.quant.ldlq import collect_hessians
+    from weightkit.quant.sequential import layer_hessians
 
-        hessians = collect_hessians(model, calibration, dict(layers), ctx=calibration_ctx, progress=progress)
-    if hessians is not None:
-        check_hessians(f"weightkit.quant.{fn}", layers, hessians, "; nothing was quantized")
-    if sequential:
-        from weightkit.quant.sequential import sequential_hessians
-
-        index = {name: i for i, (name, _) in enumerate(layers)}
-        steps = ((index[name], H[name]) for names, H in sequential_hessians(
-            model, calibration, dict(layers), ctx=calibration_ctx, progress=progress) for name in names)
-    else:
-        steps = ((i, None if hessians is None else hessians[name]) for i, (name, _) in enumerate(layers))
+    index = {name: i for i, (name, _) in enumerate(layers)}
+    steps = layer_hessians(f"weightkit.quant.{fn}", model, layers, calibration, calibration_ctx, hessians, sequential,
+                           progress)
     report = []
-    for i, hessian in steps:
-        (name, lin), (kind, b) = layers[i], choices[i]
+    for name, hessian in steps:
+        i = index[name]
+        (_, lin), (kind, b) = layers[i], choices[i]
         t0 = time.perf_counter()
         layer = PaletteLinear.from_linear(lin, kind, b, seed=seed + i, damp=damp, hessian=hessian,
                                           **(tcq if kind == "tcq" else {}))
@@ -269,4 +251,4 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
             print(f"\r[palette] {i + 1}/{len(layers)} {name} {kind}-{b}", end="", file=sys.stderr, flush=True)
     if progress and not sequential:
         print(file=sys.stderr)
-    return sorted(report, key=lambda r: index[r["name"]]) if sequential else report
+    return sorted(report, key=lambda r: index[r["name"]])  # module order (sequential goes block by block)

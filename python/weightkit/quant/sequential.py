@@ -12,16 +12,38 @@ measure, one to propagate), plus one of the layers before the first block.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from weightkit.edit.partial_forward import StopForward, block_output, hooks
 from weightkit.optim.drop import find_blocks
-from weightkit.quant.ldlq import HessianAccumulator, calibration_windows
+from weightkit.quant.ldlq import HessianAccumulator, calibration_windows, check_hessians, collect_hessians
 
-__all__ = ["sequential_hessians"]
+__all__ = ["layer_hessians", "sequential_hessians"]
+
+
+def layer_hessians(where: str, model: nn.Module, layers: list[tuple[str, nn.Linear]],
+                   calibration: torch.Tensor | None, calibration_ctx: int, hessians: dict | None, sequential: bool,
+                   progress: bool) -> Iterable[tuple[str, torch.Tensor | None]]:
+    """(name, H) for each of ``layers`` ((name, nn.Linear) of ``model``, module order), where a
+    quantizer gets its Hessians: given (``hessians``, checked complete), measured once on the
+    unquantized model from ``calibration`` tokens, or with ``sequential`` block by block, for
+    which the caller must quantize each layer before taking the next pair (sequential_hessians).
+    None for every layer when there is no source. Errors name ``where``; they come before the
+    first pair (the sequential path's on the first ``next``)."""
+    if sequential and calibration is None:
+        raise ValueError(f"{where}: sequential=True needs calibration tokens")
+    named = dict(layers)
+    if sequential:
+        return ((name, H[name]) for names, H in sequential_hessians(
+            model, calibration, named, ctx=calibration_ctx, progress=progress) for name in names)
+    if calibration is not None:
+        hessians = collect_hessians(model, calibration, named, ctx=calibration_ctx, progress=progress)
+    if hessians is not None:
+        check_hessians(where, layers, hessians, "; nothing was quantized")
+    return ((name, None if hessians is None else hessians[name]) for name in named)
 
 
 @torch.no_grad()
