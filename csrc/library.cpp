@@ -91,6 +91,11 @@ TORCH_LIBRARY(weightkit, m) {
   // step of values_per_step weights, 1MAD computed code; layout in csrc/palette/tcq.h).
   // tcq_encode: Viterbi over each row of W (rows, in) float32 -> (rows, words) int32 streams.
   m.def("tcq_encode(Tensor W, int L, int bits_per_step, int values_per_step) -> Tensor");
+  // tcq_encode_window: Viterbi over each row of a window W (rows, steps * values_per_step) float32
+  // whose first state follows prev (rows,) int32 (-1: free) -> the first `commit` states (rows,
+  // commit) int32 of each row's cheapest path (Hessian-aware encoding commits a block at a time).
+  m.def("tcq_encode_window(Tensor W, Tensor prev, int L, int bits_per_step, int values_per_step, int commit) "
+        "-> Tensor");
   // tcq_decode: W (rows, in_features) float32 = scales[:, None] * code(states).
   m.def("tcq_decode(Tensor packed, Tensor scales, int in_features, int L, int bits_per_step, "
         "int values_per_step) -> Tensor");

@@ -145,8 +145,11 @@ WK_AVX512 void step_avx512(const float* cost, float* m, int32_t* bi, const float
   }
 }
 
-void encode_row(const float* w, int64_t T, int L, int kb, int V, const float* tab, Work& k, uint32_t* out,
-                CpuIsa isa) {
+// The cheapest path of a row's window of T steps: states[t] for t < T. prev >= 0 is the state of the
+// step before the window, so the first state must follow it (its upper L - kb bits are prev's lower
+// ones); prev < 0 leaves the first state free (the row's first step).
+void viterbi_row(const float* w, int64_t T, int L, int kb, int V, const float* tab, int64_t prev, Work& k,
+                 uint32_t* states, CpuIsa isa) {
   const int64_t S = int64_t(1) << L, J = S >> kb;
   k.cost.resize(S);
   k.next.resize(S);
@@ -154,7 +157,9 @@ void encode_row(const float* w, int64_t T, int L, int kb, int V, const float* ta
   k.bi.resize(J);
   k.bp.resize(static_cast<size_t>(std::max<int64_t>(T, 1) * J));
   auto step = isa == CpuIsa::Avx512 ? &step_avx512 : isa == CpuIsa::Avx2 ? &step_avx2 : &step_generic;
-  for (int64_t s = 0; s < S; ++s) {
+  const int64_t first = prev < 0 ? 0 : (prev & (J - 1)) << kb, last = prev < 0 ? S : first + (int64_t(1) << kb);
+  std::fill(k.cost.begin(), k.cost.end(), std::numeric_limits<float>::infinity());
+  for (int64_t s = first; s < last; ++s) {
     float d = 0.f;
     for (int v = 0; v < V; ++v) {
       const float e = w[v] - tab[v * S + s];
@@ -168,20 +173,25 @@ void encode_row(const float* w, int64_t T, int L, int kb, int V, const float* ta
     for (int64_t j = 0; j < J; ++j) bp[j] = static_cast<uint8_t>(k.bi[j]);
     std::swap(k.cost, k.next);
   }
-  // Backtrack from the cheapest final state, writing each step's bits.
+  // Backtrack from the cheapest final state.
   uint32_t s = static_cast<uint32_t>(std::min_element(k.cost.begin(), k.cost.end()) - k.cost.begin());
-  const int64_t words = tcq_words(T, L, kb);
-  std::memset(out, 0, sizeof(uint32_t) * words);
+  for (int64_t t = T - 1; t >= 1; --t) {
+    states[t] = s;
+    const uint32_t j = s >> kb;
+    s = j | (static_cast<uint32_t>(k.bp[t * J + j]) << (L - kb));
+  }
+  states[0] = s;
+}
+
+// A row's stream (tcq_words(T) words) from its T states.
+void pack_row(const uint32_t* states, int64_t T, int L, int kb, uint32_t* out) {
+  std::memset(out, 0, sizeof(uint32_t) * tcq_words(T, L, kb));
   auto put = [&](int64_t bit, uint32_t value, int nbits) {
     for (int b = 0; b < nbits; ++b)
       if ((value >> (nbits - 1 - b)) & 1u) out[(bit + b) >> 5] |= 1u << (31 - ((bit + b) & 31));
   };
-  for (int64_t t = T - 1; t >= 1; --t) {
-    put(L + kb * (t - 1), s & ((1u << kb) - 1), kb);
-    const uint32_t j = s >> kb;
-    s = j | (static_cast<uint32_t>(k.bp[t * J + j]) << (L - kb));
-  }
-  put(0, s, L);
+  if (T > 0) put(0, states[0], L);
+  for (int64_t t = 1; t < T; ++t) put(L + kb * (t - 1), states[t] & ((1u << kb) - 1), kb);
 }
 
 }  // namespace
@@ -191,8 +201,24 @@ void encode(const float* W, int64_t rows, int64_t steps, int L, int kb, int V, i
   const int64_t words = tcq_words(steps, L, kb);
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
     Work k;
-    for (int64_t r = r0; r < r1; ++r)
-      encode_row(W + r * steps * V, steps, L, kb, V, tab, k, reinterpret_cast<uint32_t*>(packed + r * words), isa);
+    std::vector<uint32_t> states(static_cast<size_t>(steps));
+    for (int64_t r = r0; r < r1; ++r) {
+      viterbi_row(W + r * steps * V, steps, L, kb, V, tab, -1, k, states.data(), isa);
+      pack_row(states.data(), steps, L, kb, reinterpret_cast<uint32_t*>(packed + r * words));
+    }
+  });
+}
+
+void encode_window(const float* W, const int32_t* prev, int64_t rows, int64_t steps, int L, int kb, int V,
+                   int64_t commit, int32_t* states, CpuIsa isa) {
+  const float* tab = code_table(L, V).data();
+  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    Work k;
+    std::vector<uint32_t> path(static_cast<size_t>(steps));
+    for (int64_t r = r0; r < r1; ++r) {
+      viterbi_row(W + r * steps * V, steps, L, kb, V, tab, prev[r], k, path.data(), isa);
+      for (int64_t t = 0; t < commit; ++t) states[r * commit + t] = static_cast<int32_t>(path[t]);
+    }
   });
 }
 

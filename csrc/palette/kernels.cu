@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/cuda_utils.cuh"
 #include "palette/tcq.h"
@@ -162,16 +163,24 @@ __device__ __forceinline__ float step_dist(const float* w, uint32_t s, int V) {
   return d;
 }
 
+// One block per row. prev (nullable): the state before the window each row's first state must
+// follow (-1: free). The cheapest path goes to `packed` (a zeroed stream) when states is null,
+// else its first `commit` states to states (rows x commit).
 __global__ void __launch_bounds__(kViterbiThreads)
-    tcq_viterbi_kernel(const float* __restrict__ W, int64_t steps, int L, int kb, int V, float* __restrict__ cost_all,
-                       uint8_t* __restrict__ bp_all, int32_t* __restrict__ packed) {
+    tcq_viterbi_kernel(const float* __restrict__ W, const int32_t* __restrict__ prev, int64_t steps, int L, int kb,
+                       int V, float* __restrict__ cost_all, uint8_t* __restrict__ bp_all, int32_t* __restrict__ packed,
+                       int32_t* __restrict__ states, int64_t commit) {
   const int64_t row = blockIdx.x;
   const int64_t S = int64_t(1) << L, J = S >> kb, H = int64_t(1) << kb;
   const float* w = W + row * steps * V;
   float* cost = cost_all + row * 2 * S;
   float* next = cost + S;
   uint8_t* bp = bp_all + row * steps * J;
-  for (int64_t s = threadIdx.x; s < S; s += blockDim.x) cost[s] = step_dist(w, static_cast<uint32_t>(s), V);
+  // With a previous state only its 2^kb successors may start the path; the others start at +inf.
+  const int64_t p = prev == nullptr ? -1 : prev[row];
+  const int64_t first_j = p < 0 ? -1 : p & (J - 1);
+  for (int64_t s = threadIdx.x; s < S; s += blockDim.x)
+    cost[s] = first_j < 0 || (s >> kb) == first_j ? step_dist(w, static_cast<uint32_t>(s), V) : INFINITY;
   __syncthreads();
   for (int64_t t = 1; t < steps; ++t) {
     const float* wt = w + t * V;
@@ -194,10 +203,10 @@ __global__ void __launch_bounds__(kViterbiThreads)
     cost = next;
     next = tmp;
   }
-  // Argmin over the final costs, then one thread walks back and writes the stream.
+  // Argmin over the final costs, then one thread walks back and writes the path.
   __shared__ float best_v[kViterbiThreads];
   __shared__ uint32_t best_s[kViterbiThreads];
-  float bv = 3.4e38f;
+  float bv = INFINITY;
   uint32_t bs = 0;
   for (int64_t s = threadIdx.x; s < S; s += blockDim.x)
     if (cost[s] < bv) bv = cost[s], bs = static_cast<uint32_t>(s);
@@ -214,11 +223,17 @@ __global__ void __launch_bounds__(kViterbiThreads)
   };
   uint32_t s = bs;
   for (int64_t t = steps - 1; t >= 1; --t) {
-    put(L + kb * (t - 1), s & ((1u << kb) - 1), kb);
+    if (states == nullptr)
+      put(L + kb * (t - 1), s & ((1u << kb) - 1), kb);
+    else if (t < commit)
+      states[row * commit + t] = static_cast<int32_t>(s);
     const uint32_t j = s >> kb;
     s = j | (static_cast<uint32_t>(bp[t * J + j]) << (L - kb));
   }
-  put(0, s, L);
+  if (states == nullptr)
+    put(0, s, L);
+  else
+    states[row * commit] = static_cast<int32_t>(s);
 }
 
 }  // namespace
@@ -287,8 +302,15 @@ void tcq_gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, in
 void tcq_viterbi(const float* W, int64_t rows, int64_t steps, int L, int kb, int V, float* cost, uint8_t* bp,
                  int32_t* packed, cudaStream_t stream) {
   if (rows == 0 || steps == 0) return;
-  tcq_viterbi_kernel<<<static_cast<unsigned>(rows), kViterbiThreads, 0, stream>>>(W, steps, L, kb, V, cost, bp,
-                                                                                 packed);
+  tcq_viterbi_kernel<<<static_cast<unsigned>(rows), kViterbiThreads, 0, stream>>>(W, nullptr, steps, L, kb, V, cost,
+                                                                                 bp, packed, nullptr, 0);
+}
+
+void tcq_viterbi_window(const float* W, const int32_t* prev, int64_t rows, int64_t steps, int L, int kb, int V,
+                        int64_t commit, float* cost, uint8_t* bp, int32_t* states, cudaStream_t stream) {
+  if (rows == 0 || steps == 0) return;
+  tcq_viterbi_kernel<<<static_cast<unsigned>(rows), kViterbiThreads, 0, stream>>>(W, prev, steps, L, kb, V, cost, bp,
+                                                                                 nullptr, states, commit);
 }
 
 }  // namespace weightkit::palette_cuda

@@ -45,4 +45,9 @@ void tcq_gemv(const float* x, int64_t T, const int32_t* packed, int64_t rows, in
 void tcq_viterbi(const float* W, int64_t rows, int64_t steps, int L, int kb, int V, float* cost, uint8_t* bp,
                  int32_t* packed, cudaStream_t stream);
 
+// The same search over a window whose first state follows prev[r] (-1: free): the first `commit`
+// states of each row's cheapest path to states (rows x commit) int32; scratch as tcq_viterbi's.
+void tcq_viterbi_window(const float* W, const int32_t* prev, int64_t rows, int64_t steps, int L, int kb, int V,
+                        int64_t commit, float* cost, uint8_t* bp, int32_t* states, cudaStream_t stream);
+
 }  // namespace weightkit::palette_cuda

@@ -112,6 +112,23 @@ int64_t check_tcq_encode_args(const char* op, const at::Tensor& W, int64_t L, in
   return W.size(1) / V;
 }
 
+int64_t check_tcq_window_args(const char* op, const at::Tensor& W, const at::Tensor& prev, int64_t L, int64_t kb,
+                              int64_t V, int64_t commit) {
+  const int64_t steps = check_tcq_encode_args(op, W, L, kb, V);
+  WK_CHECK(op, prev.dim() == 1 && prev.size(0) == W.size(0) && prev.scalar_type() == at::kInt,
+           "prev must be int32 of shape (", W.size(0), "), got ", prev.scalar_type(), " ", prev.sizes());
+  check_same_device(op, W, "W", prev, "prev");
+  if (prev.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(prev);
+    WK_CHECK(op, lo.item<int32_t>() >= -1 && hi.item<int64_t>() < (int64_t(1) << L),
+             "prev must hold states in [0, 2^L) or -1 (free start), got values in [", lo.item<int32_t>(), ", ",
+             hi.item<int32_t>(), "]");
+  }
+  WK_CHECK(op, commit >= 1 && commit <= steps, "commit must be in [1, ", steps, "] (the window's steps), got ",
+           commit);
+  return steps;
+}
+
 int64_t check_tcq_decode_args(const char* op, const at::Tensor& packed, const at::Tensor& scales,
                               int64_t in_features, int64_t L, int64_t kb, int64_t V) {
   check_tcq_params(op, L, kb, V);
@@ -240,6 +257,18 @@ at::Tensor tcq_encode_cpu(const at::Tensor& W, int64_t L, int64_t kb, int64_t V)
   return packed;
 }
 
+at::Tensor tcq_encode_window_cpu(const at::Tensor& W, const at::Tensor& prev, int64_t L, int64_t kb, int64_t V,
+                                 int64_t commit) {
+  const char* op = "tcq_encode_window";
+  const int64_t steps = check_tcq_window_args(op, W, prev, L, kb, V, commit);
+  const at::Tensor Wc = W.contiguous(), pc = prev.contiguous();
+  at::Tensor states = at::empty({W.size(0), commit}, W.options().dtype(at::kInt));
+  tcq::encode_window(Wc.data_ptr<float>(), pc.data_ptr<int32_t>(), W.size(0), steps, static_cast<int>(L),
+                     static_cast<int>(kb), static_cast<int>(V), commit, states.data_ptr<int32_t>(),
+                     selected_cpu_isa(op));
+  return states;
+}
+
 // W (rows, in_features) float32 from checked arguments.
 at::Tensor tcq_decode_impl(const at::Tensor& packed, const at::Tensor& scales, int64_t in_features, int64_t steps,
                            int64_t L, int64_t kb, int64_t V) {
@@ -295,6 +324,7 @@ TORCH_LIBRARY_IMPL(weightkit, CPU, m) {
   m.impl("palette_dequantize", &weightkit::palette::palette_dequantize_cpu);
   m.impl("palette_matmul", &weightkit::palette::palette_matmul_cpu);
   m.impl("tcq_encode", &weightkit::palette::tcq_encode_cpu);
+  m.impl("tcq_encode_window", &weightkit::palette::tcq_encode_window_cpu);
   m.impl("tcq_decode", &weightkit::palette::tcq_decode_cpu);
   m.impl("tcq_matmul", &weightkit::palette::tcq_matmul_cpu);
 }

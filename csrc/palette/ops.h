@@ -36,6 +36,10 @@ void check_packed(const char* op, const at::Tensor& packed, const at::Tensor& co
 // Checks of the trellis ops; return the number of steps per row.
 void check_tcq_params(const char* op, int64_t L, int64_t kb, int64_t V);
 int64_t check_tcq_encode_args(const char* op, const at::Tensor& W, int64_t L, int64_t kb, int64_t V);
+// tcq_encode_window: W as tcq_encode, prev (rows,) int32 in [-1, 2^L) on W's device, commit in
+// [1, steps].
+int64_t check_tcq_window_args(const char* op, const at::Tensor& W, const at::Tensor& prev, int64_t L, int64_t kb,
+                              int64_t V, int64_t commit);
 int64_t check_tcq_decode_args(const char* op, const at::Tensor& packed, const at::Tensor& scales,
                               int64_t in_features, int64_t L, int64_t kb, int64_t V);
 

@@ -149,14 +149,11 @@ at::Tensor palette_matmul_cuda(const at::Tensor& x, const at::Tensor& packed, co
   return at::matmul(x, W.t());
 }
 
-at::Tensor tcq_encode_cuda(const at::Tensor& W, int64_t L, int64_t kb, int64_t V) {
-  const char* op = "tcq_encode";
-  const int64_t steps = check_tcq_encode_args(op, W, L, kb, V);
-  const c10::cuda::CUDAGuard guard(W.device());
-  const at::Tensor Wc = W.contiguous();
-  const int64_t rows = W.size(0), S = int64_t(1) << L, words = tcq::tcq_words(steps, L, kb);
-  at::Tensor packed = at::zeros({rows, words}, W.options().dtype(at::kInt));
-  if (rows == 0) return packed;
+// Runs launch(r0, n, cost, bp) over chunks of W's rows with Viterbi scratch for each chunk.
+template <class Launch>
+void viterbi_chunks(const at::Tensor& W, int64_t steps, int64_t L, int64_t kb, Launch&& launch) {
+  const int64_t rows = W.size(0), S = int64_t(1) << L;
+  if (rows == 0) return;
   // The scratch (back pointers: steps * 2^(L-kb) bytes a row) is reused over chunks of rows that
   // fit a quarter of the free memory (at least 2 GiB): a 4096 x 4096 matrix at L = 16 would
   // otherwise ask for 256 GiB, while too small a chunk leaves SMs idle (one block per row).
@@ -168,12 +165,39 @@ at::Tensor tcq_encode_cuda(const at::Tensor& W, int64_t L, int64_t kb, int64_t V
   at::Tensor cost = at::empty({chunk, 2, S}, W.options());
   at::Tensor bp = at::empty({chunk, steps, S >> kb}, W.options().dtype(at::kByte));
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {  // one stream: chunks run in order
-    kern::tcq_viterbi(Wc.data_ptr<float>() + r0 * steps * V, std::min(chunk, rows - r0), steps, static_cast<int>(L),
-                      static_cast<int>(kb), static_cast<int>(V), cost.data_ptr<float>(), bp.data_ptr<uint8_t>(),
-                      packed.data_ptr<int32_t>() + r0 * words, c10::cuda::getCurrentCUDAStream());
+    launch(r0, std::min(chunk, rows - r0), cost.data_ptr<float>(), bp.data_ptr<uint8_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+}
+
+at::Tensor tcq_encode_cuda(const at::Tensor& W, int64_t L, int64_t kb, int64_t V) {
+  const char* op = "tcq_encode";
+  const int64_t steps = check_tcq_encode_args(op, W, L, kb, V);
+  const c10::cuda::CUDAGuard guard(W.device());
+  const at::Tensor Wc = W.contiguous();
+  const int64_t words = tcq::tcq_words(steps, L, kb);
+  at::Tensor packed = at::zeros({W.size(0), words}, W.options().dtype(at::kInt));
+  viterbi_chunks(Wc, steps, L, kb, [&](int64_t r0, int64_t n, float* cost, uint8_t* bp) {
+    kern::tcq_viterbi(Wc.data_ptr<float>() + r0 * steps * V, n, steps, static_cast<int>(L), static_cast<int>(kb),
+                      static_cast<int>(V), cost, bp, packed.data_ptr<int32_t>() + r0 * words,
+                      c10::cuda::getCurrentCUDAStream());
+  });
   return packed;
+}
+
+at::Tensor tcq_encode_window_cuda(const at::Tensor& W, const at::Tensor& prev, int64_t L, int64_t kb, int64_t V,
+                                  int64_t commit) {
+  const char* op = "tcq_encode_window";
+  const int64_t steps = check_tcq_window_args(op, W, prev, L, kb, V, commit);
+  const c10::cuda::CUDAGuard guard(W.device());
+  const at::Tensor Wc = W.contiguous(), pc = prev.contiguous();
+  at::Tensor states = at::empty({W.size(0), commit}, W.options().dtype(at::kInt));
+  viterbi_chunks(Wc, steps, L, kb, [&](int64_t r0, int64_t n, float* cost, uint8_t* bp) {
+    kern::tcq_viterbi_window(Wc.data_ptr<float>() + r0 * steps * V, pc.data_ptr<int32_t>() + r0, n, steps,
+                             static_cast<int>(L), static_cast<int>(kb), static_cast<int>(V), commit, cost, bp,
+                             states.data_ptr<int32_t>() + r0 * commit, c10::cuda::getCurrentCUDAStream());
+  });
+  return states;
 }
 
 // W (rows, in_features) float32 from checked arguments (the caller holds the device guard).
@@ -224,6 +248,7 @@ TORCH_LIBRARY_IMPL(weightkit, CUDA, m) {
   m.impl("palette_dequantize", &weightkit::palette::palette_dequantize_cuda);
   m.impl("palette_matmul", &weightkit::palette::palette_matmul_cuda);
   m.impl("tcq_encode", &weightkit::palette::tcq_encode_cuda);
+  m.impl("tcq_encode_window", &weightkit::palette::tcq_encode_window_cuda);
   m.impl("tcq_decode", &weightkit::palette::tcq_decode_cuda);
   m.impl("tcq_matmul", &weightkit::palette::tcq_matmul_cuda);
 }

@@ -49,6 +49,13 @@ WK_HD uint32_t read_state(const uint32_t* row, int64_t bit, int L) {
 // (rows x steps*V, fp32, already normalized), rows in parallel. Needs L in [kb + 1, 20].
 void encode(const float* W, int64_t rows, int64_t steps, int L, int kb, int V, int32_t* packed, CpuIsa isa);
 
+// Windowed Viterbi (Hessian-aware encoding commits a row's stream a block at a time): for each row
+// of W (rows x steps*V), the cheapest path over its `steps` whose first state follows prev[r] (the
+// state of the step before the window; -1: free, the row's first step); writes the first `commit`
+// states of each path to states (rows x commit).
+void encode_window(const float* W, const int32_t* prev, int64_t rows, int64_t steps, int L, int kb, int V,
+                   int64_t commit, int32_t* states, CpuIsa isa);
+
 // W (rows x steps*V) = scales[r] * code(state_t) from the streams.
 void decode(const int32_t* packed, int64_t rows, int64_t steps, int L, int kb, int V, const float* scales,
             float* W);

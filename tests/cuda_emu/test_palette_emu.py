@@ -1,7 +1,7 @@
 """csrc/palette/kernels.cu run in the CUDA emulator, against the CPU ops and the float64
 references: the Hadamard transform (fp32/bf16/fp16, n = 2^k·m for every small order m, up to
 kHadamardMaxN), the palette-code GEMV (c = 1..8 bits, d = 1 and 2, 1..35 tokens), the trellis
-decoder and GEMV, and the Viterbi encoder."""
+decoder and GEMV, and the Viterbi encoder (whole rows and windows after a given state)."""
 
 import ctypes
 import math
@@ -38,6 +38,7 @@ def lib():
     lib.pal_tcq_decode.argtypes = [vp, i64, i64, i32, i32, i32, vp, vp]
     lib.pal_tcq_gemv.argtypes = [vp, i64, vp, i64, i64, i32, i32, i32, vp, vp]
     lib.pal_tcq_viterbi.argtypes = [vp, i64, i64, i32, i32, i32, vp, vp, vp]
+    lib.pal_tcq_viterbi_window.argtypes = [vp, vp, i64, i64, i32, i32, i32, i64, vp, vp, vp]
     lib.pal_hadamard_max_n.restype = i64
     lib.emu_reset()
     return lib
@@ -401,3 +402,28 @@ def test_viterbi_single_step(lib):
     W = torch.randn(4, V, generator=torch.Generator().manual_seed(4))
     got = viterbi(lib, W, L, kb, V)
     assert torch.equal(got, ops.tcq_encode(W, L, kb, V))
+
+
+def viterbi_window(lib, W: torch.Tensor, prev: torch.Tensor, L: int, kb: int, V: int, commit: int) -> torch.Tensor:
+    rows, steps = W.shape[0], W.shape[1] // V
+    S = 1 << L
+    cost = device_empty((rows, 2, S), torch.float32)
+    bp = guarded((rows, steps, S >> kb), np.uint8, 0xFF)
+    states = device_empty((rows, commit), torch.int32)  # -1: no state, so an unwritten entry shows
+    lib.pal_tcq_viterbi_window(ptr(device_copy(W)), ptr(device_copy(prev)), rows, steps, L, kb, V, commit,
+                               ptr(cost), ptr(bp), ptr(states))
+    harness.check(lib)
+    return host(states, torch.int32)
+
+
+@pytest.mark.parametrize("params", [(12, 2, 1), (10, 5, 2), (9, 3, 1)], ids=str)
+@pytest.mark.parametrize("commit", [1, 7, 20])
+def test_viterbi_window_matches_cpu(lib, params, commit):
+    # Free and chained starts (including states 0 and 2^L - 1), a committed prefix of the path: the
+    # CPU op's states (both exact searches, same tie-breaking; see test_viterbi_matches_cpu).
+    L, kb, V = params
+    rows, steps = 5, 20
+    W = torch.randn(rows, steps * V, generator=torch.Generator().manual_seed(L * commit))
+    prev = torch.tensor([-1, 0, (1 << L) - 1, 37, -1], dtype=torch.int32)
+    got = viterbi_window(lib, W, prev, L, kb, V, commit)
+    assert torch.equal(got, ops.tcq_encode_window(W, prev, L, kb, V, commit))

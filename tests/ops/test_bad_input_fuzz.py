@@ -53,7 +53,8 @@ def valid_calls(device: str) -> list[tuple[str, list]]:
                   ("palette_matmul", [randn(3, 64), packed, codebook, scales, 64])]
 
     streams = ops.tcq_encode(W, 12, 2, 1)
-    calls += [("tcq_encode", [W, 12, 2, 1]), ("tcq_decode", [streams, scales, 64, 12, 2, 1]),
+    prev = torch.arange(-1, 31, dtype=torch.int32, device=device)
+    calls += [("tcq_encode", [W, 12, 2, 1]), ("tcq_encode_window", [W, prev, 12, 2, 1, 20]), ("tcq_decode", [streams, scales, 64, 12, 2, 1]),
               ("tcq_matmul", [randn(2, 64), streams, scales, 64, 12, 2, 1])]
 
     Wt = randn(16, 96)

@@ -23,8 +23,9 @@ from weightkit.ops.palette import (
     palette_pack,
     tcq_dequantize,
     tcq_encode,
+    tcq_encode_window,
 )
-from weightkit.quant.tcq import tcq_params
+from weightkit.quant.tcq import tcq_encode_ldlq, tcq_params, tcq_state_values
 
 pytestmark = pytest.mark.cuda
 
@@ -107,6 +108,33 @@ def test_matmul_device_mismatch():
     packed = palette_pack(idx, 3)
     with pytest.raises(RuntimeError, match="weightkit.palette_matmul: x and packed must be on the same device"):
         palette_matmul(torch.randn(1, 64), packed.cuda(), codebook.cuda(), scales.cuda(), 64)
+
+
+@pytest.mark.parametrize("bits", [2, 2.5])
+def test_tcq_window_and_ldlq_match_cpu(bits):
+    """The windowed search on the GPU (free and chained starts, a committed prefix) and the
+    Hessian-aware encoder running on it: the CPU's errors (paths may differ on float ties)."""
+    p = tcq_params(bits, L=12)
+    L, kb, V = p["L"], p["bits_per_step"], p["values_per_step"]
+    W = torch.randn(6, 256, generator=torch.Generator().manual_seed(6))
+    prev = torch.tensor([-1, 0, 5, 4095, 77, -1], dtype=torch.int32)
+    steps = 256 // V
+    cpu = tcq_encode_window(W, prev, L, kb, V, steps)
+    gpu = tcq_encode_window(W.cuda(), prev.cuda(), L, kb, V, steps).cpu()
+    mask = (1 << (L - kb)) - 1
+    assert torch.equal(gpu[1:5, 0] >> kb, prev[1:5] & mask)
+    err = {k: (tcq_state_values(s, V) - W).pow(2).sum(1) for k, s in (("cpu", cpu), ("gpu", gpu))}
+    assert torch.allclose(err["gpu"], err["cpu"], rtol=1e-4)
+    assert torch.equal(tcq_encode_window(W.cuda(), prev.cuda(), L, kb, V, 9).cpu(), gpu[:, :9])
+    X = torch.randn(1024, 256, generator=torch.Generator().manual_seed(7)) @ (torch.eye(256) + 0.1 * torch.randn(256, 256))
+    H = (X.T @ X / 1024).double()
+    ones = torch.ones(6)
+    loss = {}
+    for dev in ("cpu", "cuda"):
+        packed = tcq_encode_ldlq(W.to(dev), H, L, kb, V).cpu()
+        E = (tcq_dequantize(packed, ones, 256, L, kb, V) - W).double()
+        loss[dev] = ((E @ H) * E).sum().item()
+    assert loss["cuda"] == pytest.approx(loss["cpu"], rel=0.02)  # float ties may steer the feedback apart
 
 
 @pytest.mark.parametrize("bits", [2, 2.5, 3, 4])

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import weightkit  # noqa: F401
-from tests.reference.palette import tcq_best_error_bruteforce, tcq_decode_ref
+from tests.reference.palette import tcq_best_error_bruteforce, tcq_code_ref, tcq_decode_ref, tcq_viterbi_ref
 from tests.ops.test_palette import rel_err
-from weightkit.ops.palette import tcq_dequantize, tcq_encode, tcq_matmul, tcq_words
-from weightkit.quant.tcq import tcq_params
+from weightkit.ops.palette import tcq_dequantize, tcq_encode, tcq_encode_window, tcq_matmul, tcq_words
+from weightkit.quant.tcq import tcq_pack_states, tcq_params, tcq_state_values
 
 # PAPERS.md (Q-Palette table, TCQ column); our L = 16 trellis must be within 5%.
 TCQ_TABLE = {1.5: 0.1403, 2: 0.0710, 3: 0.0189, 4: 0.0059}
@@ -136,6 +136,8 @@ def test_opcheck(device):
     ones = torch.ones(3, device=device)
     torch.library.opcheck(torch.ops.weightkit.tcq_encode.default, (w.to(device), 8, 2, 1))
     torch.library.opcheck(torch.ops.weightkit.tcq_decode.default, (packed, ones, 32, 8, 2, 1))
+    prev = torch.tensor([-1, 5, 255], dtype=torch.int32, device=device)
+    torch.library.opcheck(torch.ops.weightkit.tcq_encode_window.default, (w.to(device), prev, 8, 2, 1, 7))
     for tokens in (2, 20):
         x = torch.randn(tokens, 32, device=device)
         torch.library.opcheck(torch.ops.weightkit.tcq_matmul.default, (x, packed, ones, 32, 8, 2, 1))
@@ -174,3 +176,76 @@ def test_matmul_device_mismatch():
     packed, scales, L, kb, V = encoded(3, 32, 2)
     with pytest.raises(RuntimeError, match="weightkit.tcq_matmul: x and packed must be on the same device"):
         tcq_matmul(torch.randn(2, 32), packed.cuda(), scales.cuda(), 32, L, kb, V)
+
+
+# ----------------------------------------------------------------------------- windowed Viterbi
+
+def free(rows: int) -> torch.Tensor:
+    return torch.full((rows,), -1, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("L,kb,V", [(12, 2, 1), (10, 5, 2), (9, 3, 1), (16, 4, 1)])
+def test_window_over_whole_rows_is_the_encoder(L, kb, V, cpu_isa):
+    # A free start and every step committed: the same search as tcq_encode, so packing its states
+    # gives tcq_encode's streams bit for bit, and the states' code values are tcq_dequantize's.
+    W = torch.randn(5, 24 * V, generator=torch.Generator().manual_seed(L + kb))
+    states = tcq_encode_window(W, free(5), L, kb, V, 24)
+    assert states.shape == (5, 24) and states.dtype == torch.int32
+    packed = tcq_encode(W, L, kb, V)
+    assert torch.equal(tcq_pack_states(states, L, kb), packed)
+    assert torch.equal(tcq_state_values(states, V), tcq_dequantize(packed, torch.ones(5), 24 * V, L, kb, V))
+
+
+@pytest.mark.parametrize("L,kb,V,steps", [(5, 1, 1, 7), (6, 2, 1, 5), (5, 3, 2, 4), (4, 2, 2, 1)])
+def test_window_after_a_state_matches_the_float64_reference(L, kb, V, steps, cpu_isa):
+    # Each row starts after a different state (or free): its path follows that state and is the
+    # float64 dynamic program's (same path, same error to float rounding).
+    rows = 6
+    W = torch.randn(rows, steps * V, generator=torch.Generator().manual_seed(10 * L + kb))
+    prev = torch.tensor([-1, 0, 1, (1 << L) - 1, 7 % (1 << L), 3], dtype=torch.int32)
+    states = tcq_encode_window(W, prev, L, kb, V, steps)
+    for r in range(rows):
+        best, path = tcq_viterbi_ref(W[r], L, kb, V, int(prev[r]))
+        assert states[r].tolist() == path
+        if prev[r] >= 0:
+            assert int(states[r, 0]) >> kb == int(prev[r]) & ((1 << (L - kb)) - 1)
+        got = sum((float(W[r, t * V + v]) - tcq_code_ref(int(s), v)) ** 2 for t, s in enumerate(states[r].tolist())
+                  for v in range(V))
+        assert got == pytest.approx(best, rel=1e-5, abs=1e-6)
+
+
+def test_window_commits_a_prefix_and_chains():
+    # commit < steps keeps the first states of the whole window's path; consecutive states chain.
+    L, kb, V = 10, 2, 1
+    W = torch.randn(4, 40, generator=torch.Generator().manual_seed(1))
+    prev = torch.tensor([-1, 17, 1023, 500], dtype=torch.int32)
+    full = tcq_encode_window(W, prev, L, kb, V, 40)
+    assert torch.equal(tcq_encode_window(W, prev, L, kb, V, 9), full[:, :9])
+    mask = (1 << (L - kb)) - 1
+    assert torch.equal(full[:, 1:] >> kb, full[:, :-1] & mask)
+
+
+def test_window_bad_input():
+    W = torch.randn(3, 16)
+    fn = "weightkit.tcq_encode_window"
+    with pytest.raises(RuntimeError, match=rf"{fn}: prev must be int32 of shape \(3\), got Long"):
+        tcq_encode_window(W, torch.zeros(3, dtype=torch.int64), 8, 2, 1, 4)
+    with pytest.raises(RuntimeError, match=rf"{fn}: prev must be int32 of shape \(3\), got Int \[2\]"):
+        tcq_encode_window(W, free(2), 8, 2, 1, 4)
+    with pytest.raises(RuntimeError, match=rf"{fn}: prev must hold states in \[0, 2\^L\) or -1 .* \[-1, 256\]"):
+        tcq_encode_window(W, torch.tensor([-1, 0, 256], dtype=torch.int32), 8, 2, 1, 4)
+    with pytest.raises(RuntimeError, match=rf"{fn}: prev must hold states .* \[-2, 0\]"):
+        tcq_encode_window(W, torch.tensor([-2, 0, 0], dtype=torch.int32), 8, 2, 1, 4)
+    for commit in (0, 17):
+        with pytest.raises(RuntimeError, match=rf"{fn}: commit must be in \[1, 16\] \(the window's steps\)"):
+            tcq_encode_window(W, free(3), 8, 2, 1, commit)
+    with pytest.raises(RuntimeError, match=rf"{fn}: W must be finite"):
+        tcq_encode_window(W / 0, free(3), 8, 2, 1, 4)
+    with pytest.raises(RuntimeError, match=rf"{fn}: W's columns must be a positive multiple of values_per_step 2"):
+        tcq_encode_window(W[:, :15], free(3), 8, 2, 2, 4)
+
+
+def test_pack_states_bit_layout():
+    # L = 5, kb = 2: the first state's 5 bits, then 2 bits per later state, MSB first in word 0.
+    states = torch.tensor([[0b10110, 0b11001, 0b00111]], dtype=torch.int32)  # 10110 -> 1100(1) -> 00111
+    assert (int(tcq_pack_states(states, 5, 2)[0, 0]) & 0xFFFFFFFF) >> (32 - 9) == 0b10110_01_11

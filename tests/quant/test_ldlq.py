@@ -141,7 +141,8 @@ def trained_tiny_gpt():
     return model.state_dict(), tokens
 
 
-def test_quantize_model_with_calibration_tracks_the_model_better(trained_tiny_gpt):
+@pytest.mark.parametrize("quantizer, trellis", [("sq", {}), ("tcq", {"L": 10})], ids=["sq", "tcq"])
+def test_quantize_model_with_calibration_tracks_the_model_better(trained_tiny_gpt, quantizer, trellis):
     state, tokens = trained_tiny_gpt
     model = tiny_gpt(state)
     calib, held_out = tokens[:2048], tokens[2048:3072].view(-1, 64)
@@ -150,7 +151,8 @@ def test_quantize_model_with_calibration_tracks_the_model_better(trained_tiny_gp
     errors = {}
     for label, options in [("plain", {}), ("ldlq", {"calibration": calib, "calibration_ctx": 64})]:
         q = tiny_gpt(state)
-        rep = wk.quant.quantize_model(q, method="palette", quantizer="sq", bits=2, progress=False, **options)
+        rep = wk.quant.quantize_model(q, method="palette", quantizer=quantizer, bits=2, progress=False, **options,
+                                      **trellis)
         assert len(rep.layers) == 8  # 4 per block; the head is skipped
         with torch.no_grad():
             errors[label] = ((q(held_out) - ref) ** 2).mean().item()
@@ -163,8 +165,6 @@ def test_hessians_are_checked_before_any_layer_changes(trained_tiny_gpt):
     kinds = lambda: [type(m).__name__ for m in model.modules()]  # noqa: E731
     before = kinds()
     fn = "weightkit.quant.quantize_model"
-    with pytest.raises(ValueError, match=rf"{fn}: Hessian-aware rounding covers the sq and vq .* tcq"):
-        wk.quant.quantize_model(model, method="palette", quantizer="tcq", bits=2, calibration=tokens, progress=False)
     with pytest.raises(ValueError, match=rf"{fn}: hessians lacks layers \['blocks.0.out'.*\(5 of 8\)"):
         wk.quant.quantize_model(model, method="palette", quantizer="sq", bits=4, progress=False,
                                 hessians={f"blocks.0.{n}": torch.eye(64) for n in ("attn.qkv", "attn.proj", "fc")})
@@ -180,8 +180,8 @@ def test_bad_hessians_and_tokens_are_refused():
     W = torch.randn(8, 32)
     with pytest.raises(ValueError, match=r"quantize_weight: hessian must be \(32, 32\) .* got \(16, 16\)"):
         quantize_weight(W, "sq", 4, hessian=torch.eye(16))
-    with pytest.raises(ValueError, match=r"quantize_weight: Hessian-aware rounding covers the sq and vq"):
-        quantize_weight(W, "tcq", 2, hessian=torch.eye(32))
+    with pytest.raises(ValueError, match=r"quantize_weight: hessian must be \(32, 32\) .* got \(16, 16\)"):
+        quantize_weight(W, "tcq", 2, hessian=torch.eye(16))
     cb = codebooks.lloyd_max(4)
     H = torch.eye(32)
     H[3, 3] = float("nan")
@@ -243,18 +243,18 @@ def test_measured_options_are_the_errors_quantize_model_makes(trained_tiny_gpt):
     model = tiny_gpt(state)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     H = collect_hessians(model, tokens[:1024], wk.eval.linear_layers(model), ctx=64)
-    options = [Option("sq", 2, 0.0), Option("vq", 2.5, 0.0), Option("sq", 4, 0.0)]
-    plain = measured_options(model, options, seed=3)
-    aware = measured_options(model, options, hessians=H, seed=3)
+    options = [Option("sq", 2, 0.0), Option("vq", 2.5, 0.0), Option("sq", 4, 0.0), Option("tcq", 2, 0.0)]
+    plain = measured_options(model, options, seed=3, L=10)
+    aware = measured_options(model, options, hessians=H, seed=3, L=10)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # model unchanged
     assert list(plain) == list(aware) and len(plain) == 8  # the head is skipped, as quantize_model does
     for i, o in enumerate(options):
         q = tiny_gpt(state)
         rep = wk.quant.quantize_model(q, method="palette", quantizer=o.quantizer, bits=o.bits, hessians=H, seed=3,
-                                      progress=False)
+                                      progress=False, L=10)
         p = tiny_gpt(state)
         rep_plain = wk.quant.quantize_model(p, method="palette", quantizer=o.quantizer, bits=o.bits, seed=3,
-                                            progress=False)
+                                            progress=False, L=10)
         for r, r_plain in zip(rep.layers, rep_plain.layers):
             name = r.name
             assert aware[name][i].cost == pytest.approx(r.bits_per_weight, rel=1e-12)
@@ -272,8 +272,6 @@ def test_measured_options_refuse_what_quantize_model_refuses(trained_tiny_gpt):
     state, tokens = trained_tiny_gpt
     model = tiny_gpt(state)
     fn = "weightkit.quant.allocation.measured_options"
-    with pytest.raises(ValueError, match=rf"{fn}: Hessian-aware rounding covers the sq and vq quantizers"):
-        measured_options(model, [Option("tcq", 2, 0.0)], hessians={})
     with pytest.raises(ValueError, match=rf"{fn}: hessians lacks layers \['blocks.0.attn.qkv'.*\(8 of 8\)"):
         measured_options(model, [Option("sq", 4, 0.0)], hessians={})
     with pytest.raises(ValueError, match=rf"{fn}: no option fits layer '0' \(4x100\)"):

@@ -45,3 +45,32 @@ def proxy_loss(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
     """Σ_rows (w − ŵ)·H·(w − ŵ)ᵀ in float64."""
     E = (W.double() - W_hat.double())
     return float(((E @ H.double()) * E).sum())
+
+
+def tcq_ldlq_ref(Wn: torch.Tensor, H: torch.Tensor, L: int, kb: int, V: int, damp: float, block: int,
+                 lookahead: int) -> torch.Tensor:
+    """States (rows, in/V) of block-LDLQ trellis coding in float64: the columns are taken ``block``
+    at a time; a block's targets are the weights moved by the optimal correction of every earlier
+    block's error (as ldlq_ref, with K = (H[F, F])⁻¹ recomputed by a plain inverse); each row's path
+    goes on from its last state by a float64 Viterbi search (tests.reference.palette) over the block
+    plus ``lookahead`` steps, of which the block's states are kept."""
+    from tests.reference.palette import tcq_code_ref, tcq_viterbi_ref
+
+    W = Wn.double().clone()
+    H = H.double().clone()
+    H += damp * H.diagonal().mean() * torch.eye(H.shape[0], dtype=torch.float64)
+    rows, n = W.shape
+    states = torch.empty(rows, n // V, dtype=torch.int64)
+    for b0 in range(0, n, block):
+        b1 = min(b0 + block, n)
+        end = min(b1 + lookahead * V, n)
+        Q = torch.empty(rows, b1 - b0, dtype=torch.float64)
+        for r in range(rows):
+            prev = -1 if b0 == 0 else int(states[r, b0 // V - 1])
+            _, path = tcq_viterbi_ref(W[r, b0:end], L, kb, V, prev)
+            states[r, b0 // V : b1 // V] = torch.tensor(path[: (b1 - b0) // V])
+            Q[r] = torch.tensor([tcq_code_ref(s, v) for s in path[: (b1 - b0) // V] for v in range(V)])
+        K = torch.linalg.inv(H[b0:, b0:])
+        blk, rest = slice(0, b1 - b0), slice(b1 - b0, None)
+        W[:, b1:] -= (W[:, b0:b1] - Q) @ torch.linalg.inv(K[blk, blk]) @ K[blk, rest]
+    return states

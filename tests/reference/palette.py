@@ -193,3 +193,28 @@ def tcq_best_error_bruteforce(w: torch.Tensor, L: int, kb: int, V: int) -> float
                 err += (float(w[t * V + v]) - tcq_code_ref(state, v)) ** 2
         best = min(best, err)
     return best
+
+
+def tcq_viterbi_ref(w: torch.Tensor, L: int, kb: int, V: int, prev: int = -1) -> tuple[float, list]:
+    """(minimum squared error, its path of states) over the steps of w (steps·V,), in float64 by
+    plain dynamic programming over states; ``prev`` >= 0: the first state must follow it (its upper
+    L − kb bits are prev's lower ones). Ties go to the lowest predecessor and the lowest final
+    state, as the ops."""
+    S, mask = 1 << L, (1 << L) - 1
+    steps = w.numel() // V
+    dist = [[sum((float(w[t * V + v]) - tcq_code_ref(s, v)) ** 2 for v in range(V)) for s in range(S)]
+            for t in range(steps)]
+    cost = [dist[0][s] if prev < 0 or (s >> kb) == (prev & (mask >> kb)) else float("inf") for s in range(S)]
+    back = []
+    for t in range(1, steps):
+        # s's predecessors p have (p << kb) & mask == s >> kb << kb: p = (s >> kb) | h << (L − kb).
+        pred = [min(((s >> kb) | (h << (L - kb)) for h in range(1 << kb)), key=lambda p: (cost[p], p))
+                for s in range(S)]
+        cost = [cost[pred[s]] + dist[t][s] for s in range(S)]
+        back.append(pred)
+    s = min(range(S), key=lambda s: (cost[s], s))
+    best, path = cost[s], [s]
+    for pred in reversed(back):
+        s = pred[s]
+        path.append(s)
+    return best, path[::-1]

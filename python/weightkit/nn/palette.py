@@ -47,7 +47,7 @@ class PaletteLinear(FixedDtypeBuffers):
     def from_linear(cls, linear: nn.Linear, kind: str = "sq", bits: float = 4, seed: int = 0,
                     hessian: torch.Tensor | None = None, damp: float = 0.01, **tcq) -> "PaletteLinear":
         """Quantize an nn.Linear (see weightkit.quant.palette.quantize_weight; ``hessian`` (in, in),
-        the layer's input second moment, makes the sq / vq rounding Hessian-aware)."""
+        the layer's input second moment, makes the rounding Hessian-aware)."""
         from weightkit.quant.palette import quantize_weight
 
         q = quantize_weight(linear.weight.detach(), kind, bits, seed=seed, hessian=hessian, damp=damp, **tcq)

@@ -27,6 +27,7 @@ __all__ = [
     "palette_pack",
     "tcq_dequantize",
     "tcq_encode",
+    "tcq_encode_window",
     "tcq_matmul",
     "tcq_words",
 ]
@@ -124,6 +125,18 @@ def tcq_encode(W: torch.Tensor, L: int, bits_per_step: int, values_per_step: int
     return torch.ops.weightkit.tcq_encode(W, int(L), int(bits_per_step), int(values_per_step))
 
 
+def tcq_encode_window(W: torch.Tensor, prev: torch.Tensor, L: int, bits_per_step: int, values_per_step: int,
+                      commit: int) -> torch.Tensor:
+    """Viterbi over a window: for each row of W (rows, steps·values_per_step) float32, the cheapest
+    path whose first state follows ``prev`` (rows,) int32 (the state of the step before the window,
+    its lower L − bits_per_step bits becoming the first state's upper ones; −1: free, a row's first
+    step). Returns the first ``commit`` (1..steps) states of each path, (rows, commit) int32: the
+    steps past ``commit`` are look-ahead, so a caller can commit a stream block by block
+    (Hessian-aware trellis coding, weightkit.quant.tcq)."""
+    return torch.ops.weightkit.tcq_encode_window(W, prev, int(L), int(bits_per_step), int(values_per_step),
+                                                 int(commit))
+
+
 def tcq_dequantize(packed: torch.Tensor, scales: torch.Tensor, in_features: int, L: int, bits_per_step: int,
                    values_per_step: int) -> torch.Tensor:
     """W (rows, in_features) float32 = scales[:, None]·code(trellis states)."""
@@ -149,6 +162,11 @@ def tcq_words(steps: int, L: int, bits_per_step: int) -> int:
 @torch.library.register_fake("weightkit::tcq_encode")
 def _tcq_encode_fake(W, L, bits_per_step, values_per_step):
     return W.new_empty((W.shape[0], tcq_words(W.shape[1] // values_per_step, L, bits_per_step)), dtype=torch.int32)
+
+
+@torch.library.register_fake("weightkit::tcq_encode_window")
+def _tcq_encode_window_fake(W, prev, L, bits_per_step, values_per_step, commit):
+    return W.new_empty((W.shape[0], commit), dtype=torch.int32)
 
 
 @torch.library.register_fake("weightkit::tcq_decode")

@@ -270,9 +270,6 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
     fn = "measured_options"
     layers, _ = target_linears(fn, model, skip_patterns(fn, skip), replace=True)
     if hessians is not None:
-        if any(o.quantizer == "tcq" for o in options):
-            raise ValueError(f"weightkit.quant.allocation.{fn}: Hessian-aware rounding covers the sq and vq "
-                             "quantizers; drop the tcq options or the hessians")
         check_hessians(f"weightkit.quant.allocation.{fn}", layers, hessians)
     items = enumerate(layers)
     if progress:

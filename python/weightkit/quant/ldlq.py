@@ -23,7 +23,7 @@ from torch import nn
 
 from weightkit.ops import palette as P
 
-__all__ = ["collect_hessians", "hessian_weighted_error", "ldlq_round", "nearest_codewords", "rotate_hessian"]
+__all__ = ["collect_hessians", "feedback_factor", "hessian_weighted_error", "ldlq_round", "nearest_codewords", "rotate_hessian"]
 
 
 @torch.no_grad()
@@ -175,6 +175,27 @@ def nearest_codewords(codebook: torch.Tensor) -> Callable[[torch.Tensor], torch.
     return lambda block: cb[torch.addmm(half_norms, block.float(), cb.t(), beta=-1).argmax(1)]
 
 
+def feedback_factor(fn: str, H: torch.Tensor, damp: float) -> torch.Tensor:
+    """U (n, n) float64, the upper Cholesky factor of (H + damp·mean(diag H)·I)⁻¹, for H (n, n)
+    symmetric positive semidefinite (any float dtype; inputs with diag(H) = 0 never fire and are
+    decoupled first). Row i of U, scaled by U_ii⁻¹, is the optimal feedback of column i's rounding
+    error onto the columns after it (GPTQ); errors name ``fn``."""
+    H = H.detach().double().cpu().clone()
+    n = H.shape[0]
+    dead = H.diagonal() <= 0  # inputs that never fire: their weights cannot matter, round them plainly
+    H[dead, :] = 0
+    H[:, dead] = 0
+    H.diagonal()[dead] = 1
+    H.diagonal().add_(damp * H.diagonal().mean())
+    # With J the order reversal and J·H·J = L·Lᵀ, H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J) and J·L⁻¹·J is upper
+    # triangular: U without forming H⁻¹ (one factorization and one triangular inverse).
+    L, info = torch.linalg.cholesky_ex(H.flip(0, 1))
+    if info != 0:
+        raise ValueError(f"{fn}: H is not positive definite even after damp={damp}; raise damp")
+    eye = torch.eye(n, dtype=torch.float64)
+    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+
+
 def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable, d: int = 1, damp: float = 0.01, block: int = 32,
                dtype: torch.dtype = torch.float32, group_size: int | None = None,
                act_order: bool = False) -> torch.Tensor:
@@ -214,26 +235,13 @@ def ldlq_round(W: torch.Tensor, H: torch.Tensor, nearest: Callable, d: int = 1, 
             raise ValueError(f"{fn}: group_size must be a positive multiple of d={d}, got {group_size!r}")
         block = group_size
     block = max(d, block - block % d)
-    H = H.detach().double().cpu().clone()
+    H = H.detach().double().cpu()
     order = None  # the processing order of W's columns, when not 0 .. in − 1
     if act_order:
         by_energy = torch.argsort(H.diagonal().view(-1, d).sum(1), descending=True, stable=True)
         order = (by_energy[:, None] * d + torch.arange(d)).reshape(-1)
         H = H[order][:, order]
-    dead = H.diagonal() <= 0  # inputs that never fire: their weights cannot matter, round them plainly
-    H[dead, :] = 0
-    H[:, dead] = 0
-    H.diagonal()[dead] = 1
-    H.diagonal().add_(damp * H.diagonal().mean())
-    # U: upper Cholesky factor of H⁻¹. Row i of U, scaled, is the optimal feedback of unit i's error
-    # onto the columns after it (GPTQ); for a unit of d columns the error goes through U_ii⁻¹ first.
-    # With J the order reversal and J·H·J = L·Lᵀ, H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J) and J·L⁻¹·J is upper
-    # triangular: U without forming H⁻¹ (one factorization and one triangular inverse).
-    L, info = torch.linalg.cholesky_ex(H.flip(0, 1))
-    if info != 0:
-        raise ValueError(f"{fn}: H is not positive definite even after damp={damp}; raise damp")
-    eye = torch.eye(in_f, dtype=torch.float64)
-    U = torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+    U = feedback_factor(fn, H, damp)  # a unit of d columns sends its error through U_ii⁻¹ first
     units = U.diagonal().reshape(-1, 1) if d == 1 else torch.stack(
         [U[i : i + d, i : i + d] for i in range(0, in_f, d)])
     inv_diag = (1 / units).view(-1, 1, 1) if d == 1 else torch.linalg.inv(units)

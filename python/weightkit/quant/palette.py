@@ -87,8 +87,12 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, hess
     2^k·m with a supported m (weightkit.ops.palette.HADAMARD_ORDERS).
 
     ``hessian``: XᵀX/N (in, in) of the layer's inputs (weightkit.quant.collect_hessians); given, the
-    sq and vq codes are chosen by LDLQ (weightkit.quant.ldlq) for the output error on those inputs
-    instead of by nearest rounding, ``damp`` as there. The trellis (tcq) does not take one.
+    codes are chosen for the output error on those inputs instead of the weights' squared error:
+    sq and vq by LDLQ (weightkit.quant.ldlq), tcq by block LDLQ with a windowed Viterbi search
+    (weightkit.quant.tcq.tcq_encode_ldlq); ``damp`` as there.
+
+    ``tcq`` options: ``L`` (state bits), ``progress`` (a callback (done, total), of rows, or of
+    columns with a hessian).
     """
     fn = "weightkit.quant.quantize_weight"
     if W.dim() != 2:
@@ -100,42 +104,48 @@ def quantize_weight(W: torch.Tensor, kind: str, bits: float, seed: int = 0, hess
     Wf = W.detach().float().cpu()
     if not torch.isfinite(Wf).all():
         raise ValueError(f"{fn}: W must be finite (it has NaN or Inf)")
-    if hessian is not None:
-        if kind == "tcq":
-            raise ValueError(f"{fn}: Hessian-aware rounding covers the sq and vq quantizers, not tcq (its trellis "
-                             "runs along whole rows, LDLQ along columns)")
-        if tuple(hessian.shape) != (in_f, in_f):
-            raise ValueError(f"{fn}: hessian must be ({in_f}, {in_f}) for W of shape {tuple(W.shape)}, "
-                             f"got {tuple(hessian.shape)}")
+    if hessian is not None and tuple(hessian.shape) != (in_f, in_f):
+        raise ValueError(f"{fn}: hessian must be ({in_f}, {in_f}) for W of shape {tuple(W.shape)}, "
+                         f"got {tuple(hessian.shape)}")
     signs = P.hadamard_signs(in_f, seed)
     Wr = P.hadamard_transform(Wf, signs)
     scales = Wr.pow(2).mean(1).sqrt().clamp_min(1e-12)
     Wn = Wr / scales[:, None]
     out = {"signs": signs, "scales": scales}
+    Hr = None
+    if hessian is not None:
+        from weightkit.quant.ldlq import rotate_hessian
+
+        Hr = rotate_hessian(hessian, signs)
     if kind == "tcq":
         from weightkit.quant import tcq as T
+
+        def encode(rows: torch.Tensor, params: dict) -> torch.Tensor:
+            if Hr is None:
+                return T.tcq_encode(rows, **params, progress=tcq.get("progress"))
+            return T.tcq_encode_ldlq(rows, Hr, **params, damp=damp, progress=tcq.get("progress"))
 
         out["codebook"] = torch.zeros(0, 1)
         if (4 * float(bits)) % 2 == 1:  # a half variant: two rates over the two halves of the rows
             split = out_f // 2
             lo, hi = T.tcq_params(bits - 0.25, tcq.get("L")), T.tcq_params(bits + 0.25, tcq.get("L"))
-            parts = [T.tcq_encode(Wn[:split], **lo), T.tcq_encode(Wn[split:], **hi)]
+            parts = [encode(Wn[:split], lo), encode(Wn[split:], hi)]
             # Streams of the two halves differ in length: stored flat, one after the other.
             out["packed"] = torch.cat([p.reshape(-1) for p in parts]).reshape(1, -1)
             out["tcq_params"] = {"split": split, "lo": lo, "hi": hi, "lo_words": parts[0].numel()}
             return out
         params = T.tcq_params(bits, tcq.get("L"))
-        out["packed"] = T.tcq_encode(Wn, **params, progress=tcq.get("progress"))
+        out["packed"] = encode(Wn, params)
         out["tcq_params"] = params
         return out
     cb = codebooks.lloyd_max(int(bits)) if kind == "sq" else codebooks.vq2d(int(round(2 * bits)))
     c = (cb.shape[0] - 1).bit_length()
     out["codebook"] = cb
-    if hessian is not None:
-        from weightkit.quant.ldlq import ldlq_round, nearest_codewords, rotate_hessian
+    if Hr is not None:
+        from weightkit.quant.ldlq import ldlq_round, nearest_codewords
 
         # Ŵn holds exact codewords, so encoding it below gives back the codes LDLQ chose.
-        Wn = ldlq_round(Wn, rotate_hessian(hessian, signs), nearest_codewords(cb), d=cb.shape[1], damp=damp)
+        Wn = ldlq_round(Wn, Hr, nearest_codewords(cb), d=cb.shape[1], damp=damp)
     out["packed"] = P.palette_pack(P.palette_encode(Wn, cb), c)
     return out
 
@@ -188,9 +198,9 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
     quantizer, bits, stored_bits (with scales and signs), rel_error (‖W − Ŵ‖/‖W‖), norm, seconds,
     ldlq (whether the rounding was Hessian-aware).
 
-    Hessian-aware rounding (LDLQ, sq and vq layers): ``calibration`` (1-D int64 tokens, run through
-    ``model(input_ids)`` in windows of ``calibration_ctx`` before any layer is replaced; a few
-    thousand tokens) or ``hessians`` (name → (in, in) for every quantized layer, from
+    Hessian-aware rounding (LDLQ; the trellis by block LDLQ, see quantize_weight): ``calibration``
+    (1-D int64 tokens, run through ``model(input_ids)`` in windows of ``calibration_ctx`` before any
+    layer is replaced; a few thousand tokens) or ``hessians`` (name → (in, in) for every quantized layer, from
     weightkit.quant.collect_hessians: reusable across quantizers); ``damp`` as in
     weightkit.quant.ldlq_round. ``sequential=True`` (with ``calibration``) measures each block's
     Hessians on the model whose lower blocks are already quantized, and quantizes block by block
@@ -222,11 +232,6 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
     check_finite_weights(fn, layers)
     if calibration is not None and hessians is not None:
         raise ValueError(f"weightkit.quant.{fn}: give calibration tokens or hessians, not both")
-    if calibration is not None or hessians is not None:
-        tcq_layers = [name for (name, _), (kind, _) in zip(layers, choices) if kind == "tcq"]
-        if tcq_layers:
-            raise ValueError(f"weightkit.quant.{fn}: Hessian-aware rounding covers the sq and vq quantizers; "
-                             f"these layers are tcq: {tcq_layers[:3]}; nothing was quantized")
     from weightkit.quant.sequential import layer_hessians
 
     index = {name: i for i, (name, _) in enumerate(layers)}

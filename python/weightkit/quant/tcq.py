@@ -1,5 +1,5 @@
 """Trellis-coded quantization (QTIP's bitshift trellis) for the palette: rate → trellis shape,
-and the row-chunked encoder with a progress callback.
+the row-chunked encoder with a progress callback, and the Hessian-aware (LDLQ) encoder.
 
 A rate b is coded with bits_per_step / values_per_step = b: integer rates one weight a step
 (kb = b), half rates two weights a step (kb = 2b). L (state bits) trades quality for encoding time
@@ -12,11 +12,23 @@ import torch
 
 from weightkit.ops import palette as P
 
-__all__ = ["tcq_params", "tcq_encode", "DEFAULT_L"]
+__all__ = ["tcq_params", "tcq_encode", "tcq_encode_ldlq", "tcq_pack_states", "tcq_state_values", "DEFAULT_L",
+           "LDLQ_BLOCK", "LDLQ_LOOKAHEAD"]
 
 #: State bits used when the caller does not choose: QTIP's 16 (a GPU makes it cheap; on 2 CPU
 #: cores a whole 135M model takes ~45 min at 16, ~3 min at 12).
 DEFAULT_L = 16
+
+
+#: Columns the Hessian-aware encoder commits at a time (QTIP's 16-column blocks), and the steps of
+#: look-ahead its windowed Viterbi searches past them.
+LDLQ_BLOCK = 16
+LDLQ_LOOKAHEAD = 32
+
+# The 1MAD code of csrc/palette/tcq.h: per value v a multiply-add on the state, then the byte sum.
+_CODE_MUL = (34038481, 2654435761)
+_CODE_ADD = (76625530, 2246822519)
+_CODE_SCALE = torch.tensor(1.0) / torch.tensor(147.8)  # float32, as the C++ 1.0f / 147.8f
 
 
 def tcq_params(bits: float, L: int | None = None) -> dict:
@@ -42,3 +54,81 @@ def tcq_encode(Wn: torch.Tensor, L: int, bits_per_step: int, values_per_step: in
         if progress is not None:
             progress(min(r0 + chunk_rows, Wn.shape[0]), Wn.shape[0])
     return torch.cat(out)
+
+
+def tcq_state_values(states: torch.Tensor, values_per_step: int) -> torch.Tensor:
+    """code(state) as tcq_dequantize gives it with scale 1: (rows, steps·V) float32 for states
+    (rows, steps) of any integer dtype."""
+    s = states.long() & 0xFFFFFFFF
+    values = []
+    for v in range(values_per_step):
+        x = (s * _CODE_MUL[v] + _CODE_ADD[v]) & 0xFFFFFFFF  # < 2^52 before the mask: exact in int64
+        offset = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24) - 510
+        values.append(offset.float() * _CODE_SCALE)
+    return torch.stack(values, -1).flatten(-2)
+
+
+def tcq_pack_states(states: torch.Tensor, L: int, bits_per_step: int) -> torch.Tensor:
+    """The (rows, tcq_words(steps)) int32 streams of state paths (rows, steps) (each state following
+    the one before it): the first state's L bits, then each later state's lowest bits_per_step
+    bits, most significant bit first, as csrc/palette/tcq.h lays them out."""
+    rows, steps = states.shape
+    words = P.tcq_words(steps, L, bits_per_step)
+    s = states.long()
+    shifts = torch.arange(max(L, 32) - 1, -1, -1, device=s.device)
+    first = (s[:, :1] >> shifts[-L:]) & 1
+    rest = (s[:, 1:, None] >> shifts[-bits_per_step:]) & 1
+    bits = torch.cat([first, rest.reshape(rows, -1)], 1)
+    bits = torch.nn.functional.pad(bits, (0, 32 * words - bits.shape[1]))
+    w = (bits.view(rows, words, 32) << shifts[-32:]).sum(-1)
+    return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)
+
+
+def tcq_encode_ldlq(Wn: torch.Tensor, H: torch.Tensor, L: int, bits_per_step: int, values_per_step: int,
+                    damp: float = 0.01, block: int = LDLQ_BLOCK, lookahead: int = LDLQ_LOOKAHEAD,
+                    progress=None) -> torch.Tensor:
+    """Hessian-aware trellis coding: the streams (rows, tcq_words) int32 of normalized rows Wn
+    (rows, in) float for the proxy loss Σ_rows (w − ŵ)·H·(w − ŵ)ᵀ, H (in, in) the rotated Hessian.
+
+    Block LDLQ (QuIP# / QTIP) in the row-stream format: the columns are committed ``block`` at a
+    time (a multiple of values_per_step); each block's targets carry the feedback of the errors
+    already made (weightkit.quant.ldlq's U, ``damp`` as there), and every row's trellis path goes on
+    from its last committed state through a Viterbi search over the block plus ``lookahead`` steps
+    of the next columns' current targets, of which only the block is kept. With H = I it is the
+    plain Viterbi encoding up to the look-ahead's truncation. Runs on Wn's device (the feedback
+    factor is computed on the CPU in float64). ``progress(done_columns, in)`` is called after each
+    block.
+    """
+    from weightkit.quant.ldlq import feedback_factor
+
+    fn = "weightkit.quant.tcq_encode_ldlq"
+    out_f, in_f = Wn.shape
+    V, kb = int(values_per_step), int(bits_per_step)
+    if tuple(H.shape) != (in_f, in_f):
+        raise ValueError(f"{fn}: H must be ({in_f}, {in_f}) for Wn of shape {tuple(Wn.shape)}, got {tuple(H.shape)}")
+    if not torch.isfinite(H).all():
+        raise ValueError(f"{fn}: H has NaN or Inf")
+    if not isinstance(block, int) or block < 1 or block % V:
+        raise ValueError(f"{fn}: block must be a positive multiple of values_per_step={V}, got {block!r}")
+    if not isinstance(lookahead, int) or lookahead < 0:
+        raise ValueError(f"{fn}: lookahead must be an int >= 0, got {lookahead!r}")
+    if in_f % V:
+        raise ValueError(f"{fn}: in_features={in_f} must be a multiple of values_per_step={V}")
+    dev = Wn.device
+    Ut = feedback_factor(fn, H, damp).t().float().contiguous().to(dev)  # lower: Ut[c, i] = U[i, c]
+    Wt = Wn.detach().float().t().contiguous()  # (in, out): the targets, updated as errors are fed back
+    states = torch.empty(out_f, in_f // V, dtype=torch.int32, device=dev)
+    prev = torch.full((out_f,), -1, dtype=torch.int32, device=dev)
+    for b0 in range(0, in_f, block):
+        b1 = min(b0 + block, in_f)
+        window = Wt[b0 : min(b1 + lookahead * V, in_f)].t().contiguous()
+        path = P.tcq_encode_window(window, prev, L, kb, V, (b1 - b0) // V)
+        states[:, b0 // V : b1 // V] = path
+        prev = path[:, -1].contiguous()
+        # The block's error through U_bb⁻ᵀ, then onto every later column (block LDLQ's feedback).
+        err = Wt[b0:b1] - tcq_state_values(path, V).t()
+        e = torch.linalg.solve_triangular(Ut[b0:b1, b0:b1], err, upper=False)
+        Wt[b1:].addmm_(Ut[b1:, b0:b1], e, alpha=-1)
+        if progress is not None:
+            progress(b1, in_f)
+    return tcq_pack_states(states, L, kb)

@@ -34,6 +34,11 @@ void pal_tcq_viterbi(const float* W, int64_t rows, int64_t steps, int L, int kb,
   k::tcq_viterbi(W, rows, steps, L, kb, V, cost, bp, packed, nullptr);
 }
 
+void pal_tcq_viterbi_window(const float* W, const int32_t* prev, int64_t rows, int64_t steps, int L, int kb, int V,
+                            int64_t commit, float* cost, uint8_t* bp, int32_t* states) {
+  k::tcq_viterbi_window(W, prev, rows, steps, L, kb, V, commit, cost, bp, states, nullptr);
+}
+
 int64_t pal_hadamard_max_n() { return k::kHadamardMaxN; }
 
 }  // extern "C"
