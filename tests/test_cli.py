@@ -242,15 +242,20 @@ def test_palette_perplexity_plot_reads_every_sweep_file(tmp_path):
                                                                      ("mixed-tcq-2.5", "mixed", 2.64, 42.9))))
     (tmp_path / "palette-ppl-ldlq.json").write_text(json.dumps({"fp_ppl": 14.70, "runs": [
         {"quantizer": "vq", "stored_bits": 2.72, "nearest": {"ppl": 883.0}, "ldlq": {"ppl": 21.3}}]}))
+    (tmp_path / "palette-ppl-ldlq-tcq.json").write_text(json.dumps({"fp_ppl": 14.70, "runs": [
+        {"quantizer": "tcq", "stored_bits": 2.15, "nearest": {"ppl": 8770.0}, "ldlq": {"ppl": 30.5}}]}))
     (tmp_path / "palette-ppl-ldlq-mixed.json").write_text(json.dumps(runs(("vq-2.5", "vq", 2.72, 21.3),
                                                                           ("mixed@vq-2.5", "mixed", 2.70, 20.9))))
+    (tmp_path / "palette-ppl-ldlq-mixed-tcq.json").write_text(json.dumps(runs(("tcq-2", "tcq", 2.14, 28.4),
+                                                                              ("mixed@tcq-2", "mixed", 2.14, 25.0))))
     (tmp_path / "palette-ppl-baselines.json").write_text(json.dumps(runs(
         ("ptqtp", "ptqtp", 4.27, 197.4), ("int4", "int4", 4.25, 20.1), ("int3", "int3", 3.25, 84.6),
         ("gptq-int3", "gptq-int3", 3.25, 48.0), ("gptq-int3-act", "gptq-int3-act", 3.27, 30.0))))
     series, fp = collect_series(tmp_path)
     assert fp == 14.70
     assert series == {"TCQ nearest": [(2.14, 8770.0), (2.64, 237.0)], "TCQ mixed (DP allocation)": [(2.64, 42.9)],
-                      "VQ LDLQ": [(2.72, 21.3)], "VQ/SQ mixed + LDLQ (DP allocation)": [(2.70, 20.9)],
+                      "VQ LDLQ": [(2.72, 21.3)], "TCQ LDLQ": [(2.15, 30.5)],
+                      "TCQ mixed + LDLQ (DP allocation)": [(2.14, 25.0)], "VQ/SQ mixed + LDLQ (DP allocation)": [(2.70, 20.9)],
                       "PTQTP (2 trit-planes)": [(4.27, 197.4)], "int RTN g128": [(3.25, 84.6), (4.25, 20.1)],
                       "GPTQ g128": [(3.25, 48.0)], "GPTQ act-order g128": [(3.27, 30.0)]}
     pytest.importorskip("matplotlib")

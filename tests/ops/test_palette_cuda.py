@@ -126,7 +126,8 @@ def test_tcq_window_and_ldlq_match_cpu(bits):
     err = {k: (tcq_state_values(s, V) - W).pow(2).sum(1) for k, s in (("cpu", cpu), ("gpu", gpu))}
     assert torch.allclose(err["gpu"], err["cpu"], rtol=1e-4)
     assert torch.equal(tcq_encode_window(W.cuda(), prev.cuda(), L, kb, V, 9).cpu(), gpu[:, :9])
-    X = torch.randn(1024, 256, generator=torch.Generator().manual_seed(7)) @ (torch.eye(256) + 0.1 * torch.randn(256, 256))
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(1024, 256, generator=g) @ (torch.eye(256) + 0.1 * torch.randn(256, 256, generator=g))
     H = (X.T @ X / 1024).double()
     ones = torch.ones(6)
     loss = {}

@@ -6,7 +6,8 @@ Every nn.Linear of the 30 blocks (210 layers, 106M weights) is quantized; embedd
 stay. Perplexity: weightkit.eval.perplexity on the first ``n_eval`` pydoc tokens, ctx 512.
 Sensitivities for the mixed plan come from noise injection (KL on ``n_calib`` tokens taken after
 the evaluation slice, so calibration and evaluation never overlap). ``--ldlq`` compares nearest
-rounding with Hessian-aware LDLQ rounding (Hessians from 8K pydoc tokens after the evaluation slice);
+rounding with Hessian-aware LDLQ rounding (Hessians from 8K pydoc tokens after the evaluation slice),
+``--ldlq-tcq`` the same for the trellis;
 ``--ldlq-mixed`` the allocation under LDLQ (each layer's measured Hessian-weighted errors) against
 one VQ rate for all layers at the same stored bits; ``--baselines`` PTQTP, RTN and GPTQ integers on
 the same tokens; ``--plot`` draws every sweep of the results folder (palette_ppl_plot).
@@ -127,25 +128,36 @@ def run_sweep(out_path, n_eval: int = 4096, n_calib: int = 128, tcq_L: int = 12,
     return results
 
 
-#: Configurations of the Hessian-aware comparison (LDLQ covers sq and vq).
+#: Configurations of the Hessian-aware comparison of the sq and vq quantizers (``--ldlq``) and of
+#: the trellis (``--ldlq-tcq``, block LDLQ; its own file because it came later).
 LDLQ_CONFIGS = [c for c in UNIFORM if c[1] != "tcq"]
+LDLQ_TCQ_CONFIGS = [("tcq-2", "tcq", 2), ("tcq-2.5", "tcq", 2.5), ("tcq-3", "tcq", 3), ("tcq-4", "tcq", 4)]
 
 
-def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=None, log=print) -> dict:
-    """Each sq / vq configuration twice, nearest rounding then LDLQ, with Hessians measured once on
-    ``n_hessian`` pydoc tokens after the evaluation slice; rewrites ``out_path`` after every run."""
+def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=None, tcq_L: int = 12,
+                   log=print) -> dict:
+    """Each configuration twice, nearest rounding then LDLQ, with Hessians measured once on
+    ``n_hessian`` pydoc tokens after the evaluation slice; the trellis at ``tcq_L`` state bits;
+    rewrites ``out_path`` after every run."""
     model, eval_ids, calib_ids = _setup(n_eval, n_hessian)
     t0 = time.perf_counter()
     hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model), progress=True)
+    configs = LDLQ_CONFIGS if configs is None else configs
     results = _header(n_eval, n_hessian_tokens=n_hessian, hessian_s=time.perf_counter() - t0)
+    if any(q == "tcq" for _, q, _ in configs):
+        from weightkit.quant import tcq as T
+
+        results.update(tcq_L=tcq_L, tcq_ldlq_block=T.LDLQ_BLOCK, tcq_ldlq_lookahead=T.LDLQ_LOOKAHEAD)
     out_path = Path(out_path)
     t0 = time.perf_counter()
     results["fp_ppl"] = wk.eval.perplexity(model, eval_ids, ctx=512)
     log(f"fp: ppl {results['fp_ppl']:.3f} ({time.perf_counter() - t0:.0f} s)")
-    for label, q, b in (LDLQ_CONFIGS if configs is None else configs):
+    for label, q, b in configs:
         run = {"label": label, "quantizer": q, "bits": b}
+        trellis = {"L": tcq_L} if q == "tcq" else {}
         for rounding, options in (("nearest", {}), ("ldlq", {"hessians": hessians})):
-            rep = wk.quant.quantize_model(model, method="palette", quantizer=q, bits=b, progress=False, **options)
+            rep = wk.quant.quantize_model(model, method="palette", quantizer=q, bits=b, progress=False, **options,
+                                          **trellis)
             run["stored_bits"] = rep.bits_per_weight
             run[rounding] = {"ppl": wk.eval.perplexity(model, eval_ids, ctx=512), "rel_error": rep.rel_error,
                              "quantize_s": rep.seconds}
@@ -162,21 +174,27 @@ def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=
 #: Options of the allocation under LDLQ, and the uniform runs its plans are matched against.
 LDLQ_MIXED_OPTIONS = [("vq", 2), ("vq", 2.5), ("vq", 3), ("vq", 3.5), ("vq", 4), ("sq", 2), ("sq", 3), ("sq", 4)]
 LDLQ_MIXED_UNIFORM = [("vq", 2), ("vq", 2.5), ("vq", 3)]
+#: The same for the trellis alone (``--ldlq-mixed-tcq``; L = 12, block LDLQ).
+LDLQ_MIXED_TCQ_OPTIONS = [("tcq", 1.5), ("tcq", 2), ("tcq", 2.5), ("tcq", 3), ("tcq", 3.5), ("tcq", 4)]
+LDLQ_MIXED_TCQ_UNIFORM = [("tcq", 2), ("tcq", 2.5), ("tcq", 3)]
 
 
 def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: int = 512,
-                   sensitivity: dict | None = None, log=print) -> dict:
-    """The allocation with LDLQ rounding against uniform VQ at equal stored bits.
+                   sensitivity: dict | None = None, options=LDLQ_MIXED_OPTIONS, uniform=LDLQ_MIXED_UNIFORM,
+                   tcq_L: int = 12, log=print) -> dict:
+    """The allocation with LDLQ rounding against one rate for all layers at equal stored bits.
 
     Hessians from ``n_hessian`` pydoc tokens after the evaluation slice; noise sensitivities
     (KL per relative MSE) on the first ``n_sens`` of them, or ``sensitivity`` (name → a_l) given;
-    each layer quantized with every LDLQ_MIXED_OPTIONS option (allocation.measured_options:
-    Hessian-weighted error, stored bits). For each LDLQ_MIXED_UNIFORM rate, that rate for all
-    layers, then the DP plan whose stored bits do not exceed the uniform model's. Rewrites
-    ``out_path`` after every run."""
+    each layer quantized with every one of ``options`` ((quantizer, bits); the trellis at
+    ``tcq_L`` state bits) by allocation.measured_options (Hessian-weighted error, stored bits).
+    For each (quantizer, bits) of ``uniform``, that rate for all layers, then the DP plan whose
+    stored bits do not exceed the uniform model's. Rewrites ``out_path`` after every run."""
     model, eval_ids, calib_ids = _setup(n_eval, n_hessian)
     layers = wk.eval.linear_layers(model)
-    results = _header(n_eval, n_hessian_tokens=n_hessian)
+    results = _header(n_eval, n_hessian_tokens=n_hessian, options=[list(o) for o in options])
+    if any(q == "tcq" for q, _ in options):
+        results["tcq_L"] = tcq_L
     out_path = Path(out_path)
 
     def save():
@@ -193,8 +211,8 @@ def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: 
         results["sensitivity_s"] = time.perf_counter() - t0
     results["sensitivity"] = sensitivity
     t0 = time.perf_counter()
-    options = [allocation.Option(q, float(b), 0.0) for q, b in LDLQ_MIXED_OPTIONS]
-    measured = allocation.measured_options(model, options, hessians=hessians, progress=True)
+    measured = allocation.measured_options(model, [allocation.Option(q, float(b), 0.0) for q, b in options],
+                                           hessians=hessians, progress=True, L=tcq_L)
     results["measure_s"] = time.perf_counter() - t0
     results["measured"] = {n: [[o.quantizer, o.bits, o.error, o.cost] for o in opts] for n, opts in measured.items()}
     results["fp_ppl"] = wk.eval.perplexity(model, eval_ids, ctx=512)
@@ -207,7 +225,8 @@ def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: 
 
     def run(label, plan_options):
         plan = {n: (o.quantizer, o.bits) for n, o in zip(names, plan_options)}
-        rep = wk.quant.quantize_model(model, method="palette", quantizer="mixed", plan=plan, hessians=hessians)
+        rep = wk.quant.quantize_model(model, method="palette", quantizer="mixed", plan=plan, hessians=hessians,
+                                      L=tcq_L)
         rec = {"label": label, "ppl": wk.eval.perplexity(model, eval_ids, ctx=512),
                "stored_bits": rep.bits_per_weight, "rel_error": rep.rel_error, "quantize_s": rep.seconds,
                "predicted_kl": allocation.predicted_loss(sens, plan_options), "plan_hist": _hist(plan)}
@@ -217,7 +236,7 @@ def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: 
             f"{rec['predicted_kl']:.4f}, {rec['plan_hist']}")
         return rec
 
-    for q, b in LDLQ_MIXED_UNIFORM:
+    for q, b in uniform:
         uniform = [next(o for o in opts if (o.quantizer, o.bits) == (q, b)) for opts in per_layer]
         budget = sum(n * o.cost for n, o in zip(sizes, uniform)) / sum(sizes)
         u = run(f"{q}-{b}", uniform)
@@ -332,8 +351,13 @@ if __name__ == "__main__":
     ap.add_argument("--mixed-from", metavar="JSON", help="only the mixed plan, with the sensitivities stored in JSON")
     ap.add_argument("--ldlq", action="store_true", help="nearest rounding against Hessian-aware LDLQ for the sq and "
                     "vq configurations (default output: palette-ppl-ldlq.json)")
+    ap.add_argument("--ldlq-tcq", action="store_true", help="the same for the trellis at L = 12: nearest (Viterbi) "
+                    "against block LDLQ (default output: palette-ppl-ldlq-tcq.json)")
     ap.add_argument("--ldlq-mixed", action="store_true", help="the allocation with LDLQ rounding against uniform "
                     "VQ at equal stored bits (default output: palette-ppl-ldlq-mixed.json)")
+    ap.add_argument("--ldlq-mixed-tcq", action="store_true", help="the same over the trellis rates 1.5-4 against "
+                    "uniform TCQ, reusing the sensitivities of palette-ppl-ldlq-mixed.json when present "
+                    "(default output: palette-ppl-ldlq-mixed-tcq.json)")
     ap.add_argument("--baselines", action="store_true", help="PTQTP and int4 / int3 RTN (group 128) on the same "
                     "tokens (default output: palette-ppl-baselines.json)")
     ap.add_argument("--sequential", action="store_true", help="Hessians of the unquantized model against block by "
@@ -345,7 +369,9 @@ if __name__ == "__main__":
     if args.out is None:
         from weightkit.bench.common import results_path
 
-        name = ("palette-ppl-ldlq-mixed" if args.ldlq_mixed else "palette-ppl-ldlq" if args.ldlq
+        name = ("palette-ppl-ldlq-mixed-tcq" if args.ldlq_mixed_tcq
+                else "palette-ppl-ldlq-mixed" if args.ldlq_mixed else "palette-ppl-ldlq" if args.ldlq
+                else "palette-ppl-ldlq-tcq" if args.ldlq_tcq
                 else "palette-ppl-baselines" if args.baselines
                 else "palette-ppl-sequential" if args.sequential else "palette-ppl")
         args.out = str(results_path("palette", "cpu").with_name(name + ".json"))
@@ -359,6 +385,12 @@ if __name__ == "__main__":
         run_sequential(args.out)
     elif args.ldlq_mixed:
         run_ldlq_mixed(args.out)
+    elif args.ldlq_mixed_tcq:
+        stored = Path(args.out).with_name("palette-ppl-ldlq-mixed.json")
+        sens = json.loads(stored.read_text())["sensitivity"] if stored.exists() else None
+        run_ldlq_mixed(args.out, sensitivity=sens, options=LDLQ_MIXED_TCQ_OPTIONS, uniform=LDLQ_MIXED_TCQ_UNIFORM)
+    elif args.ldlq_tcq:
+        run_ldlq_sweep(args.out, configs=[c for c in LDLQ_TCQ_CONFIGS if not args.only or c[0] in args.only])
     elif args.ldlq:
         run_ldlq_sweep(args.out, configs=[c for c in LDLQ_CONFIGS if c[0] in args.only] if args.only else None)
     elif args.mixed_from:

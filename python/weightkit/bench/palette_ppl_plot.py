@@ -39,14 +39,16 @@ def collect_series(folder) -> tuple[dict[str, list[tuple[float, float]]], float 
                 add("TCQ mixed (DP allocation)", r["stored_bits"], r["ppl"])
             else:
                 add(f"{r['quantizer'].upper()} nearest", r["stored_bits"], r["ppl"])
-    ldlq = _load(folder, "palette-ppl-ldlq.json") or {}
-    fp = ldlq.get("fp_ppl", fp)
-    for r in ldlq.get("runs", []):
-        add(f"{r['quantizer'].upper()} LDLQ", r["stored_bits"], r["ldlq"]["ppl"])
-    mixed = _load(folder, "palette-ppl-ldlq-mixed.json") or {}
-    for r in mixed.get("runs", []):
-        if r["label"].startswith("mixed"):
-            add("VQ/SQ mixed + LDLQ (DP allocation)", r["stored_bits"], r["ppl"])
+    for name in ("palette-ppl-ldlq.json", "palette-ppl-ldlq-tcq.json"):
+        ldlq = _load(folder, name) or {}
+        fp = ldlq.get("fp_ppl", fp)
+        for r in ldlq.get("runs", []):
+            add(f"{r['quantizer'].upper()} LDLQ", r["stored_bits"], r["ldlq"]["ppl"])
+    for name, label in (("palette-ppl-ldlq-mixed.json", "VQ/SQ mixed + LDLQ (DP allocation)"),
+                        ("palette-ppl-ldlq-mixed-tcq.json", "TCQ mixed + LDLQ (DP allocation)")):
+        for r in (_load(folder, name) or {}).get("runs", []):
+            if r["label"].startswith("mixed"):
+                add(label, r["stored_bits"], r["ppl"])
     for r in (_load(folder, "palette-ppl-baselines.json") or {}).get("runs", []):
         add(_baseline_label(r["quantizer"]), r["stored_bits"], r["ppl"])
     # Nearest-rounding sweeps were run in parts: one point per rate.
@@ -68,8 +70,10 @@ def _baseline_label(method: str) -> str:
 STYLE = {
     "SQ nearest": ("tab:blue", "o", "--"), "SQ LDLQ": ("tab:blue", "o", "-"),
     "VQ nearest": ("tab:orange", "s", "--"), "VQ LDLQ": ("tab:orange", "s", "-"),
-    "TCQ nearest": ("tab:green", "^", "--"), "TCQ mixed (DP allocation)": ("tab:green", "*", "none"),
+    "TCQ nearest": ("tab:green", "^", "--"), "TCQ LDLQ": ("tab:green", "^", "-"),
+    "TCQ mixed (DP allocation)": ("tab:green", "*", "none"),
     "VQ/SQ mixed + LDLQ (DP allocation)": ("tab:red", "*", "none"),
+    "TCQ mixed + LDLQ (DP allocation)": ("tab:pink", "*", "none"),
     "PTQTP (2 trit-planes)": ("tab:purple", "D", "none"), "int RTN g128": ("tab:brown", "P", ":"),
     "GPTQ g128": ("tab:olive", "p", ":"), "GPTQ act-order g128": ("tab:cyan", "h", ":"),
 }

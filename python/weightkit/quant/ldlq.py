@@ -23,7 +23,8 @@ from torch import nn
 
 from weightkit.ops import palette as P
 
-__all__ = ["collect_hessians", "feedback_factor", "hessian_weighted_error", "ldlq_round", "nearest_codewords", "rotate_hessian"]
+__all__ = ["collect_hessians", "feedback_factor", "hessian_weighted_error", "ldlq_round", "nearest_codewords",
+           "rotate_hessian"]
 
 
 @torch.no_grad()
