@@ -165,8 +165,8 @@ def test_stored_options_keep_the_real_size_in_budget():
     assert stored_cost(allocate_lagrangian(sizes, sens, stored, 3.0)) <= 3.0
 
 
-@pytest.mark.parametrize("ldlq", [True, False])
-def test_plan_mixed_keeps_the_stored_budget_and_favours_sensitive_layers(ldlq):
+@pytest.mark.parametrize("ldlq, quantizer", [(True, "vq"), (False, "vq"), (True, "tcq")])
+def test_plan_mixed_keeps_the_stored_budget_and_favours_sensitive_layers(ldlq, quantizer):
     import weightkit as wk
     from weightkit.quant.allocation import plan_mixed
 
@@ -175,12 +175,15 @@ def test_plan_mixed_keeps_the_stored_budget_and_favours_sensitive_layers(ldlq):
     with torch.no_grad():
         model.blocks[1].weight.mul_(5)  # a layer that matters more
     tokens = torch.randint(0, 50, (512,))
-    plan, hessians = plan_mixed(model, tokens, budget_bits=3.6, bits=(2, 2.5, 3, 4), ldlq=ldlq, n_sensitivity=128)
+    trellis = {"L": 8} if quantizer == "tcq" else {}  # the trellis's block LDLQ, small for speed
+    plan, hessians = plan_mixed(model, tokens, budget_bits=3.6, quantizers=(quantizer,), bits=(2, 2.5, 3, 4), ldlq=ldlq,
+                                n_sensitivity=128, **trellis)
     assert set(plan) == {"blocks.0", "blocks.1", "blocks.2", "head"} and (hessians is not None) == ldlq
+    assert {q for q, _ in plan.values()} == {quantizer}
     assert plan["blocks.1"][1] == max(b for _, b in plan.values())
     assert len({b for _, b in plan.values()}) > 1  # mixed, not one rate
     rep = wk.quant.quantize_model(model, method="palette", quantizer="mixed", plan=plan, hessians=hessians,
-                                  progress=False)
+                                  progress=False, **trellis)
     assert rep.bits_per_weight <= 3.6
 
 

@@ -299,7 +299,7 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
 
 def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quantizers=("vq",),
                bits=(2, 2.5, 3, 3.5, 4), ldlq: bool = True, hessians: dict | None = None, n_sensitivity: int = 512,
-               skip=None, seed: int = 0, progress: bool = False) -> tuple[dict, dict | None]:
+               skip=None, seed: int = 0, progress: bool = False, **tcq) -> tuple[dict, dict | None]:
     """(plan, hessians): one palette option per layer minimizing the predicted KL under a budget of
     ``budget_bits`` stored bits per weight (codes, codebooks, scales, signs: a uniform VQ 2.5-bit
     SmolLM2 stores 2.72), for ``quantize_model(model, method="palette", quantizer="mixed",
@@ -310,7 +310,9 @@ def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quant
     the noise sensitivities, all of them the Hessians). ``ldlq``: layers are scored (and must then
     be quantized) with Hessian-aware rounding; ``hessians`` reuses ones already collected. Costs
     one forward pass of ``n_sensitivity`` tokens per layer plus each layer quantized once per
-    option (SmolLM2-135M, 2 cores, 5 VQ rates: ~6 + ~3 minutes).
+    option (SmolLM2-135M, 2 cores, 5 VQ rates: ~6 + ~3 minutes; the trellis, ``quantizers=("tcq",)``,
+    takes ~2.5 minutes per rate at ``L=12``). ``tcq``: the trellis's options (L), to be given to
+    quantize_model too.
     """
     from weightkit.quant.ldlq import collect_hessians
     from weightkit.quant.quantize import skip_patterns, target_linears
@@ -328,7 +330,7 @@ def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quant
         hessians = collect_hessians(model, tokens, layers, ctx=min(512, tokens.numel()), progress=progress)
     options = [Option(q, float(b), 0.0) for q in quantizers for b in bits]
     measured = measured_options(model, options, hessians=hessians if ldlq else None, skip=skip, seed=seed,
-                                progress=progress)
+                                progress=progress, **tcq)
     names = list(measured)
     chosen = allocate([layers[n].weight.numel() for n in names], [sens[n] for n in names],
                       [measured[n] for n in names], budget_bits)
