@@ -200,8 +200,8 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
 
     Hessian-aware rounding (LDLQ; the trellis by block LDLQ, see quantize_weight): ``calibration``
     (1-D int64 tokens, run through ``model(input_ids)`` in windows of ``calibration_ctx`` before any
-    layer is replaced; a few thousand tokens) or ``hessians`` (name → (in, in) for every quantized layer, from
-    weightkit.quant.collect_hessians: reusable across quantizers); ``damp`` as in
+    layer is replaced; a few thousand tokens) or ``hessians`` (name → (in, in) for every quantized
+    layer, from weightkit.quant.collect_hessians: reusable across quantizers); ``damp`` as in
     weightkit.quant.ldlq_round. ``sequential=True`` (with ``calibration``) measures each block's
     Hessians on the model whose lower blocks are already quantized, and quantizes block by block
     (weightkit.quant.sequential_hessians; every quantized layer must be inside a transformer block).
