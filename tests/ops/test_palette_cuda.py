@@ -123,7 +123,7 @@ def test_tcq_window_and_ldlq_match_cpu(bits):
     gpu = tcq_encode_window(W.cuda(), prev.cuda(), L, kb, V, steps).cpu()
     mask = (1 << (L - kb)) - 1
     assert torch.equal(gpu[1:5, 0] >> kb, prev[1:5] & mask)
-    err = {k: (tcq_state_values(s, V) - W).pow(2).sum(1) for k, s in (("cpu", cpu), ("gpu", gpu))}
+    err = {k: (tcq_state_values(s, L, kb, V) - W).pow(2).sum(1) for k, s in (("cpu", cpu), ("gpu", gpu))}
     assert torch.allclose(err["gpu"], err["cpu"], rtol=1e-4)
     assert torch.equal(tcq_encode_window(W.cuda(), prev.cuda(), L, kb, V, 9).cpu(), gpu[:, :9])
     g = torch.Generator().manual_seed(7)

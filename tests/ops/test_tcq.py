@@ -193,7 +193,7 @@ def test_window_over_whole_rows_is_the_encoder(L, kb, V, cpu_isa):
     assert states.shape == (5, 24) and states.dtype == torch.int32
     packed = tcq_encode(W, L, kb, V)
     assert torch.equal(tcq_pack_states(states, L, kb), packed)
-    assert torch.equal(tcq_state_values(states, V), tcq_dequantize(packed, torch.ones(5), 24 * V, L, kb, V))
+    assert torch.equal(tcq_state_values(states, L, kb, V), tcq_dequantize(packed, torch.ones(5), 24 * V, L, kb, V))
 
 
 @pytest.mark.parametrize("L,kb,V,steps", [(5, 1, 1, 7), (6, 2, 1, 5), (5, 3, 2, 4), (4, 2, 2, 1)])

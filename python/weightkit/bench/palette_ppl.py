@@ -237,9 +237,9 @@ def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: 
         return rec
 
     for q, b in uniform:
-        uniform = [next(o for o in opts if (o.quantizer, o.bits) == (q, b)) for opts in per_layer]
-        budget = sum(n * o.cost for n, o in zip(sizes, uniform)) / sum(sizes)
-        u = run(f"{q}-{b}", uniform)
+        one_rate = [next(o for o in opts if (o.quantizer, o.bits) == (q, b)) for opts in per_layer]
+        budget = sum(n * o.cost for n, o in zip(sizes, one_rate)) / sum(sizes)
+        u = run(f"{q}-{b}", one_rate)
         model, _ = wk.data.load_smollm2()
         m = run(f"mixed@{q}-{b}", allocation.allocate(sizes, sens, per_layer, budget))
         m["budget_stored_bits"] = budget

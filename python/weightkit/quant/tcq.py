@@ -25,11 +25,6 @@ DEFAULT_L = 16
 LDLQ_BLOCK = 16
 LDLQ_LOOKAHEAD = 32
 
-# The 1MAD code of csrc/palette/tcq.h: per value v a multiply-add on the state, then the byte sum.
-_CODE_MUL = (34038481, 2654435761)
-_CODE_ADD = (76625530, 2246822519)
-_CODE_SCALE = torch.tensor(1.0) / torch.tensor(147.8)  # float32, as the C++ 1.0f / 147.8f
-
 
 def tcq_params(bits: float, L: int | None = None) -> dict:
     """{"L", "bits_per_step", "values_per_step"} for a rate in 1.5..4 (0.5 steps)."""
@@ -56,16 +51,12 @@ def tcq_encode(Wn: torch.Tensor, L: int, bits_per_step: int, values_per_step: in
     return torch.cat(out)
 
 
-def tcq_state_values(states: torch.Tensor, values_per_step: int) -> torch.Tensor:
-    """code(state) as tcq_dequantize gives it with scale 1: (rows, steps·V) float32 for states
-    (rows, steps) of any integer dtype."""
-    s = states.long() & 0xFFFFFFFF
-    values = []
-    for v in range(values_per_step):
-        x = (s * _CODE_MUL[v] + _CODE_ADD[v]) & 0xFFFFFFFF  # < 2^52 before the mask: exact in int64
-        offset = (x & 255) + ((x >> 8) & 255) + ((x >> 16) & 255) + (x >> 24) - 510
-        values.append(offset.float() * _CODE_SCALE)
-    return torch.stack(values, -1).flatten(-2)
+def tcq_state_values(states: torch.Tensor, L: int, bits_per_step: int, values_per_step: int) -> torch.Tensor:
+    """The weights (rows, steps·V) float32, scale 1, that a path of states (rows, steps) decodes to:
+    the path packed as a stream and decoded by tcq_dequantize (the code has one definition, in C++)."""
+    rows, steps = states.shape
+    return P.tcq_dequantize(tcq_pack_states(states, L, bits_per_step), torch.ones(rows, device=states.device),
+                            steps * values_per_step, L, bits_per_step, values_per_step)
 
 
 def tcq_pack_states(states: torch.Tensor, L: int, bits_per_step: int) -> torch.Tensor:
@@ -126,7 +117,7 @@ def tcq_encode_ldlq(Wn: torch.Tensor, H: torch.Tensor, L: int, bits_per_step: in
         states[:, b0 // V : b1 // V] = path
         prev = path[:, -1].contiguous()
         # The block's error through U_bb⁻ᵀ, then onto every later column (block LDLQ's feedback).
-        err = Wt[b0:b1] - tcq_state_values(path, V).t()
+        err = Wt[b0:b1] - tcq_state_values(path, L, kb, V).t()
         e = torch.linalg.solve_triangular(Ut[b0:b1, b0:b1], err, upper=False)
         Wt[b1:].addmm_(Ut[b1:, b0:b1], e, alpha=-1)
         if progress is not None:
