@@ -33,6 +33,7 @@ py::dict build_info() {
   feats["avx512"] = f.avx512;
   feats["avx512_bf16"] = f.avx512_bf16;
   feats["avx512_vbmi"] = f.avx512_vbmi;
+  feats["avx512_vbmi2"] = f.avx512_vbmi2;
   feats["avx512_vnni"] = f.avx512_vnni;
   feats["amx_bf16"] = f.amx_bf16;
   info["cpu_features"] = feats;

@@ -26,6 +26,7 @@ CpuFeatures detect() {
     f.amx_bf16 = (edx >> 22) & 1u;
     f.avx512_vbmi = f.avx512 && ((ecx >> 1) & 1u);
     f.avx512_vnni = f.avx512 && ((ecx >> 11) & 1u);
+    f.avx512_vbmi2 = f.avx512 && ((ecx >> 6) & 1u);
   }
 #endif
   return f;

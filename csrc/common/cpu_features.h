@@ -17,6 +17,7 @@ struct CpuFeatures {
   bool avx512_bf16 = false;
   bool avx512_vbmi = false;  // byte permutes (vpermi2b, vpmultishiftqb)
   bool avx512_vnni = false;  // u8 x s8 dot products (vpdpbusd)
+  bool avx512_vbmi2 = false;  // funnel shifts (vpshldvd)
   bool amx_bf16 = false;
 };
 

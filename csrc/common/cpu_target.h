@@ -12,6 +12,9 @@
 // AVX-512 with VNNI but not VBMI (CpuFeatures::avx512_vnni; Cascade Lake has VNNI without VBMI):
 // trit_plane_matmul_a8's u8 x s8 dot products.
 #define WK_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+// AVX-512 with VNNI and VBMI2 (CpuFeatures::avx512_vnni / avx512_vbmi2; Ice Lake, Zen 4): the
+// trellis GEMV's funnel shifts (vpshldvd) and byte sums (vpdpbusd).
+#define WK_AVX512_VNNI_VBMI2 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi2,fma,f16c")))
 // AVX-512 with BF16 dot products (CpuFeatures::avx512_bf16; Zen 4, Cooper Lake, Sapphire Rapids):
 // Newton-Schulz's bf16 matrix products (vdpbf16ps).
 #define WK_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
