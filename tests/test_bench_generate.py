@@ -57,3 +57,18 @@ def test_short_run_on_smollm2():
     assert arms["fp32"]["linear_mb"] == pytest.approx(2 * arms["bf16"]["linear_mb"], rel=1e-3)
     assert arms["fp32"]["linear_mb"] == pytest.approx(30 * 4 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 576 * 1536) / 2**20,
                                                       rel=1e-3)
+
+
+def test_quantized_arm_cast_to_bf16_keeps_the_formats_and_decodes():
+    base = tiny_llama()
+    fp32, info = generate.build_arm(base, generate.ARMS["vq-2.5"])
+    bf16, info16 = generate.build_arm(base, generate.ARMS["vq-2.5+bf16"])
+    assert info["bits_per_weight"] == info16["bits_per_weight"] > 2.5
+    layer = bf16.model.layers[0].mlp.down_proj
+    assert isinstance(layer, wk.nn.PaletteLinear) and layer.codebook.dtype == torch.float32
+    assert bf16.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert torch.equal(layer.packed, fp32.model.layers[0].mlp.down_proj.packed)  # same seed, same codes
+    ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = fp32(ids).logits, bf16(ids).logits
+    assert b.dtype == torch.bfloat16 and ((b.float() - a).norm() / a.norm()).item() < 0.05

@@ -31,8 +31,8 @@ namespace {
 constexpr int kRowsPerGroup = 8;      // AVX2
 constexpr int kRowsPerGroup512 = 16;  // AVX-512
 constexpr int kMaxChunk = 8;  // tokens per pass over a row group
-// Stream words ahead of the ones read to prefetch (two cache lines), as each row enters a new
-// line. A group's 8 or 16 rows, a kilobyte or more apart, are too many streams for the hardware
+// Stream words ahead of the ones read to prefetch (two cache lines' worth), every 16 words read.
+// A group's 8 or 16 rows, a kilobyte or more apart, are too many streams for the hardware
 // prefetchers: without this a 4096² GEMV over matrices beyond the caches ran ~1.5x slower.
 constexpr int64_t kPrefetchWords = 32;
 
@@ -47,8 +47,9 @@ inline void prefetch_row_heads(const int32_t* packed, int64_t words, int64_t r0,
     for (int64_t w = 0; w < words && w <= 32; w += 16) prefetch(packed + r * words + w);
 }
 
-// Called as a group's read position reaches word w: when each row enters a new cache line,
-// prefetches the line kPrefetchWords ahead in each of the n rows.
+// Called as a group's read position reaches word w: every 16 words (a cache line's worth; rows
+// need not start on a line, but any 16 consecutive words touch at most two lines, and the next
+// call's target covers the second), prefetches word w + kPrefetchWords of each of the n rows.
 template <typename Word>
 inline void prefetch_ahead(const Word* const* row, int n, int64_t w, int64_t words) {
   if ((w & 15) == 0 && w + kPrefetchWords < words)

@@ -3,10 +3,11 @@ and bf16 against the same model quantized by weightkit (PTQTP, palette VQ and TC
 Hugging Face ``generate`` at batch 1 with greedy decoding — what a user of the quantized model
 waits for, Python overhead, attention, norms and the unquantized head included.
 
-Each arm is weightkit.data.load_smollm2() (float32), cast to bf16 or quantized with
-``quantize_model`` (no calibration: a kernel's speed does not depend on how its codes were
-rounded; perplexities are in palette-ppl*.json and trit_plane-smollm2.json). Embeddings and the
-tied head stay float32 in the quantized arms (quantize_model's default skip). Time per decoded
+Each arm is weightkit.data.load_smollm2() (float32), quantized with ``quantize_model`` (no
+calibration: a kernel's speed does not depend on how its codes were rounded; perplexities are in
+palette-ppl*.json and trit_plane-smollm2.json) or not, and then what is left unquantized
+(embeddings and the tied head, quantize_model's default skip, and the norms) kept in float32 or
+cast to bf16 ("+bf16" arms). Time per decoded
 token = (time of ``new_tokens`` tokens − time of 1 token) / (new_tokens − 1), so the prompt's
 prefill drops out; the median of ``repeats`` rounds in which the arms alternate (drift on a shared
 machine hits them alike). Also reported: the bytes of the model's parameters and buffers, of its
@@ -31,15 +32,23 @@ from weightkit.bench import common
 FAMILY = "generate-smollm2"
 PROMPT = "The Python language reference describes the syntax and the core semantics of"
 
-#: arm name -> how the float32 model becomes that arm: a dtype, or quantize_model's arguments.
+_PTQTP = dict(method="ptqtp", group_size=128)
+_VQ25 = dict(method="palette", quantizer="vq", bits=2.5)
+_TCQ25 = dict(method="palette", quantizer="tcq", bits=2.5, L=12)
+#: arm name -> how the float32 model becomes that arm: quantize_model's arguments ("quantize"), then
+#: a cast of what is left unquantized ("dtype": embeddings, head, norms; the quantized layers keep
+#: their formats, see weightkit.nn.fixed_dtype).
 ARMS = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "ptqtp": dict(method="ptqtp", group_size=128),
-    "vq-2.5": dict(method="palette", quantizer="vq", bits=2.5),
-    "sq-4": dict(method="palette", quantizer="sq", bits=4),
-    "tcq-2": dict(method="palette", quantizer="tcq", bits=2, L=12),
-    "tcq-2.5": dict(method="palette", quantizer="tcq", bits=2.5, L=12),
+    "fp32": {},
+    "bf16": dict(dtype=torch.bfloat16),
+    "ptqtp": dict(quantize=_PTQTP),
+    "vq-2.5": dict(quantize=_VQ25),
+    "sq-4": dict(quantize=dict(method="palette", quantizer="sq", bits=4)),
+    "tcq-2": dict(quantize=dict(method="palette", quantizer="tcq", bits=2, L=12)),
+    "tcq-2.5": dict(quantize=_TCQ25),
+    "ptqtp+bf16": dict(quantize=_PTQTP, dtype=torch.bfloat16),
+    "vq-2.5+bf16": dict(quantize=_VQ25, dtype=torch.bfloat16),
+    "tcq-2.5+bf16": dict(quantize=_TCQ25, dtype=torch.bfloat16),
 }
 QUANTIZED_LAYERS = (wk.nn.TritPlaneLinear, wk.nn.PaletteLinear)
 
@@ -62,13 +71,13 @@ def model_bytes(model: nn.Module) -> tuple[int, int]:
     return whole, storage_bytes([t for m in linears for t in [*m.parameters(), *m.buffers()]])
 
 
-def build_arm(base: nn.Module, spec) -> tuple[nn.Module, dict]:
+def build_arm(base: nn.Module, spec: dict) -> tuple[nn.Module, dict]:
     """The arm's model (a copy of ``base``) and, if quantized, its bits per weight and quantizing time."""
-    model = copy.deepcopy(base)
-    if isinstance(spec, torch.dtype):
-        return model.to(spec), {}
-    report = wk.quant.quantize_model(model, progress=False, **spec)
-    return model, {"bits_per_weight": round(report.bits_per_weight, 3), "quantize_s": round(report.seconds, 1)}
+    model, info = copy.deepcopy(base), {}
+    if "quantize" in spec:
+        report = wk.quant.quantize_model(model, progress=False, **spec["quantize"])
+        info = {"bits_per_weight": round(report.bits_per_weight, 3), "quantize_s": round(report.seconds, 1)}
+    return model.to(spec.get("dtype", torch.float32)), info
 
 
 def generate_s(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[float, torch.Tensor]:
