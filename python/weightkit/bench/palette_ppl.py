@@ -147,7 +147,7 @@ def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=
     if any(q == "tcq" for _, q, _ in configs):
         from weightkit.quant import tcq as T
 
-        results.update(tcq_L=tcq_L, tcq_ldlq_block=T.LDLQ_BLOCK, tcq_ldlq_lookahead=T.LDLQ_LOOKAHEAD)
+        results.update(tcq_L=tcq_L, tcq_ldlq_block=T.LDLQ_BLOCK, tcq_ldlq_lookahead=T.ldlq_lookahead(tcq_L))
     out_path = Path(out_path)
     t0 = time.perf_counter()
     results["fp_ppl"] = wk.eval.perplexity(model, eval_ids, ctx=512)

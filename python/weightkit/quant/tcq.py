@@ -13,17 +13,24 @@ import torch
 from weightkit.ops import palette as P
 
 __all__ = ["tcq_params", "tcq_encode", "tcq_encode_ldlq", "tcq_pack_states", "tcq_state_values", "DEFAULT_L",
-           "LDLQ_BLOCK", "LDLQ_LOOKAHEAD"]
+           "LDLQ_BLOCK", "ldlq_lookahead"]
 
 #: State bits used when the caller does not choose: QTIP's 16 (a GPU makes it cheap; on 2 CPU
 #: cores a whole 135M model takes ~45 min at 16, ~3 min at 12).
 DEFAULT_L = 16
 
 
-#: Columns the Hessian-aware encoder commits at a time (QTIP's 16-column blocks), and the steps of
-#: look-ahead its windowed Viterbi searches past them.
+#: Columns the Hessian-aware encoder commits at a time (QTIP's 16-column blocks).
 LDLQ_BLOCK = 16
-LDLQ_LOOKAHEAD = 32
+
+
+def ldlq_lookahead(L: int) -> int:
+    """Steps of look-ahead the Hessian-aware encoder's windowed Viterbi searches past each block by
+    default: 8·(L − 8), at least 16 (32 at L = 12, 64 at L = 16). Paths of a longer trellis take
+    longer to merge: with H = I and 32 steps the truncation costs +2.5% MSE against the whole-row
+    search at L = 12 (2 bits) but +7.5% at L = 16, where 64 steps bring it to +2.7%
+    (docs/design-notes.md)."""
+    return max(16, 8 * (int(L) - 8))
 
 
 def tcq_params(bits: float, L: int | None = None) -> dict:
@@ -76,7 +83,7 @@ def tcq_pack_states(states: torch.Tensor, L: int, bits_per_step: int) -> torch.T
 
 
 def tcq_encode_ldlq(Wn: torch.Tensor, H: torch.Tensor, L: int, bits_per_step: int, values_per_step: int,
-                    damp: float = 0.01, block: int = LDLQ_BLOCK, lookahead: int = LDLQ_LOOKAHEAD,
+                    damp: float = 0.01, block: int = LDLQ_BLOCK, lookahead: int | None = None,
                     progress=None) -> torch.Tensor:
     """Hessian-aware trellis coding: the streams (rows, tcq_words) int32 of normalized rows Wn
     (rows, in) float for the proxy loss Σ_rows (w − ŵ)·H·(w − ŵ)ᵀ, H (in, in) the rotated Hessian.
@@ -85,7 +92,8 @@ def tcq_encode_ldlq(Wn: torch.Tensor, H: torch.Tensor, L: int, bits_per_step: in
     time (a multiple of values_per_step); each block's targets carry the feedback of the errors
     already made (weightkit.quant.ldlq's U, ``damp`` as there), and every row's trellis path goes on
     from its last committed state through a Viterbi search over the block plus ``lookahead`` steps
-    of the next columns' current targets, of which only the block is kept. With H = I it is the
+    of the next columns' current targets (default :func:`ldlq_lookahead` (L)), of which only the
+    block is kept. With H = I it is the
     plain Viterbi encoding up to the look-ahead's truncation. Runs on Wn's device (the feedback
     factor is computed on the CPU in float64). ``progress(done_columns, in)`` is called after each
     block.
@@ -101,6 +109,8 @@ def tcq_encode_ldlq(Wn: torch.Tensor, H: torch.Tensor, L: int, bits_per_step: in
         raise ValueError(f"{fn}: H has NaN or Inf")
     if not isinstance(block, int) or block < 1 or block % V:
         raise ValueError(f"{fn}: block must be a positive multiple of values_per_step={V}, got {block!r}")
+    if lookahead is None:
+        lookahead = ldlq_lookahead(L)
     if not isinstance(lookahead, int) or lookahead < 0:
         raise ValueError(f"{fn}: lookahead must be an int >= 0, got {lookahead!r}")
     if in_f % V:
