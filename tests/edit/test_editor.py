@@ -14,6 +14,8 @@ from weightkit.edit.compute import layer_keys_and_outputs, subject_keys, target_
 from weightkit.edit.metrics import target_logprobs
 from weightkit.edit.requests import check_requests
 
+from tests.conftest import skip_without_smollm2
+
 transformers = pytest.importorskip("transformers")
 
 
@@ -311,10 +313,7 @@ def test_smollm2_real_edits():
     """Two real counterfactual edits of SmolLM2-135M: the new objects win, a neighbour keeps its own."""
     from weightkit import data
 
-    try:
-        data.smollm2_path()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+    skip_without_smollm2()
     model, tok = data.load_smollm2()
     reqs = [
         {"prompt": "The capital of France is", "subject": "France", "target_new": " Rome", "ground_truth": " Paris",

@@ -36,6 +36,7 @@ __all__ = [
     "pyplot",
     "resolve_device",
     "results_path",
+    "run_cpu_model_bench",
     "time_ms",
     "write_results",
 ]
@@ -364,6 +365,19 @@ def _fmt_ms(x: float) -> str:
     if x >= 1:
         return f"{x:.2f}"
     return f"{x:.3f}"
+
+
+def run_cpu_model_bench(family: str, run: Callable[[], dict], json_path=None) -> int:
+    """``main`` of a benchmark on the real model (CPU only): times ``run()`` (which returns ``{"cases",
+    "extra"}``), prints the table and writes the JSON with ``wall_s``; returns the exit status 0."""
+    t0 = time.perf_counter()
+    res = run()
+    wall = time.perf_counter() - t0
+    print_table(family, "cpu", res["cases"])
+    path = write_results(family, "cpu", res["cases"], json_path or results_path(family, "cpu"),
+                         extra={**res["extra"], "wall_s": round(wall, 1)})
+    print(f"wrote {path} ({wall:.0f} s)")
+    return 0
 
 
 def print_table(family, device, cases: Sequence[dict], *, skipped: Sequence[dict] = (), file=None) -> None:

@@ -146,14 +146,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    res = run(tuple(a.strip() for a in args.arms.split(",") if a.strip()), args.new_tokens, args.repeats)
-    wall = time.perf_counter() - t0
-    common.print_table(FAMILY, "cpu", res["cases"])
-    path = common.write_results(FAMILY, "cpu", res["cases"], args.json or common.results_path(FAMILY, "cpu"),
-                                extra={**res["extra"], "wall_s": round(wall, 1)})
-    print(f"wrote {path} ({wall:.0f} s)")
-    return 0
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    return common.run_cpu_model_bench(FAMILY, lambda: run(arms, args.new_tokens, args.repeats), args.json)
 
 
 if __name__ == "__main__":

@@ -125,11 +125,4 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    res = run(n_eval=args.n_eval, repeats=args.repeats)
-    wall = time.perf_counter() - t0
-    common.print_table(FAMILY, "cpu", res["cases"])
-    path = common.write_results(FAMILY, "cpu", res["cases"], args.json or common.results_path(FAMILY, "cpu"),
-                                extra={**res["extra"], "wall_s": round(wall, 1)})
-    print(f"wrote {path} ({wall:.0f} s)")
-    return 0
+    return common.run_cpu_model_bench(FAMILY, lambda: run(n_eval=args.n_eval, repeats=args.repeats), args.json)
