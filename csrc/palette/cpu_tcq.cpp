@@ -5,8 +5,8 @@
 // j | h << (L-kb) of their cost; then cost'[s] = m[s >> kb] + |w_t - code(s)|^2. Both loops are
 // contiguous over j or s, so they vectorize: the AVX-512 path uses intrinsics for the
 // m[s >> kb] expansion (and, for kb < 4, does both loops in one pass), the others
-// compiler-vectorized loops. Backpointers are one byte per
-// prefix and step (T * 2^(L-kb) bytes per row in flight, per thread).
+// compiler-vectorized loops. Backpointers are one byte per prefix and step (T * 2^(L-kb) bytes
+// per row in flight, per thread).
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 

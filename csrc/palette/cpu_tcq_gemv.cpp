@@ -211,7 +211,6 @@ struct GroupCtx512 {
   int L, kb;
 };
 
-
 // Word i of each of the 16 rows.
 WK_AVX512_VNNI_VBMI2 WK_INLINE __m512i words_at(const GroupCtx512& c, int64_t i) {
   return _mm512_i32gather_epi32(_mm512_add_epi32(c.offsets, _mm512_set1_epi32(static_cast<int>(i))), c.base, 4);
@@ -249,7 +248,7 @@ WK_AVX512_VNNI_VBMI2 void group_avx512(const GroupCtx512& c, int64_t steps, __m5
   __m512 acc[kSets][NT];
   for (auto& set : acc)
     for (__m512& a : set) a = _mm512_setzero_ps();
-  int64_t loaded = -2;
+  int64_t loaded = -2;  // no word yet (so the first step cannot take nxt as its current word)
   __m512i cur = _mm512_setzero_si512(), nxt = _mm512_setzero_si512();
   int64_t s = 0;
   for (; s + 1 < steps; s += 2) {
