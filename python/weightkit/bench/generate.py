@@ -7,9 +7,8 @@ Each arm is weightkit.data.load_smollm2() (float32), quantized with ``quantize_m
 calibration: a kernel's speed does not depend on how its codes were rounded; perplexities are in
 palette-ppl*.json and trit_plane-smollm2.json) or not, and then what is left unquantized
 (embeddings and the tied head, quantize_model's default skip, and the norms) kept in float32 or
-cast to bf16 ("+bf16" arms). Time per decoded
-token = (time of ``new_tokens`` tokens − time of 1 token) / (new_tokens − 1), so the prompt's
-prefill drops out; the median of ``repeats`` rounds in which the arms alternate (drift on a shared
+cast to bf16 ("+bf16" arms). Time per decoded token = (time of ``new_tokens`` tokens − time of 1
+token) / (new_tokens − 1), so the prompt's prefill drops out; the median of ``repeats`` rounds in which the arms alternate (drift on a shared
 machine hits them alike). Also reported: the bytes of the model's parameters and buffers, of its
 linear layers alone, and how many of the greedy tokens equal the fp32 model's.
 
