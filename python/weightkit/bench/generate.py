@@ -87,6 +87,28 @@ def generate_s(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[fl
     return time.perf_counter() - t0, out[0, ids.shape[1]:]
 
 
+def decode_ms(models: dict[str, nn.Module], ids: torch.Tensor, new_tokens: int, repeats: int,
+              log=None) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Median ms per decoded token of each model (prefill excluded: the time of ``new_tokens``
+    tokens minus that of 1, over new_tokens − 1), over ``repeats`` rounds in which the models
+    alternate, after one warm-up call each; and each model's greedy tokens. ``log(str)`` after
+    each round, if given."""
+    samples = {name: [] for name in models}
+    tokens = {}
+    with torch.inference_mode():
+        for m in models.values():  # warm-up: first calls allocate and fill caches
+            generate_s(m, ids, 2)
+        for r in range(repeats):
+            for name, m in models.items():
+                t1, _ = generate_s(m, ids, 1)
+                tn, tokens[name] = generate_s(m, ids, new_tokens)
+                samples[name].append((tn - t1) / (new_tokens - 1))
+            if log is not None:
+                log(f"round {r + 1}/{repeats}: " + ", ".join(f"{n} {1e3 * s[-1]:.1f}" for n, s in samples.items())
+                    + " ms/token")
+    return {name: 1e3 * sorted(s)[len(s) // 2] for name, s in samples.items()}, tokens
+
+
 def run(arms=tuple(ARMS), new_tokens: int = 64, repeats: int = 5, log=print) -> dict:
     unknown = [a for a in arms if a not in ARMS]
     if unknown or "fp32" not in arms:
@@ -103,19 +125,7 @@ def run(arms=tuple(ARMS), new_tokens: int = 64, repeats: int = 5, log=print) -> 
         whole, linears = model_bytes(models[name])
         info[name] = {"model_mb": round(whole / 2**20, 1), "linear_mb": round(linears / 2**20, 1), **quantized}
         log(f"{name}: {info[name]}")
-    samples = {name: [] for name in arms}
-    tokens = {}
-    with torch.inference_mode():
-        for name in arms:  # warm-up: first calls allocate and fill caches
-            generate_s(models[name], ids, 2)
-        for r in range(repeats):
-            for name in arms:
-                t1, _ = generate_s(models[name], ids, 1)
-                tn, tokens[name] = generate_s(models[name], ids, new_tokens)
-                samples[name].append((tn - t1) / (new_tokens - 1))
-            log(f"round {r + 1}/{repeats}: " + ", ".join(f"{n} {1e3 * s[-1]:.1f}" for n, s in samples.items())
-                + " ms/token")
-    ms = {name: 1e3 * sorted(s)[len(s) // 2] for name, s in samples.items()}
+    ms, tokens = decode_ms(models, ids, new_tokens, repeats, log)
     cases = []
     for name in arms:
         info[name]["ms_per_token"] = round(ms[name], 2)

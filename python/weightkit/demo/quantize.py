@@ -20,6 +20,7 @@ from torch import nn
 
 import weightkit as wk
 from weightkit.bench.common import pyplot
+from weightkit.bench.generate import PROMPT, decode_ms
 from weightkit.bench.trit_plane_model import decode_step_ms
 from weightkit.demo.stage import StageResult, StageSkipped, Table
 
@@ -106,7 +107,7 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
                     if isinstance(m, nn.Linear) and not any(k in n for k in ("lm_head", "embed")))
     rows = [["unquantized (fp32)", 32.0, round(base_ppl, 3), 0.0, 0.0, 0.0, round(n_weights * 4 / 2**20, 1)]]
     points = {"unquantized": (32.0, base_ppl)}
-    speed = None
+    speed = palette_model = None
     for method, kwargs in progress(methods, desc="quantize", label=lambda m: m[0]):
         model = copy.deepcopy(base)
         rep = wk.quant.quantize_model(model, group_size=128, progress=False, **kwargs)
@@ -117,6 +118,8 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
         points[method] = (rep.bits_per_weight, p)
         if method == "ptqtp":
             speed = decode_step_ms(model, base, repeats=5, device=device)
+        if method.startswith("palette") and tokenizer is not None:
+            palette_model = model  # kept for the end-to-end decoding table
         del model
     result.tables.append(Table(
         title=f"Quantization of {what}",
@@ -141,10 +144,32 @@ def run(result: StageResult, *, device: torch.device, quick: bool, out: Path, pr
                  "(bench/bench_trit_plane.py times single layers on rotating weight copies).",
         ))
         numbers["decode_step_ms"] = {"ptqtp": ours, "ptqtp_int8_activations": ours_a8, "fp32": dense}
+    if palette_model is not None:
+        numbers["generate_ms_per_token"] = _decoding_table(result, base, palette_model, tokenizer, device)
     result.numbers = numbers
     plot = _plot(points, out / "quant_ppl_vs_bits.png")
     if plot:
         result.plots.append(plot)
+
+
+def _decoding_table(result: StageResult, base: nn.Module, palette_model: nn.Module, tokenizer, device) -> dict:
+    """Appends the end-to-end decoding speed of SmolLM2 (fp32, bf16, and the palette model with
+    what stays unquantized cast to bf16) to ``result``; returns ms per token by arm. A short run of
+    bench/bench_generate.py's measurement (which has every quantizer, 64 tokens, 5 rounds)."""
+    models = {"unquantized fp32": base, "unquantized bf16": copy.deepcopy(base).to(torch.bfloat16),
+              "palette vq 2.5-bit + LDLQ (rest bf16)": palette_model.to(torch.bfloat16)}
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids.to(device)
+    ms, _ = decode_ms(models, ids, new_tokens=17, repeats=3)
+    fp32, bf16 = ms["unquantized fp32"], ms["unquantized bf16"]
+    result.tables.append(Table(
+        title="End-to-end decoding of SmolLM2 (Hugging Face generate, batch 1, greedy)",
+        columns=["model", "ms/token", "speedup vs fp32", "speedup vs bf16"],
+        rows=[[name, round(t, 1), round(fp32 / t, 2), round(bf16 / t, 2)] for name, t in ms.items()],
+        note="16 decoded tokens after a short prompt, prefill excluded; median of 3 interleaved rounds. "
+             "The palette model's quantized layers keep their format through the cast; embeddings, the tied "
+             "head and the norms run in bf16. python bench/bench_generate.py has every quantizer.",
+    ))
+    return {name: round(t, 2) for name, t in ms.items()}
 
 
 def _plot(points: dict, path: Path) -> str | None:
