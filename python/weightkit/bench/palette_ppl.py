@@ -389,10 +389,9 @@ if __name__ == "__main__":
         stored = Path(args.out).with_name("palette-ppl-ldlq-mixed.json")
         sens = json.loads(stored.read_text())["sensitivity"] if stored.exists() else None
         run_ldlq_mixed(args.out, sensitivity=sens, options=LDLQ_MIXED_TCQ_OPTIONS, uniform=LDLQ_MIXED_TCQ_UNIFORM)
-    elif args.ldlq_tcq:
-        run_ldlq_sweep(args.out, configs=[c for c in LDLQ_TCQ_CONFIGS if not args.only or c[0] in args.only])
-    elif args.ldlq:
-        run_ldlq_sweep(args.out, configs=[c for c in LDLQ_CONFIGS if c[0] in args.only] if args.only else None)
+    elif args.ldlq_tcq or args.ldlq:
+        configs = LDLQ_TCQ_CONFIGS if args.ldlq_tcq else LDLQ_CONFIGS
+        run_ldlq_sweep(args.out, configs=[c for c in configs if not args.only or c[0] in args.only])
     elif args.mixed_from:
         sens = json.loads(Path(args.mixed_from).read_text())["sensitivity"]
         run_sweep(args.out, configs=[], baseline=False, uniform_tcq=False, sensitivity=sens)

@@ -93,10 +93,9 @@ def tcq_encode_ldlq(Wn: torch.Tensor, H: torch.Tensor, L: int, bits_per_step: in
     already made (weightkit.quant.ldlq's U, ``damp`` as there), and every row's trellis path goes on
     from its last committed state through a Viterbi search over the block plus ``lookahead`` steps
     of the next columns' current targets (default :func:`ldlq_lookahead` (L)), of which only the
-    block is kept. With H = I it is the
-    plain Viterbi encoding up to the look-ahead's truncation. Runs on Wn's device (the feedback
-    factor is computed on the CPU in float64). ``progress(done_columns, in)`` is called after each
-    block.
+    block is kept. With H = I it is the plain Viterbi encoding up to the look-ahead's truncation.
+    Runs on Wn's device (the feedback factor is computed on the CPU in float64).
+    ``progress(done_columns, in)`` is called after each block.
     """
     from weightkit.quant.ldlq import feedback_factor
 
