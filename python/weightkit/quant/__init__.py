@@ -1,9 +1,9 @@
 """Post-training weight quantization: PTQTP trit-planes, the palette quantizers (Hadamard rotation
-+ scalar / 2-D VQ / trellis codebooks), layer-wise bit allocation, Hessian-aware (LDLQ) rounding
-from calibration text, and the baselines reported beside them; saving a quantized model and loading
-it back."""
++ scalar / 2-D VQ / trellis codebooks), layer-wise bit allocation under bit and time budgets,
+Hessian-aware (LDLQ) rounding from calibration text, and the baselines reported beside them; saving
+a quantized model and loading it back."""
 
-from weightkit.quant import allocation, codebooks, ldlq, palette
+from weightkit.quant import allocation, codebooks, latency, ldlq, palette
 from weightkit.quant.baselines import gptq_int, rtn_int, rtn_ternary, twn
 from weightkit.quant.ldlq import collect_hessians
 from weightkit.quant.quantize import DEFAULT_SKIP, METHODS, LayerReport, QuantReport, quantize_model
@@ -19,6 +19,7 @@ __all__ = [
     "codebooks",
     "collect_hessians",
     "gptq_int",
+    "latency",
     "ldlq",
     "load_quantized",
     "palette",

@@ -1,5 +1,5 @@
 """Layer-wise bit allocation for the palette: how sensitive each layer is, and which quantizer
-each layer gets under a bit budget.
+each layer gets under a bit budget (and, optionally, a time budget).
 
 Model (Q-Palette): the loss increase of quantizing layer l with option q is a_l · e_l(q), where
 e_l(q) is the relative weight MSE ‖W − Ŵ‖²/‖W‖² of the option and a_l the layer's sensitivity,
@@ -14,6 +14,11 @@ With Hessian-aware (LDLQ) rounding the Gaussian table no longer describes the er
 Hessian-weighted output error (weightkit.quant.ldlq.hessian_weighted_error, on the scale of a
 relative weight MSE, so the noise sensitivities still apply), with the bits it really stores.
 ``plan_mixed`` does all of it for a Hugging Face causal LM in one call.
+
+A budget on time too: the trellis has the lowest error per bit but the slowest batch-1 kernel on
+the CPU (weightkit.quant.latency), so ``allocate(..., budget_seconds=...)`` also bounds the time of
+one forward through the layers, each option timed on this machine, and spends the trellis where it
+buys the most.
 
 LayerwiseQuant's cheap importance scores are here too: how much a block changes its input
 (1 − cos(input, output), ``block_importance``) and the count of outlier weights per layer.
@@ -39,6 +44,7 @@ __all__ = [
     "noise_sensitivity",
     "outlier_counts",
     "plan_mixed",
+    "plan_seconds",
     "predicted_loss",
     "stored_options",
 ]
@@ -48,12 +54,15 @@ __all__ = [
 class Option:
     """One quantizer choice: name ("tcq", "vq", "sq"), bits per weight of its codes, relative MSE,
     and optionally ``cost_bits``, what the budget counts per weight (:func:`stored_options` sets the
-    bits a layer really stores, codebook and scales included; None counts ``bits``)."""
+    bits a layer really stores, codebook and scales included; None counts ``bits``), and
+    ``seconds``, the time of the layer's forward with this option (weightkit.quant.latency sets it;
+    a latency budget needs it)."""
 
     quantizer: str
     bits: float
     error: float
     cost_bits: float | None = None
+    seconds: float | None = None
 
     @property
     def cost(self) -> float:
@@ -115,9 +124,65 @@ def predicted_loss(sensitivity, plan_options) -> float:
 
 #: Largest dynamic-programming table :func:`allocate` builds (one float64 per budget unit).
 MAX_DP_CELLS = 1 << 20
+#: Table size while a latency budget's multiplier is searched (every step solves a knapsack; with
+#: costs rounded up to budget / 2^16 bits, 210 layers lose at most 0.3% of the bit budget).
+LATENCY_DP_CELLS = 1 << 16
 
 
-def allocate(sizes, sensitivity, options, budget_bits: float, unit: float | None = None):
+def _per_layer(fn: str, sizes, sensitivity, options) -> list:
+    L = len(sizes)
+    per_layer = options if options and isinstance(options[0], (list, tuple)) else [options] * L
+    if len(sensitivity) != L or len(per_layer) != L:
+        raise ValueError(f"{fn}: sizes, sensitivity and options must have one entry per layer ({L}), got "
+                         f"{len(sensitivity)} and {len(per_layer)}")
+    return per_layer
+
+
+def _knapsack(values, icost, cap: int) -> list[int] | None:
+    """Multiple-choice knapsack: for each layer l one index k minimizing Σ values[l][k] subject to
+    Σ icost[l][k] ≤ cap (non-negative integers); None when no choice fits. Dynamic programming over
+    the used capacity: best[c] is the least value of the layers so far at capacity c."""
+    if sum(min(r) for r in icost) > cap:
+        return None
+    best = torch.full((cap + 1,), math.inf, dtype=torch.float64)
+    best[0] = 0.0
+    choice = []
+    for vals, costs in zip(values, icost):
+        cand = torch.full((len(vals), cap + 1), math.inf, dtype=torch.float64)
+        for k, (v, c) in enumerate(zip(vals, costs)):
+            if c <= cap:
+                cand[k, c:] = best[: cap + 1 - c] + v
+        best, arg = cand.min(dim=0)
+        choice.append(arg.to(torch.uint8 if len(vals) < 256 else torch.int32))
+    # Walk back from the cheapest-loss used capacity.
+    b = int(torch.argmin(best).item())
+    picks = [0] * len(values)
+    for l in range(len(values) - 1, -1, -1):
+        picks[l] = int(choice[l][b].item())
+        b -= icost[l][picks[l]]
+    return picks
+
+
+def _bit_costs(sizes, per_layer, budget_bits: float, unit: float | None, max_cells: int):
+    """(integer costs per layer and option, capacity) of a bit budget: costs n_l·cost in ``unit``
+    bits, rounded up (see :func:`allocate`)."""
+    costs = [[n * o.cost for o in opts] for n, opts in zip(sizes, per_layer)]
+    total = budget_bits * sum(sizes)
+    if unit is None:
+        on_grid = all(abs(4 * c - round(4 * c)) < 1e-6 for row in costs for c in row)
+        g = 0
+        for row in costs:
+            for c in row:
+                g = math.gcd(g, int(round(4 * c)))
+        # Bits are multiples of 1/2 (1/4 for half-row variants): quarter bits, unless some are not.
+        unit = max(g, 1) / 4 if on_grid else total / max_cells
+    unit = max(unit, total / max_cells)
+    cap = int(math.floor(total / unit + 1e-9))
+    return [[int(math.ceil(c / unit - 1e-9)) for c in row] for row in costs], cap
+
+
+def allocate(sizes, sensitivity, options, budget_bits: float, unit: float | None = None,
+             budget_seconds: float | None = None):
     """Exact multiple-choice knapsack by dynamic programming.
 
     sizes: weights per layer (n_l); sensitivity: a_l ≥ 0; options: one list of Option for all layers
@@ -129,53 +194,68 @@ def allocate(sizes, sensitivity, options, budget_bits: float, unit: float | None
     (or bits off the quarter-bit grid) is coarsened to total budget / MAX_DP_CELLS, still rounding
     costs up. Returns the chosen Option per layer; raises ValueError when even the cheapest choice
     exceeds the budget.
+
+    ``budget_seconds``: also keep Σ_l seconds(q_l) — the time of one forward through the layers,
+    from each Option's ``seconds`` (weightkit.quant.latency.timed_options) — within it. The two
+    budgets together are solved by Lagrangian relaxation of the time: the knapsack over bits
+    minimizes Σ a_l·e_l + μ·Σ seconds, and μ ≥ 0 is bisected to the smallest value whose plan
+    meets the time budget (optimal when the time budget binds at a point of the plans' lower
+    convex hull, within the hull gap otherwise; tables of LATENCY_DP_CELLS entries while μ is
+    searched). ValueError when no plan within the bits meets the time.
     """
     fn = "weightkit.quant.allocation.allocate"
-    L = len(sizes)
-    per_layer = options if options and isinstance(options[0], (list, tuple)) else [options] * L
-    if len(sensitivity) != L or len(per_layer) != L:
-        raise ValueError(f"{fn}: sizes, sensitivity and options must have one entry per layer ({L}), got "
-                         f"{len(sensitivity)} and {len(per_layer)}")
-    costs = [[n * o.cost for o in opts] for n, opts in zip(sizes, per_layer)]
-    total = budget_bits * sum(sizes)
-    if unit is None:
-        on_grid = all(abs(4 * c - round(4 * c)) < 1e-6 for row in costs for c in row)
-        g = 0
-        for row in costs:
-            for c in row:
-                g = math.gcd(g, int(round(4 * c)))
-        # Bits are multiples of 1/2 (1/4 for half-row variants): quarter bits, unless some are not.
-        unit = max(g, 1) / 4 if on_grid else total / MAX_DP_CELLS
-    unit = max(unit, total / MAX_DP_CELLS)
-    cap = int(math.floor(total / unit + 1e-9))
-    icost = [[int(math.ceil(c / unit - 1e-9)) for c in row] for row in costs]
-    if sum(min(r) for r in icost) > cap:
-        raise ValueError(f"{fn}: budget {budget_bits} bits per weight is below the cheapest plan")
-    inf = float("inf")
-    best = torch.full((cap + 1,), inf, dtype=torch.float64)
-    best[0] = 0.0
-    choice = []
-    for l in range(L):
-        new = torch.full_like(best, inf)
-        arg = torch.full((cap + 1,), -1, dtype=torch.long)
-        for k, (c, o) in enumerate(zip(icost[l], per_layer[l])):
-            if c > cap:
-                continue
-            cand = torch.full_like(best, inf)
-            cand[c:] = best[: cap + 1 - c] + sensitivity[l] * o.error
-            better = cand < new
-            new = torch.where(better, cand, new)
-            arg = torch.where(better, torch.full_like(arg, k), arg)
-        best = new
-        choice.append(arg)
-    # Walk back from the cheapest-loss used capacity.
-    b = int(torch.argmin(best).item())
-    plan = [None] * L
-    for l in range(L - 1, -1, -1):
-        k = int(choice[l][b].item())
-        plan[l] = per_layer[l][k]
-        b -= icost[l][k]
-    return plan
+    per_layer = _per_layer(fn, sizes, sensitivity, options)
+    if budget_seconds is None:
+        icost, cap = _bit_costs(sizes, per_layer, budget_bits, unit, MAX_DP_CELLS)
+        picks = _knapsack([[a * o.error for o in opts] for a, opts in zip(sensitivity, per_layer)], icost, cap)
+        if picks is None:
+            raise ValueError(f"{fn}: budget {budget_bits} bits per weight is below the cheapest plan")
+        return [opts[k] for opts, k in zip(per_layer, picks)]
+    return _allocate_timed(fn, sizes, sensitivity, per_layer, budget_bits, unit, budget_seconds)
+
+
+def _allocate_timed(fn, sizes, sensitivity, per_layer, budget_bits, unit, budget_seconds):
+    """:func:`allocate` with a time budget too (see there)."""
+    untimed = [(l, o) for l, opts in enumerate(per_layer) for o in opts if o.seconds is None]
+    if untimed:
+        raise ValueError(f"{fn}: budget_seconds needs every Option's seconds (weightkit.quant.latency."
+                         f"timed_options); layer {untimed[0][0]}'s {untimed[0][1].quantizer}-{untimed[0][1].bits} "
+                         f"has none")
+    if not budget_seconds > 0:
+        raise ValueError(f"{fn}: budget_seconds must be > 0, got {budget_seconds!r}")
+    icost, cap = _bit_costs(sizes, per_layer, budget_bits, unit, LATENCY_DP_CELLS)
+    errors = [[a * o.error for o in opts] for a, opts in zip(sensitivity, per_layer)]
+
+    def solve(mu):
+        picks = _knapsack([[e + mu * o.seconds for e, o in zip(es, opts)] for es, opts in zip(errors, per_layer)],
+                          icost, cap)
+        if picks is None:
+            raise ValueError(f"{fn}: budget {budget_bits} bits per weight is below the cheapest plan")
+        return [opts[k] for opts, k in zip(per_layer, picks)]
+
+    def seconds(plan):
+        return sum(o.seconds for o in plan)
+
+    plan = solve(0.0)
+    if seconds(plan) <= budget_seconds:
+        return plan
+    # μ in loss per second: start where a second weighs as much as the whole unconstrained loss.
+    lo, hi = 0.0, max(predicted_loss(sensitivity, plan), 1e-12) / budget_seconds
+    for _ in range(40):  # up to 8^40 times that: by then the error terms no longer count
+        if seconds(fast := solve(hi)) <= budget_seconds:
+            break
+        lo, hi = hi, hi * 8
+    else:
+        raise ValueError(f"{fn}: no plan within {budget_bits} bits per weight takes <= {budget_seconds:.4g} s "
+                         f"(the fastest takes {seconds(fast):.4g} s)")
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        candidate = solve(mid)
+        if seconds(candidate) > budget_seconds:
+            lo = mid
+        else:
+            hi, fast = mid, candidate
+    return fast
 
 
 def allocate_lagrangian(sizes, sensitivity, options, budget_bits: float, iters: int = 100):
@@ -299,7 +379,8 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
 
 def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quantizers=("vq",),
                bits=(2, 2.5, 3, 3.5, 4), ldlq: bool = True, hessians: dict | None = None, n_sensitivity: int = 512,
-               skip=None, seed: int = 0, progress: bool = False, **tcq) -> tuple[dict, dict | None]:
+               skip=None, seed: int = 0, progress: bool = False, budget_seconds=None, batch: int = 1,
+               dtype: torch.dtype = torch.float32, **tcq) -> tuple[dict, dict | None]:
     """(plan, hessians): one palette option per layer minimizing the predicted KL under a budget of
     ``budget_bits`` stored bits per weight (codes, codebooks, scales, signs: a uniform VQ 2.5-bit
     SmolLM2 stores 2.72), for ``quantize_model(model, method="palette", quantizer="mixed",
@@ -313,6 +394,12 @@ def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quant
     option (SmolLM2-135M, 2 cores, 5 VQ rates: ~6 + ~3 minutes; the trellis, ``quantizers=("tcq",)``,
     takes ~2.5 minutes per rate at ``L=12``). ``tcq``: the trellis's options (L), to be given to
     quantize_model too.
+
+    ``budget_seconds``: also bound the time of one forward through the quantized layers at
+    ``batch`` tokens of ``dtype`` on the model's device (each option timed by
+    weightkit.quant.latency.timed_options, ~1-2 minutes for SmolLM2's four shapes), in seconds, or
+    as a (quantizer, bits) pair: no slower than that option in every layer — e.g. ``("vq", 2.5)``
+    lets the trellis in only where VQ's speed pays for it. See :func:`allocate`.
     """
     from weightkit.quant.ldlq import collect_hessians
     from weightkit.quant.quantize import skip_patterns, target_linears
@@ -331,10 +418,31 @@ def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quant
     options = [Option(q, float(b), 0.0) for q in quantizers for b in bits]
     measured = measured_options(model, options, hessians=hessians if ldlq else None, skip=skip, seed=seed,
                                 progress=progress, **tcq)
+    if budget_seconds is not None:
+        from weightkit.quant.latency import timed_options
+
+        measured = timed_options(measured, {n: (layers[n].out_features, layers[n].in_features) for n in measured},
+                                 batch=batch, dtype=dtype, device=next(model.parameters()).device,
+                                 L=tcq.get("L"), progress=progress)
+        if isinstance(budget_seconds, tuple):
+            budget_seconds = plan_seconds(measured, {n: budget_seconds for n in measured})
     names = list(measured)
     chosen = allocate([layers[n].weight.numel() for n in names], [sens[n] for n in names],
-                      [measured[n] for n in names], budget_bits)
+                      [measured[n] for n in names], budget_bits, budget_seconds=budget_seconds)
     return {n: (o.quantizer, o.bits) for n, o in zip(names, chosen)}, (hessians if ldlq else None)
+
+
+def plan_seconds(timed: dict, plan: dict) -> float:
+    """Σ over layers of the seconds of the option ``plan`` (name → (quantizer, bits)) picks, from
+    ``timed`` (name → [Option] with seconds, weightkit.quant.latency.timed_options)."""
+    total = 0.0
+    for name, choice in plan.items():
+        match = [o for o in timed.get(name, ()) if (o.quantizer, o.bits) == (choice[0], float(choice[1]))]
+        if not match or match[0].seconds is None:
+            raise ValueError(f"weightkit.quant.allocation.plan_seconds: layer {name!r} has no timed option "
+                             f"{choice[0]}-{choice[1]}")
+        total += match[0].seconds
+    return total
 
 
 @torch.no_grad()
