@@ -5,6 +5,7 @@ hull (time, loss) that brute force finds; plan_mixed wires the timing in."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -160,3 +161,16 @@ def test_plan_mixed_with_a_time_budget(monkeypatch):
     between, _ = plan_mixed(model, tokens, hessians=hessians, budget_seconds=all_vq + 2.5 * 512 * 512 * 1e-9,
                             **common)
     assert 1 <= sum(q == "tcq" for q, _ in between.values()) < n_tcq  # ... and is rationed by the time
+
+
+def test_palette_latency_bench_reads_the_stored_measurements(tmp_path):
+    from weightkit.bench import palette_latency as PL
+
+    vq = {"sensitivity": {"l0": 2.0}, "measured": {"l0": [["vq", 2.5, 0.01, 2.7], ["vq", 6, 0.0001, 6.2]]}}
+    tcq = {"sensitivity": {"l0": 9.0}, "measured": {"l0": [["tcq", 2.0, 0.02, 2.1], ["tcq", 4, 0.001, 4.1]]}}
+    for name, data in zip(PL.MEASURED_FROM, (vq, tcq)):
+        (tmp_path / name).write_text(json.dumps(data))
+    sens, measured, source = PL.measured_inputs(tmp_path, None, None, None)
+    assert sens == {"l0": 2.0} and source == " + ".join(PL.MEASURED_FROM)
+    # vq-6 is not one of the benchmark's options; the rest keep their errors and stored bits.
+    assert measured == {"l0": [Option("vq", 2.5, 0.01, 2.7), Option("tcq", 2.0, 0.02, 2.1), Option("tcq", 4.0, 0.001, 4.1)]}

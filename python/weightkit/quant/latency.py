@@ -84,7 +84,8 @@ def layer_seconds(out_features: int, in_features: int, quantizer: str, bits: flo
     g = torch.Generator().manual_seed(0)
     linear = nn.Linear(in_features, out_features, bias=False)
     linear.weight.data = torch.randn(out_features, in_features, generator=g) / math.sqrt(in_features)
-    layer = PaletteLinear.from_linear(linear, quantizer, bits, **({} if L is None else {"L": L})).to(device)
+    trellis = {"L": L} if quantizer == "tcq" and L is not None else {}
+    layer = PaletteLinear.from_linear(linear, quantizer, bits, **trellis).to(device)
     x = torch.randn(batch, in_features, generator=g).to(device=device, dtype=dtype)
     return _time_calls(_copies(layer, ("packed",), min_bytes), x, repeats)
 
