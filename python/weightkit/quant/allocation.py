@@ -261,8 +261,7 @@ def _allocate_timed(fn, sizes, sensitivity, per_layer, budget_bits, unit, budget
 def allocate_lagrangian(sizes, sensitivity, options, budget_bits: float, iters: int = 100):
     """Each layer takes argmin a_l·e + λ·n_l·bits; λ is bisected to the smallest value that meets
     the budget. Fast and within the hull gap of the exact optimum."""
-    L = len(sizes)
-    per_layer = options if options and isinstance(options[0], (list, tuple)) else [options] * L
+    per_layer = _per_layer("weightkit.quant.allocation.allocate_lagrangian", sizes, sensitivity, options)
     total = budget_bits * sum(sizes)
 
     def pick(lam):
