@@ -1,5 +1,5 @@
 """The whole palette under a bit budget and a time budget, on SmolLM2-135M (part of the palette
-benchmark): which plan is best when the trellis (TCQ, the lowest error per bit) decodes ~2-3x slower
+benchmark): which plan is best when the trellis (TCQ, the lowest error per bit) decodes ~1.5-2x slower
 than 2-D VQ on the CPU.
 
 Every plan stores at most the bits of uniform VQ 2.5 (2.72 per weight, codebooks and scales

@@ -3,7 +3,7 @@ that a latency budget in weightkit.quant.allocation counts.
 
 The trellis (TCQ) has the lowest error per bit but decodes with a multiply and a byte sum per
 weight; 2-D VQ and scalar codes decode with a table lookup. On the 2-core Zen 4 EPYC a batch-1
-TCQ forward takes ~2-3x as long as a VQ one of the same rate, so the best plan for a memory budget
+TCQ forward takes ~1.5-2x as long as a VQ one of the same rate, so the best plan for a memory budget
 alone can be the slowest one. Timing every (shape, quantizer, rate) of a model once is cheap: a
 model's linear layers come in a few shapes (SmolLM2-135M: four), and a kernel's speed does not
 depend on the values of its codes, so each is timed on a random Gaussian weight with nearest
