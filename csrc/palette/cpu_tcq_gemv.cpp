@@ -45,22 +45,22 @@ constexpr int kMaxChunk = 8;  // tokens per pass over a row group
 // per-row prefetches add nothing; prefetching into L2 only (T1) was 5-10% slower than into L1.
 struct NextGroup {
   const char* begin;       // the next group's first word
-  const char* end;         // one past its last
+  int64_t bytes;           // its size (0 after the last group)
   int64_t bytes_per_word;  // rows per group * 4
 };
 
 inline NextGroup next_group(const int32_t* packed, int64_t words, int64_t r_next, int64_t rows, int rows_per_group) {
   const auto* base = reinterpret_cast<const char*>(packed);
-  const int64_t r_end = std::min<int64_t>(r_next + rows_per_group, rows);
-  return {base + std::min(r_next, rows) * words * 4, base + r_end * words * 4, int64_t{4} * rows_per_group};
+  const int64_t r_begin = std::min(r_next, rows), r_end = std::min<int64_t>(r_next + rows_per_group, rows);
+  return {base + r_begin * words * 4, (r_end - r_begin) * words * 4, int64_t{4} * rows_per_group};
 }
 
 // Called as the group's read position moves to word w. Forced inline: GCC 12 deems a function
 // that only prefetches pure, and drops a call to it from the kernels (their target attributes
 // keep it from being inlined early), silently.
 WK_INLINE void prefetch_next_group(const NextGroup& n, int64_t w) {
-  const char* p = n.begin + w * n.bytes_per_word;
-  if (p < n.end) _mm_prefetch(p, _MM_HINT_T0);
+  const int64_t at = w * n.bytes_per_word;  // an offset: no pointer past the range is formed
+  if (at < n.bytes) _mm_prefetch(n.begin + at, _MM_HINT_T0);
 }
 
 void gemv_rows_scalar(const float* x, int64_t T, const int32_t* packed, int64_t r0, int64_t r1, int64_t steps,
