@@ -5,8 +5,8 @@
 // j | h << (L-kb) of their cost; then cost'[s] = m[s >> kb] + |w_t - code(s)|^2. Both loops are
 // contiguous over j or s, so they vectorize: the AVX-512 path uses intrinsics for the
 // m[s >> kb] expansion (and, for kb < 4, does both loops in one pass), the others
-// compiler-vectorized loops. Backpointers are one byte per prefix and step (T * 2^(L-kb) bytes
-// per row in flight, per thread).
+// compiler-vectorized loops. The costs live in a padded grid (Grid below). Backpointers are one
+// byte per prefix and step (T * 2^(L-kb) bytes per row in flight, per thread).
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -38,19 +38,33 @@ const std::vector<float>& code_table(int L, int V) {
   return t;
 }
 
+// Where the cost arrays keep state s: the 2^L states as 2^kb rows of J = 2^(L-kb) (row h holds the
+// h-th predecessor of every prefix, j | h << (L-kb)), each row padded to P = J + 16 floats. Without
+// the pad, the 2^kb predecessor streams a step reads side by side lie a multiple of 4 KiB apart
+// once J >= 1024 (L = 16, kb >= 4; L = 15, kb = 5), so their lines all fall in the same L1 sets and
+// the hardware prefetcher's lines are evicted before they are used: L = 16 at 2.5 bits (kb = 5,
+// pairs) ran at 0.44 ns per state and step against 0.21 at L = 14.
+struct Grid {
+  int64_t S, J, P;
+  int kb, lk;  // lk = L - kb
+  Grid(int L, int kb_) : S(int64_t(1) << L), J(int64_t(1) << (L - kb_)), P(J + 16), kb(kb_), lk(L - kb_) {}
+  int64_t size() const { return P << kb; }
+  int64_t at(int64_t s) const { return (s >> lk) * P + (s & (J - 1)); }
+};
+
 struct Work {
   std::vector<float> cost, next, m;
   std::vector<uint8_t> bp;
   std::vector<int32_t> bi;
 };
 
-// m[j], bi[j] = min / argmin over h of cost[j + h * J].
-WK_INLINE void prefix_min(const float* cost, float* m, int32_t* bi, int64_t J, int H) {
-  std::memcpy(m, cost, sizeof(float) * J);
-  std::fill(bi, bi + J, 0);
-  for (int h = 1; h < H; ++h) {
-    const float* c = cost + h * J;
-    for (int64_t j = 0; j < J; ++j) {
+// m[j], bi[j] = min / argmin over h of the cost of state j | h << (L-kb).
+WK_INLINE void prefix_min(const float* cost, float* m, int32_t* bi, Grid g) {
+  std::memcpy(m, cost, sizeof(float) * g.J);
+  std::fill(bi, bi + g.J, 0);
+  for (int h = 1; h < (1 << g.kb); ++h) {
+    const float* c = cost + h * g.P;
+    for (int64_t j = 0; j < g.J; ++j) {
       const bool better = c[j] < m[j];
       m[j] = better ? c[j] : m[j];
       bi[j] = better ? h : bi[j];
@@ -58,99 +72,109 @@ WK_INLINE void prefix_min(const float* cost, float* m, int32_t* bi, int64_t J, i
   }
 }
 
-WK_INLINE void add_dist_generic(const float* m, const float* tab, int64_t S, int kb, int V, const float* w,
-                                float* next) {
-  const int64_t U = int64_t(1) << kb;
-  for (int64_t j = 0; j < (S >> kb); ++j)
-    for (int64_t u = 0; u < U; ++u) {
-      const int64_t s = (j << kb) | u;
-      float d = m[j];
-      for (int v = 0; v < V; ++v) {
-        const float e = w[v] - tab[v * S + s];
-        d += e * e;
-      }
-      next[s] = d;
+WK_INLINE void add_dist_generic(const float* m, const float* tab, Grid g, int V, const float* w, float* next) {
+  for (int64_t s = 0; s < g.S; ++s) {
+    float d = m[s >> g.kb];
+    for (int v = 0; v < V; ++v) {
+      const float e = w[v] - tab[v * g.S + s];
+      d += e * e;
     }
+    next[g.at(s)] = d;
+  }
 }
 
-void step_generic(const float* cost, float* m, int32_t* bi, const float* tab, int64_t S, int kb, int V,
+// Every step writes the argmins of its prefixes to bp (one byte each); m and bi are scratch of J
+// entries for the paths that need them.
+using Step = void (*)(const float* cost, float* m, int32_t* bi, uint8_t* bp, const float* tab, Grid g, int V,
+                      const float* w, float* next);
+
+WK_INLINE void step_portable(const float* cost, float* m, int32_t* bi, uint8_t* bp, const float* tab, Grid g,
+                             int V, const float* w, float* next) {
+  prefix_min(cost, m, bi, g);
+  add_dist_generic(m, tab, g, V, w, next);
+  for (int64_t j = 0; j < g.J; ++j) bp[j] = static_cast<uint8_t>(bi[j]);
+}
+
+void step_generic(const float* cost, float* m, int32_t* bi, uint8_t* bp, const float* tab, Grid g, int V,
                   const float* w, float* next) {
-  prefix_min(cost, m, bi, S >> kb, 1 << kb);
-  add_dist_generic(m, tab, S, kb, V, w, next);
+  step_portable(cost, m, bi, bp, tab, g, V, w, next);
 }
 
-WK_AVX2 void step_avx2(const float* cost, float* m, int32_t* bi, const float* tab, int64_t S, int kb, int V,
+WK_AVX2 void step_avx2(const float* cost, float* m, int32_t* bi, uint8_t* bp, const float* tab, Grid g, int V,
                        const float* w, float* next) {
-  prefix_min(cost, m, bi, S >> kb, 1 << kb);
-  add_dist_generic(m, tab, S, kb, V, w, next);
+  step_portable(cost, m, bi, bp, tab, g, V, w, next);
 }
 
-// The min and argmin over h < H of cost[j + h * J .. + 16], with explicit masks: compilers turn
-// the select into a branch on "any lane better", which mispredicts half the time on Viterbi costs.
-WK_AVX512 WK_INLINE void predecessor_min(const float* cost, int64_t j, int64_t J, int H, __m512& best, __m512i& arg) {
+// The min and argmin over the predecessors h of prefixes j .. j + 15, with explicit masks: compilers
+// turn the select into a branch on "any lane better", which mispredicts half the time on Viterbi
+// costs.
+WK_AVX512 WK_INLINE void predecessor_min(const float* cost, int64_t j, Grid g, __m512& best, __m512i& arg) {
   best = _mm512_loadu_ps(cost + j);
   arg = _mm512_setzero_si512();
-  for (int h = 1; h < H; ++h) {
-    const __m512 c = _mm512_loadu_ps(cost + h * J + j);
+  for (int h = 1; h < (1 << g.kb); ++h) {
+    const __m512 c = _mm512_loadu_ps(cost + h * g.P + j);
     const __mmask16 lt = _mm512_cmp_ps_mask(c, best, _CMP_LT_OQ);
     best = _mm512_min_ps(c, best);
     arg = _mm512_mask_mov_epi32(arg, lt, _mm512_set1_epi32(h));
   }
 }
 
-// next[s .. s + 16] = mv + sum_v (w_v - code(s, v))^2, with w0 / w1 broadcast.
-WK_AVX512 WK_INLINE void state_costs(const float* tab, int64_t S, int V, int64_t s, __m512 w0, __m512 w1, __m512 mv,
-                                     float* next) {
+// next at states s .. s + 15 (one row of the grid: J is a multiple of 16) = mv + sum_v (w_v -
+// code(s, v))^2, with w0 / w1 broadcast.
+WK_AVX512 WK_INLINE void state_costs(const float* tab, Grid g, int V, int64_t s, __m512 w0, __m512 w1,
+                                     __m512 mv, float* next) {
   __m512 e = _mm512_sub_ps(w0, _mm512_loadu_ps(tab + s));
   __m512 d = _mm512_fmadd_ps(e, e, mv);
   if (V > 1) {
-    e = _mm512_sub_ps(w1, _mm512_loadu_ps(tab + S + s));
+    e = _mm512_sub_ps(w1, _mm512_loadu_ps(tab + g.S + s));
     d = _mm512_fmadd_ps(e, e, d);
   }
-  _mm512_storeu_ps(next + s, d);
+  _mm512_storeu_ps(next + g.at(s), d);
 }
 
-// Two passes, for kb >= 4 (where 16 consecutive states share one prefix; kb < 4 with 16+
-// prefixes takes step_fused_avx512, and fewer prefixes the generic loops).
-WK_AVX512 void step_avx512(const float* cost, float* m, int32_t* bi, const float* tab, int64_t S, int kb, int V,
-                           const float* w, float* next) {
-  const int64_t J = S >> kb;
-  if (J < 16 || kb < 4) {
-    step_generic(cost, m, bi, tab, S, kb, V, w, next);
-    return;
-  }
-  for (int64_t j = 0; j < J; j += 16) {
+// Two passes, for kb >= 4 (where 16 consecutive states share one prefix; kb < 4 takes
+// step_fused_avx512): the prefixes' minima to m and their argmins straight to the step's
+// backpointer bytes, then the states' costs.
+WK_AVX512 void step_two_pass_avx512(const float* cost, float* m, int32_t*, uint8_t* bp, const float* tab,
+                                    Grid g, int V, const float* w, float* next) {
+  for (int64_t j = 0; j < g.J; j += 16) {
     __m512 best;
     __m512i arg;
-    predecessor_min(cost, j, J, 1 << kb, best, arg);
+    predecessor_min(cost, j, g, best, arg);
     _mm512_storeu_ps(m + j, best);
-    _mm512_storeu_si512(bi + j, arg);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(bp + j), _mm512_cvtepi32_epi8(arg));
   }
   const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(V > 1 ? w[1] : 0.f);
-  for (int64_t s = 0; s < S; s += 16) state_costs(tab, S, V, s, w0, w1, _mm512_set1_ps(m[s >> kb]), next);
+  for (int64_t s = 0; s < g.S; s += 16) state_costs(tab, g, V, s, w0, w1, _mm512_set1_ps(m[s >> g.kb]), next);
 }
 
 // One whole step in a single pass over the prefixes (AVX-512, kb < 4, J >= 16): per 16 prefixes,
 // the min and argmin over their predecessors stay in registers, the argmins go straight to the
 // step's backpointer bytes, and the 16 << kb states that follow those prefixes get their costs
 // from a permute of the minima (a vector of 16 states spans 16 >> kb prefixes). The two-pass step
-// stores m and bi, reads them back and narrows bi to bytes.
-WK_AVX512 void step_fused_avx512(const float* cost, uint8_t* bp, const float* tab, int64_t S, int kb, int V,
-                                 const float* w, float* next) {
-  const int64_t J = S >> kb;
-  const int H = 1 << kb;
+// stores m and reads it back.
+WK_AVX512 void step_fused_avx512(const float* cost, float*, int32_t*, uint8_t* bp, const float* tab, Grid g,
+                                 int V, const float* w, float* next) {
   const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(V > 1 ? w[1] : 0.f);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (int64_t j = 0; j < J; j += 16) {
+  for (int64_t j = 0; j < g.J; j += 16) {
     __m512 best;
     __m512i arg;
-    predecessor_min(cost, j, J, H, best, arg);
+    predecessor_min(cost, j, g, best, arg);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(bp + j), _mm512_cvtepi32_epi8(arg));
-    for (int q = 0; q < H; ++q) {
-      const __m512i prefix = _mm512_srli_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * q)), kb);
-      state_costs(tab, S, V, (j << kb) + 16 * q, w0, w1, _mm512_permutexvar_ps(prefix, best), next);
+    for (int q = 0; q < (1 << g.kb); ++q) {
+      const __m512i prefix = _mm512_srli_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * q)), g.kb);
+      state_costs(tab, g, V, (j << g.kb) + 16 * q, w0, w1, _mm512_permutexvar_ps(prefix, best), next);
     }
   }
+}
+
+// The step for (isa, L, kb). AVX-512 with 16+ prefixes: kb < 4 in one pass, kb >= 4 in two (there
+// the one-pass loop's 16+ predecessor streams ran at 0.74-1.0x the two-pass speed; kb < 4:
+// 1.5-2.2x faster).
+Step choose_step(CpuIsa isa, Grid g) {
+  if (isa == CpuIsa::Avx512 && g.J >= 16) return g.kb < 4 ? &step_fused_avx512 : &step_two_pass_avx512;
+  return isa == CpuIsa::Avx2 ? &step_avx2 : &step_generic;
 }
 
 // The cheapest path of a row's window of T steps: states[t] for t < T. prev >= 0 is the state of the
@@ -158,38 +182,40 @@ WK_AVX512 void step_fused_avx512(const float* cost, uint8_t* bp, const float* ta
 // ones); prev < 0 leaves the first state free (the row's first step).
 void viterbi_row(const float* w, int64_t T, int L, int kb, int V, const float* tab, int64_t prev, Work& k,
                  uint32_t* states, CpuIsa isa) {
-  const int64_t S = int64_t(1) << L, J = S >> kb;
-  k.cost.resize(S);
-  k.next.resize(S);
+  const Grid g(L, kb);
+  const int64_t J = g.J;
+  k.cost.resize(g.size());
+  k.next.resize(g.size());
   k.m.resize(J);
   k.bi.resize(J);
   k.bp.resize(static_cast<size_t>(std::max<int64_t>(T, 1) * J));
-  auto step = isa == CpuIsa::Avx512 ? &step_avx512 : isa == CpuIsa::Avx2 ? &step_avx2 : &step_generic;
-  const int64_t first = prev < 0 ? 0 : (prev & (J - 1)) << kb, last = prev < 0 ? S : first + (int64_t(1) << kb);
-  std::fill(k.cost.begin(), k.cost.end(), std::numeric_limits<float>::infinity());
+  const Step step = choose_step(isa, g);
+  const int64_t first = prev < 0 ? 0 : (prev & (J - 1)) << kb, last = prev < 0 ? g.S : first + (int64_t(1) << kb);
+  // The pads stay infinite, so no step's minimum ever picks one (the steps write every state).
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  std::fill(k.cost.begin(), k.cost.end(), inf);
+  for (int64_t h = 0; h < (int64_t(1) << kb); ++h) std::fill_n(k.next.begin() + h * g.P + J, g.P - J, inf);
   for (int64_t s = first; s < last; ++s) {
     float d = 0.f;
     for (int v = 0; v < V; ++v) {
-      const float e = w[v] - tab[v * S + s];
+      const float e = w[v] - tab[v * g.S + s];
       d += e * e;
     }
-    k.cost[s] = d;
+    k.cost[g.at(s)] = d;
   }
-  // kb >= 4 stays two-pass: the fused loop's 16+ predecessor streams, 2^(L-kb) floats apart, ran
-  // at 0.74-1.0x the two-pass speed there (kb < 4: 1.5-2.2x faster).
-  const bool fused = isa == CpuIsa::Avx512 && J >= 16 && kb < 4;
   for (int64_t t = 1; t < T; ++t) {
-    uint8_t* bp = k.bp.data() + t * J;
-    if (fused) {
-      step_fused_avx512(k.cost.data(), bp, tab, S, kb, V, w + t * V, k.next.data());
-    } else {
-      step(k.cost.data(), k.m.data(), k.bi.data(), tab, S, kb, V, w + t * V, k.next.data());
-      for (int64_t j = 0; j < J; ++j) bp[j] = static_cast<uint8_t>(k.bi[j]);
-    }
+    step(k.cost.data(), k.m.data(), k.bi.data(), k.bp.data() + t * J, tab, g, V, w + t * V, k.next.data());
     std::swap(k.cost, k.next);
   }
-  // Backtrack from the cheapest final state.
-  uint32_t s = static_cast<uint32_t>(std::min_element(k.cost.begin(), k.cost.end()) - k.cost.begin());
+  // Backtrack from the cheapest final state (the first of equals, in state order).
+  uint32_t s = 0;
+  float best = inf;
+  for (int64_t h = 0; h < (int64_t(1) << kb); ++h)
+    for (int64_t j = 0; j < J; ++j)
+      if (k.cost[h * g.P + j] < best) {
+        best = k.cost[h * g.P + j];
+        s = static_cast<uint32_t>((h << g.lk) | j);
+      }
   for (int64_t t = T - 1; t >= 1; --t) {
     states[t] = s;
     const uint32_t j = s >> kb;
