@@ -135,10 +135,10 @@ LDLQ_TCQ_CONFIGS = [("tcq-2", "tcq", 2), ("tcq-2.5", "tcq", 2.5), ("tcq-3", "tcq
 
 
 def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=None, tcq_L: int = 12,
-                   log=print) -> dict:
-    """Each configuration twice, nearest rounding then LDLQ, with Hessians measured once on
-    ``n_hessian`` pydoc tokens after the evaluation slice; the trellis at ``tcq_L`` state bits;
-    rewrites ``out_path`` after every run."""
+                   roundings=("nearest", "ldlq"), log=print) -> dict:
+    """Each configuration with each of ``roundings`` (nearest, then LDLQ), with Hessians measured
+    once on ``n_hessian`` pydoc tokens after the evaluation slice; the trellis at ``tcq_L`` state
+    bits; rewrites ``out_path`` after every run."""
     model, eval_ids, calib_ids = _setup(n_eval, n_hessian)
     t0 = time.perf_counter()
     hessians = wk.quant.collect_hessians(model, calib_ids, wk.eval.linear_layers(model), progress=True)
@@ -155,19 +155,20 @@ def run_ldlq_sweep(out_path, n_eval: int = 4096, n_hessian: int = 8192, configs=
     for label, q, b in configs:
         run = {"label": label, "quantizer": q, "bits": b}
         trellis = {"L": tcq_L} if q == "tcq" else {}
-        for rounding, options in (("nearest", {}), ("ldlq", {"hessians": hessians})):
-            rep = wk.quant.quantize_model(model, method="palette", quantizer=q, bits=b, progress=False, **options,
-                                          **trellis)
+        for rounding in roundings:
+            options = {"hessians": hessians} if rounding == "ldlq" else {}
+            rep = wk.quant.quantize_model(model, method="palette", quantizer=q, bits=b, progress=tcq_L > 12,
+                                          **options, **trellis)
             run["stored_bits"] = rep.bits_per_weight
             run[rounding] = {"ppl": wk.eval.perplexity(model, eval_ids, ctx=512), "rel_error": rep.rel_error,
                              "quantize_s": rep.seconds}
             model, _ = wk.data.load_smollm2()
-        run["ppl_ratio_nearest_over_ldlq"] = run["nearest"]["ppl"] / run["ldlq"]["ppl"]
+        if "nearest" in run and "ldlq" in run:
+            run["ppl_ratio_nearest_over_ldlq"] = run["nearest"]["ppl"] / run["ldlq"]["ppl"]
         results["runs"].append(run)
         _write(out_path, results)
-        log(f"{label} ({run['stored_bits']:.3f} bits): ppl nearest {run['nearest']['ppl']:.3f} -> "
-            f"LDLQ {run['ldlq']['ppl']:.3f}; quantize {run['nearest']['quantize_s']:.0f} s / "
-            f"{run['ldlq']['quantize_s']:.0f} s")
+        log(f"{label} ({run['stored_bits']:.3f} bits): " + "; ".join(
+            f"{r}: ppl {run[r]['ppl']:.3f}, quantize {run[r]['quantize_s']:.0f} s" for r in roundings))
     return results
 
 
@@ -353,6 +354,9 @@ if __name__ == "__main__":
                     "vq configurations (default output: palette-ppl-ldlq.json)")
     ap.add_argument("--ldlq-tcq", action="store_true", help="the same for the trellis at L = 12: nearest (Viterbi) "
                     "against block LDLQ (default output: palette-ppl-ldlq-tcq.json)")
+    ap.add_argument("--L", type=int, default=12, help="with --ldlq-tcq: the trellis's state bits (default 12; "
+                    "other values write palette-ppl-ldlq-tcq-L<L>.json)")
+    ap.add_argument("--ldlq-only", action="store_true", help="with --ldlq / --ldlq-tcq: skip nearest rounding")
     ap.add_argument("--ldlq-mixed", action="store_true", help="the allocation with LDLQ rounding against uniform "
                     "VQ at equal stored bits (default output: palette-ppl-ldlq-mixed.json)")
     ap.add_argument("--ldlq-mixed-tcq", action="store_true", help="the same over the trellis rates 1.5-4 against "
@@ -371,7 +375,7 @@ if __name__ == "__main__":
 
         name = ("palette-ppl-ldlq-mixed-tcq" if args.ldlq_mixed_tcq
                 else "palette-ppl-ldlq-mixed" if args.ldlq_mixed else "palette-ppl-ldlq" if args.ldlq
-                else "palette-ppl-ldlq-tcq" if args.ldlq_tcq
+                else "palette-ppl-ldlq-tcq" + (f"-L{args.L}" if args.L != 12 else "") if args.ldlq_tcq
                 else "palette-ppl-baselines" if args.baselines
                 else "palette-ppl-sequential" if args.sequential else "palette-ppl")
         args.out = str(results_path("palette", "cpu").with_name(name + ".json"))
@@ -391,7 +395,10 @@ if __name__ == "__main__":
         run_ldlq_mixed(args.out, sensitivity=sens, options=LDLQ_MIXED_TCQ_OPTIONS, uniform=LDLQ_MIXED_TCQ_UNIFORM)
     elif args.ldlq_tcq or args.ldlq:
         configs = LDLQ_TCQ_CONFIGS if args.ldlq_tcq else LDLQ_CONFIGS
-        run_ldlq_sweep(args.out, configs=[c for c in configs if not args.only or c[0] in args.only])
+        if args.only:  # in the order given
+            configs = [c for label in args.only for c in configs if c[0] == label]
+        run_ldlq_sweep(args.out, configs=configs, tcq_L=args.L,
+                       roundings=("ldlq",) if args.ldlq_only else ("nearest", "ldlq"))
     elif args.mixed_from:
         sens = json.loads(Path(args.mixed_from).read_text())["sensitivity"]
         run_sweep(args.out, configs=[], baseline=False, uniform_tcq=False, sensitivity=sens)
