@@ -13,7 +13,6 @@ transformers = pytest.importorskip(
     "transformers", reason="needs transformers: pip install transformers gguf accelerate"
 )
 
-import weightkit as wk  # noqa: E402
 from weightkit import data  # noqa: E402
 from weightkit.eval import linear_layers, perplexity  # noqa: E402
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from weightkit.quant import latency
-from weightkit.quant.allocation import Option, allocate, plan_seconds, predicted_loss
+from weightkit.quant.allocation import Option, allocate, find_option, plan_seconds, predicted_loss
 
 from .test_allocation import TinyLM
 
@@ -136,6 +136,16 @@ def test_timed_options_times_each_shape_once(monkeypatch):
     assert plan_seconds(timed, {"a": ("tcq", 2), "c": ("vq", 2.0)}) == pytest.approx(3 * 512e-9 + 1024e-9)
     with pytest.raises(ValueError, match=r"plan_seconds: layer 'a' has no timed option sq-4"):
         plan_seconds(timed, {"a": ("sq", 4)})
+
+
+def test_find_option_matches_quantizer_and_bits():
+    opts = [Option("tcq", 2.0, 0.1), Option("vq", 2.0, 0.2), Option("vq", 2.5, 0.15)]
+    assert find_option(opts, "vq", 2) is opts[1]
+    assert find_option(opts, "vq", 2.5) is opts[2]
+    with pytest.raises(ValueError, match=r"find_option: no option sq-3 among: tcq-2, vq-2, vq-2.5"):
+        find_option(opts, "sq", 3)
+    with pytest.raises(ValueError, match=r"no option vq-2 among: none"):
+        find_option([], "vq", 2)
 
 
 def test_plan_mixed_with_a_time_budget(monkeypatch):

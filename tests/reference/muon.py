@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from tests.reference.newton_schulz import auon_ref, newton_schulz_ref
 
 JORDAN = [3.4445, -4.7750, 2.0315]

@@ -91,7 +91,7 @@ def run(out_path, factors=(1.0, 1.25, 1.5), n_eval: int = 4096, n_hessian: int =
     per_layer = [timed[n] for n in names]
 
     def uniform(q, b):
-        return [next(o for o in opts if (o.quantizer, o.bits) == (q, b)) for opts in per_layer]
+        return [allocation.find_option(opts, q, b) for opts in per_layer]
 
     vq = uniform("vq", 2.5)
     budget_bits = sum(n * o.cost for n, o in zip(sizes, vq)) / sum(sizes)

@@ -238,7 +238,7 @@ def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: 
         return rec
 
     for q, b in uniform:
-        one_rate = [next(o for o in opts if (o.quantizer, o.bits) == (q, b)) for opts in per_layer]
+        one_rate = [allocation.find_option(opts, q, b) for opts in per_layer]
         budget = sum(n * o.cost for n, o in zip(sizes, one_rate)) / sum(sizes)
         u = run(f"{q}-{b}", one_rate)
         model, _ = wk.data.load_smollm2()

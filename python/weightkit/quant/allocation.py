@@ -39,6 +39,7 @@ __all__ = [
     "allocate_lagrangian",
     "block_importance",
     "default_options",
+    "find_option",
     "gaussian_error",
     "measured_options",
     "noise_sensitivity",
@@ -67,6 +68,16 @@ class Option:
     @property
     def cost(self) -> float:
         return self.bits if self.cost_bits is None else self.cost_bits
+
+
+def find_option(options, quantizer: str, bits: float) -> Option:
+    """The Option for (``quantizer``, ``bits``) among ``options`` (one layer's list); ValueError
+    naming the ones there are when it is missing."""
+    for o in options:
+        if (o.quantizer, o.bits) == (quantizer, float(bits)):
+            return o
+    have = ", ".join(f"{o.quantizer}-{o.bits:g}" for o in options) or "none"
+    raise ValueError(f"weightkit.quant.allocation.find_option: no option {quantizer}-{bits:g} among: {have}")
 
 
 def stored_options(shapes, options, L: int | None = None) -> list[list[Option]]:
@@ -435,12 +446,15 @@ def plan_seconds(timed: dict, plan: dict) -> float:
     """Σ over layers of the seconds of the option ``plan`` (name → (quantizer, bits)) picks, from
     ``timed`` (name → [Option] with seconds, weightkit.quant.latency.timed_options)."""
     total = 0.0
-    for name, choice in plan.items():
-        match = [o for o in timed.get(name, ()) if (o.quantizer, o.bits) == (choice[0], float(choice[1]))]
-        if not match or match[0].seconds is None:
+    for name, (quantizer, bits) in plan.items():
+        try:
+            seconds = find_option(timed.get(name, ()), quantizer, bits).seconds
+        except ValueError:
+            seconds = None
+        if seconds is None:
             raise ValueError(f"weightkit.quant.allocation.plan_seconds: layer {name!r} has no timed option "
-                             f"{choice[0]}-{choice[1]}")
-        total += match[0].seconds
+                             f"{quantizer}-{bits}")
+        total += seconds
     return total
 
 
