@@ -244,6 +244,8 @@ def test_palette_perplexity_plot_reads_every_sweep_file(tmp_path):
         {"quantizer": "vq", "stored_bits": 2.72, "nearest": {"ppl": 883.0}, "ldlq": {"ppl": 21.3}}]}))
     (tmp_path / "palette-ppl-ldlq-tcq.json").write_text(json.dumps({"fp_ppl": 14.70, "runs": [
         {"quantizer": "tcq", "stored_bits": 2.15, "nearest": {"ppl": 8770.0}, "ldlq": {"ppl": 30.5}}]}))
+    (tmp_path / "palette-ppl-ldlq-tcq-L16.json").write_text(json.dumps({"fp_ppl": 14.70, "runs": [
+        {"quantizer": "tcq", "stored_bits": 2.64, "ldlq": {"ppl": 18.5}}]}))  # LDLQ only
     (tmp_path / "palette-ppl-ldlq-mixed.json").write_text(json.dumps(runs(("vq-2.5", "vq", 2.72, 21.3),
                                                                           ("mixed@vq-2.5", "mixed", 2.70, 20.9))))
     (tmp_path / "palette-ppl-ldlq-mixed-tcq.json").write_text(json.dumps(runs(("tcq-2", "tcq", 2.14, 28.4),
@@ -254,10 +256,23 @@ def test_palette_perplexity_plot_reads_every_sweep_file(tmp_path):
     series, fp = collect_series(tmp_path)
     assert fp == 14.70
     assert series == {"TCQ nearest": [(2.14, 8770.0), (2.64, 237.0)], "TCQ mixed (DP allocation)": [(2.64, 42.9)],
-                      "VQ LDLQ": [(2.72, 21.3)], "TCQ LDLQ": [(2.15, 30.5)],
+                      "VQ LDLQ": [(2.72, 21.3)], "TCQ LDLQ": [(2.15, 30.5)], "TCQ LDLQ, L = 16": [(2.64, 18.5)],
                       "TCQ mixed + LDLQ (DP allocation)": [(2.14, 25.0)], "VQ/SQ mixed + LDLQ (DP allocation)": [(2.70, 20.9)],
                       "PTQTP (2 trit-planes)": [(4.27, 197.4)], "int RTN g128": [(3.25, 84.6), (4.25, 20.1)],
                       "GPTQ g128": [(3.25, 48.0)], "GPTQ act-order g128": [(3.27, 30.0)]}
     pytest.importorskip("matplotlib")
     assert plot_perplexity(tmp_path) == str(tmp_path / "palette-ppl.png")
     assert (tmp_path / "palette-ppl.png").stat().st_size > 10_000
+
+
+def test_palette_bench_mse_only_writes_its_own_file(tmp_path, monkeypatch, capsys):
+    from weightkit.bench import palette as palette_bench
+
+    monkeypatch.setattr(palette_bench, "MSE_TABLE", {"sq": {2: 0.1175}, "tcq": {2: 0.0710}})
+    out = tmp_path / "palette-mse.json"
+    assert palette_bench.main(["--mse-only", "--quick", "--device", "cpu", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["cases"] == [] and res["quick"] is True
+    assert [(r["quantizer"], r["bits"]) for r in res["mse"]] == [("sq", 2), ("tcq", 2)]
+    assert all(r["samples"] == 1 << 16 and r["within_5pct"] and r["seconds"] > 0 for r in res["mse"])
+    assert "mse tcq-2: " in capsys.readouterr().out

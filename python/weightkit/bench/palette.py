@@ -225,9 +225,21 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-mse", action="store_true", help="skip the quantizer MSE part (CPU Viterbi at L = 16: "
                         "minutes on few cores; the GPU run times kernels only)")
+    parser.add_argument("--mse-only", action="store_true", help="only the quantizer MSE part, with each encoding's "
+                        "time, to palette-mse.json beside the default palette.json")
     args = parser.parse_args(argv)
     common.check_device(parser, args.device)
     t0 = time.perf_counter()
+    if args.mse_only:
+        mse = mse_results(16 if args.quick else 18, 16)
+        for r in mse:
+            print(f"mse {r['quantizer']}-{r['bits']}: {r['mse']:.4f} (paper {r['paper']:.4f}, ratio {r['ratio']:.3f}), "
+                  f"{r['seconds']:.2f} s")
+        path = args.json or common.results_path(FAMILY, args.device, quick=args.quick).with_name("palette-mse.json")
+        path = common.write_results(FAMILY, args.device, [], path,
+                                    extra={"quick": args.quick, "mse": mse, "wall_s": round(time.perf_counter() - t0, 1)})
+        print(f"wrote {path}")
+        return 0
     res = run(device=args.device, quick=args.quick, progress=common.progress, mse=not args.no_mse)
     wall = time.perf_counter() - t0
     common.print_table(FAMILY, args.device, res["cases"], skipped=res["skipped"])

@@ -44,6 +44,8 @@ def collect_series(folder) -> tuple[dict[str, list[tuple[float, float]]], float 
         fp = ldlq.get("fp_ppl", fp)
         for r in ldlq.get("runs", []):
             add(f"{r['quantizer'].upper()} LDLQ", r["stored_bits"], r["ldlq"]["ppl"])
+    for r in (_load(folder, "palette-ppl-ldlq-tcq-L16.json") or {}).get("runs", []):  # the others are L = 12
+        add("TCQ LDLQ, L = 16", r["stored_bits"], r["ldlq"]["ppl"])
     for name, label in (("palette-ppl-ldlq-mixed.json", "VQ/SQ mixed + LDLQ (DP allocation)"),
                         ("palette-ppl-ldlq-mixed-tcq.json", "TCQ mixed + LDLQ (DP allocation)")):
         for r in (_load(folder, name) or {}).get("runs", []):
@@ -71,6 +73,7 @@ STYLE = {
     "SQ nearest": ("tab:blue", "o", "--"), "SQ LDLQ": ("tab:blue", "o", "-"),
     "VQ nearest": ("tab:orange", "s", "--"), "VQ LDLQ": ("tab:orange", "s", "-"),
     "TCQ nearest": ("tab:green", "^", "--"), "TCQ LDLQ": ("tab:green", "^", "-"),
+    "TCQ LDLQ, L = 16": ("darkgreen", "v", ":"),
     "TCQ mixed (DP allocation)": ("tab:green", "*", "none"),
     "VQ/SQ mixed + LDLQ (DP allocation)": ("tab:red", "*", "none"),
     "TCQ mixed + LDLQ (DP allocation)": ("tab:pink", "*", "none"),
