@@ -231,21 +231,18 @@ def main(argv=None) -> int:
     common.check_device(parser, args.device)
     t0 = time.perf_counter()
     if args.mse_only:
-        mse = mse_results(16 if args.quick else 18, 16)
-        for r in mse:
-            print(f"mse {r['quantizer']}-{r['bits']}: {r['mse']:.4f} (paper {r['paper']:.4f}, ratio {r['ratio']:.3f}), "
-                  f"{r['seconds']:.2f} s")
-        path = args.json or common.results_path(FAMILY, args.device, quick=args.quick).with_name("palette-mse.json")
-        path = common.write_results(FAMILY, args.device, [], path,
-                                    extra={"quick": args.quick, "mse": mse, "wall_s": round(time.perf_counter() - t0, 1)})
-        print(f"wrote {path}")
-        return 0
-    res = run(device=args.device, quick=args.quick, progress=common.progress, mse=not args.no_mse)
+        res = {"cases": [], "skipped": [], "extra": {"quick": args.quick, "mse": mse_results(16 if args.quick else 18, 16)}}
+    else:
+        res = run(device=args.device, quick=args.quick, progress=common.progress, mse=not args.no_mse)
     wall = time.perf_counter() - t0
-    common.print_table(FAMILY, args.device, res["cases"], skipped=res["skipped"])
+    if res["cases"]:
+        common.print_table(FAMILY, args.device, res["cases"], skipped=res["skipped"])
     for r in res["extra"]["mse"]:
-        print(f"mse {r['quantizer']}-{r['bits']}: {r['mse']:.4f} (paper {r['paper']:.4f}, ratio {r['ratio']:.3f})")
+        print(f"mse {r['quantizer']}-{r['bits']}: {r['mse']:.4f} (paper {r['paper']:.4f}, ratio {r['ratio']:.3f}), "
+              f"{r['seconds']:.2f} s")
     path = args.json or common.results_path(FAMILY, args.device, quick=args.quick)
+    if args.mse_only and not args.json:
+        path = path.with_name("palette-mse.json")
     path = common.write_results(FAMILY, args.device, res["cases"], path, skipped=res["skipped"],
                                 extra={**res["extra"], "wall_s": round(wall, 1)})
     print(f"wrote {path} ({wall:.0f} s)")
