@@ -4,9 +4,10 @@
 // bits, shared by the 2^kb states that can follow it), m[j] = min over the 2^kb predecessors
 // j | h << (L-kb) of their cost; then cost'[s] = m[s >> kb] + |w_t - code(s)|^2. Both loops are
 // contiguous over j or s, so they vectorize: the AVX-512 path uses intrinsics for the
-// m[s >> kb] expansion (and, for kb < 4, does both loops in one pass), the others
-// compiler-vectorized loops. The costs live in a padded grid (Grid below). Backpointers are one
-// byte per prefix and step (T * 2^(L-kb) bytes per row in flight, per thread).
+// m[s >> kb] expansion (and, for kb < 4, does both loops in one pass, two steps at a time where the
+// trellis is wide enough), the others compiler-vectorized loops. The costs live in a padded grid
+// (Grid below). Backpointers are one byte per prefix and step (T * 2^(L-kb) bytes per row in
+// flight, per thread).
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -119,17 +120,21 @@ WK_AVX512 WK_INLINE void predecessor_min(const float* cost, int64_t j, Grid g, _
   }
 }
 
-// next at states s .. s + 15 (one row of the grid: J is a multiple of 16) = mv + sum_v (w_v -
-// code(s, v))^2, with w0 / w1 broadcast.
-WK_AVX512 WK_INLINE void state_costs(const float* tab, Grid g, int V, int64_t s, __m512 w0, __m512 w1,
-                                     __m512 mv, float* next) {
+// The costs of states s .. s + 15: mv + sum_v (w_v - code(s, v))^2, with w0 / w1 broadcast.
+WK_AVX512 WK_INLINE __m512 add_dist(const float* tab, Grid g, int V, int64_t s, __m512 w0, __m512 w1, __m512 mv) {
   __m512 e = _mm512_sub_ps(w0, _mm512_loadu_ps(tab + s));
   __m512 d = _mm512_fmadd_ps(e, e, mv);
   if (V > 1) {
     e = _mm512_sub_ps(w1, _mm512_loadu_ps(tab + g.S + s));
     d = _mm512_fmadd_ps(e, e, d);
   }
-  _mm512_storeu_ps(next + g.at(s), d);
+  return d;
+}
+
+// next at states s .. s + 15 (one row of the grid: J is a multiple of 16), as add_dist.
+WK_AVX512 WK_INLINE void state_costs(const float* tab, Grid g, int V, int64_t s, __m512 w0, __m512 w1,
+                                     __m512 mv, float* next) {
+  _mm512_storeu_ps(next + g.at(s), add_dist(tab, g, V, s, w0, w1, mv));
 }
 
 // Two passes, for kb >= 4 (where 16 consecutive states share one prefix; kb < 4 takes
@@ -169,6 +174,70 @@ WK_AVX512 void step_fused_avx512(const float* cost, float*, int32_t*, uint8_t* b
   }
 }
 
+// Two steps at once (t with w, t + 1 with w + V), for kb = KB < 4 and J >= 16 << KB: the
+// intermediate states' costs never leave registers, so per two steps the cost grid is read and
+// written once instead of twice. Per block of 16 << KB prefixes j of step t + 1: their predecessors
+// are the intermediate states j | h << (L-kb), for each h a run of 16 << KB states whose own
+// prefixes are 16 consecutive ones of step t; those get their min / argmin (predecessor_min), the
+// run its costs, and the run folds into the block's running min / argmin over h (in the order
+// predecessor_min uses, so paths and ties are those of two single steps, bit for bit).
+template <int KB>
+WK_AVX512 void step_pair_avx512(const float* cost, uint8_t* bp0, uint8_t* bp1, const float* tab, Grid g, int V,
+                                const float* w, float* next) {
+  constexpr int N = 1 << KB, ahead = 4;  // prefetch distance in blocks
+  const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(V > 1 ? w[1] : 0.f);
+  const __m512 u0 = _mm512_set1_ps(w[V]), u1 = _mm512_set1_ps(V > 1 ? w[V + 1] : 0.f);
+  // spread[q], lane i: which of 16 consecutive prefixes state 16 q + i of their 16 N successors follows.
+  __m512i spread[N];
+  for (int q = 0; q < N; ++q)
+    spread[q] = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(16 * q)),
+        KB);
+  for (int64_t j = 0; j < g.J; j += 16 * N) {
+    __m512 best[N];
+    __m512i arg[N];
+    for (int h = 0; h < N; ++h) {
+      const int64_t run = h * g.J + j, j1 = run >> KB;
+      // The block reads N * N lines of the grid 16 floats apart, more streams than the hardware
+      // prefetcher follows at L = 16 (without this the pair ran at 0.8-1.0x two single steps there).
+      if (j + ahead * 16 * N < g.J)
+        for (int r = 0; r < N; ++r)
+          _mm_prefetch(reinterpret_cast<const char*>(cost + r * g.P + j1 + ahead * 16), _MM_HINT_T0);
+      __m512 m1;
+      __m512i a1;
+      predecessor_min(cost, j1, g, m1, a1);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(bp0 + j1), _mm512_cvtepi32_epi8(a1));
+      for (int q = 0; q < N; ++q) {
+        const __m512 c = add_dist(tab, g, V, run + 16 * q, w0, w1, _mm512_permutexvar_ps(spread[q], m1));
+        if (h == 0) {
+          best[q] = c;
+          arg[q] = _mm512_setzero_si512();
+        } else {
+          const __mmask16 lt = _mm512_cmp_ps_mask(c, best[q], _CMP_LT_OQ);
+          best[q] = _mm512_min_ps(c, best[q]);
+          arg[q] = _mm512_mask_mov_epi32(arg[q], lt, _mm512_set1_epi32(h));
+        }
+      }
+    }
+    for (int q = 0; q < N; ++q) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(bp1 + j + 16 * q), _mm512_cvtepi32_epi8(arg[q]));
+      for (int r = 0; r < N; ++r)
+        state_costs(tab, g, V, ((j + 16 * q) << KB) + 16 * r, u0, u1, _mm512_permutexvar_ps(spread[r], best[q]),
+                    next);
+    }
+  }
+}
+
+using StepPair = void (*)(const float* cost, uint8_t* bp0, uint8_t* bp1, const float* tab, Grid g, int V,
+                          const float* w, float* next);
+
+// The two-step kernel for (isa, L, kb), or null where single steps run.
+StepPair choose_step_pair(CpuIsa isa, Grid g) {
+  if (isa != CpuIsa::Avx512 || g.kb >= 4 || g.J < (int64_t(16) << g.kb)) return nullptr;
+  return g.kb == 1 ? &step_pair_avx512<1> : g.kb == 2 ? &step_pair_avx512<2> : &step_pair_avx512<3>;
+}
+
 // The step for (isa, L, kb). AVX-512 with 16+ prefixes: kb < 4 in one pass, kb >= 4 in two (there
 // the one-pass loop's 16+ predecessor streams ran at 0.74-1.0x the two-pass speed; kb < 4:
 // 1.5-2.2x faster).
@@ -203,8 +272,15 @@ void viterbi_row(const float* w, int64_t T, int L, int kb, int V, const float* t
     }
     k.cost[g.at(s)] = d;
   }
-  for (int64_t t = 1; t < T; ++t) {
-    step(k.cost.data(), k.m.data(), k.bi.data(), k.bp.data() + t * J, tab, g, V, w + t * V, k.next.data());
+  const StepPair pair = choose_step_pair(isa, g);
+  for (int64_t t = 1; t < T;) {
+    if (pair != nullptr && t + 1 < T) {
+      pair(k.cost.data(), k.bp.data() + t * J, k.bp.data() + (t + 1) * J, tab, g, V, w + t * V, k.next.data());
+      t += 2;
+    } else {
+      step(k.cost.data(), k.m.data(), k.bi.data(), k.bp.data() + t * J, tab, g, V, w + t * V, k.next.data());
+      t += 1;
+    }
     std::swap(k.cost, k.next);
   }
   // Backtrack from the cheapest final state (the first of equals, in state order).

@@ -33,12 +33,14 @@ def test_decode_matches_reference(L, kb, V):
     assert torch.allclose(got.double(), tcq_decode_ref(packed, scales, 40, L, kb, V), atol=1e-5)
 
 
-# kb = 1..3 with 16+ prefixes take AVX-512's one-pass step, kb = 4, 5 its two-pass step; from 1024
-# prefixes on, the padded rows of the cost grid are what keep the predecessor streams apart.
-@pytest.mark.parametrize("L,kb,V", [(10, 2, 1), (9, 3, 2), (12, 1, 1), (11, 4, 1), (12, 5, 2), (15, 3, 1),
-                                    (16, 5, 2)])
-def test_every_isa_gives_the_same_stream(L, kb, V, monkeypatch):
-    w = torch.randn(4, 64 * V, generator=torch.Generator().manual_seed(L + kb))
+# On AVX-512, kb = 1..3 with 16 << kb or more prefixes take two steps at a time (the last step
+# alone when their count is odd), with 16+ prefixes the one-pass step; kb = 4, 5 the two-pass step.
+# From 1024 prefixes on, the padded rows of the cost grid keep the predecessor streams apart.
+@pytest.mark.parametrize("L,kb,V", [(10, 2, 1), (8, 2, 1), (10, 3, 1), (9, 3, 2), (12, 1, 1), (11, 4, 1),
+                                    (12, 5, 2), (15, 3, 1), (16, 5, 2)])
+@pytest.mark.parametrize("steps", [64, 65])
+def test_every_isa_gives_the_same_stream(L, kb, V, steps, monkeypatch):
+    w = torch.randn(4, steps * V, generator=torch.Generator().manual_seed(L + kb))
     streams = []
     for isa in ("scalar", "avx2", "avx512"):
         if isa == "avx512" and weightkit.build_info()["cpu_isa_best"] != "avx512":
@@ -200,7 +202,8 @@ def test_window_over_whole_rows_is_the_encoder(L, kb, V, cpu_isa):
     assert torch.equal(tcq_state_values(states, L, kb, V), tcq_dequantize(packed, torch.ones(5), 24 * V, L, kb, V))
 
 
-@pytest.mark.parametrize("L,kb,V,steps", [(5, 1, 1, 7), (6, 2, 1, 5), (5, 3, 2, 4), (4, 2, 2, 1), (8, 2, 2, 5), (7, 3, 1, 4)])
+@pytest.mark.parametrize("L,kb,V,steps", [(5, 1, 1, 7), (6, 2, 1, 5), (5, 3, 2, 4), (4, 2, 2, 1), (8, 2, 2, 5), (7, 3, 1, 4),
+                                            (8, 2, 1, 6), (9, 1, 1, 6), (10, 3, 1, 5)])
 def test_window_after_a_state_matches_the_float64_reference(L, kb, V, steps, cpu_isa):
     # Each row starts after a different state (or free): its path follows that state and is the
     # float64 dynamic program's (same path, same error to float rounding).
