@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -178,6 +179,10 @@ LDLQ_MIXED_UNIFORM = [("vq", 2), ("vq", 2.5), ("vq", 3)]
 #: The same for the trellis alone (``--ldlq-mixed-tcq``; L = 12, block LDLQ).
 LDLQ_MIXED_TCQ_OPTIONS = [("tcq", 1.5), ("tcq", 2), ("tcq", 2.5), ("tcq", 3), ("tcq", 3.5), ("tcq", 4)]
 LDLQ_MIXED_TCQ_UNIFORM = [("tcq", 2), ("tcq", 2.5), ("tcq", 3)]
+#: PTQTP against the palette (``--ldlq-mixed-ptqtp``): its trit planes as one more option, and the
+#: plan at PTQTP's stored bits against PTQTP in every layer.
+LDLQ_MIXED_PTQTP_OPTIONS = LDLQ_MIXED_OPTIONS + [("ptqtp", 4)]
+LDLQ_MIXED_PTQTP_UNIFORM = [("ptqtp", 4)]
 
 
 def run_ldlq_mixed(out_path, n_eval: int = 4096, n_hessian: int = 8192, n_sens: int = 512,
@@ -323,10 +328,8 @@ def run_sequential(out_path, n_eval: int = 4096, n_hessian: int = 8192, log=prin
 
 
 def _hist(plan: dict) -> dict:
-    out = {}
-    for _, b in plan.values():
-        out[str(b)] = out.get(str(b), 0) + 1
-    return out
+    """How many layers a plan gives each "quantizer-bits" option."""
+    return dict(Counter(f"{q}-{b:g}" for q, b in plan.values()))
 
 
 def merge(paths, out_path) -> dict:
@@ -362,6 +365,10 @@ if __name__ == "__main__":
     ap.add_argument("--ldlq-mixed-tcq", action="store_true", help="the same over the trellis rates 1.5-4 against "
                     "uniform TCQ, reusing the sensitivities of palette-ppl-ldlq-mixed.json when present "
                     "(default output: palette-ppl-ldlq-mixed-tcq.json)")
+    ap.add_argument("--ldlq-mixed-ptqtp", action="store_true", help="the same over the VQ / SQ options and PTQTP's "
+                    "trit planes against PTQTP in every layer (default output: palette-ppl-ldlq-mixed-ptqtp.json)")
+    ap.add_argument("--sensitivity-from", metavar="JSON", help="with --ldlq-mixed-tcq / --ldlq-mixed-ptqtp: the "
+                    "noise sensitivities stored in JSON (default: palette-ppl-ldlq-mixed.json beside the output)")
     ap.add_argument("--baselines", action="store_true", help="PTQTP and int4 / int3 RTN (group 128) on the same "
                     "tokens (default output: palette-ppl-baselines.json)")
     ap.add_argument("--sequential", action="store_true", help="Hessians of the unquantized model against block by "
@@ -374,6 +381,7 @@ if __name__ == "__main__":
         from weightkit.bench.common import results_path
 
         name = ("palette-ppl-ldlq-mixed-tcq" if args.ldlq_mixed_tcq
+                else "palette-ppl-ldlq-mixed-ptqtp" if args.ldlq_mixed_ptqtp
                 else "palette-ppl-ldlq-mixed" if args.ldlq_mixed else "palette-ppl-ldlq" if args.ldlq
                 else "palette-ppl-ldlq-tcq" + (f"-L{args.L}" if args.L != 12 else "") if args.ldlq_tcq
                 else "palette-ppl-baselines" if args.baselines
@@ -389,10 +397,14 @@ if __name__ == "__main__":
         run_sequential(args.out)
     elif args.ldlq_mixed:
         run_ldlq_mixed(args.out)
-    elif args.ldlq_mixed_tcq:
-        stored = Path(args.out).with_name("palette-ppl-ldlq-mixed.json")
+    elif args.ldlq_mixed_tcq or args.ldlq_mixed_ptqtp:
+        stored = Path(args.sensitivity_from or Path(args.out).with_name("palette-ppl-ldlq-mixed.json"))
         sens = json.loads(stored.read_text())["sensitivity"] if stored.exists() else None
-        run_ldlq_mixed(args.out, sensitivity=sens, options=LDLQ_MIXED_TCQ_OPTIONS, uniform=LDLQ_MIXED_TCQ_UNIFORM)
+        if args.ldlq_mixed_tcq:
+            run_ldlq_mixed(args.out, sensitivity=sens, options=LDLQ_MIXED_TCQ_OPTIONS, uniform=LDLQ_MIXED_TCQ_UNIFORM)
+        else:
+            run_ldlq_mixed(args.out, sensitivity=sens, options=LDLQ_MIXED_PTQTP_OPTIONS,
+                           uniform=LDLQ_MIXED_PTQTP_UNIFORM)
     elif args.ldlq_tcq or args.ldlq:
         configs = LDLQ_TCQ_CONFIGS if args.ldlq_tcq else LDLQ_CONFIGS
         if args.only:  # in the order given

@@ -80,15 +80,16 @@ def find_option(options, quantizer: str, bits: float) -> Option:
     raise ValueError(f"weightkit.quant.allocation.find_option: no option {quantizer}-{bits:g} among: {have}")
 
 
-def stored_options(shapes, options, L: int | None = None) -> list[list[Option]]:
+def stored_options(shapes, options, L: int | None = None, group_size: int = 128) -> list[list[Option]]:
     """Per-layer copies of ``options`` whose budget cost is the bits each layer stores
     (weightkit.quant.palette.stored_bits for its (out, in) shape): with them ``allocate`` keeps the
     real size within the budget. On small layers the codebooks weigh: a 256-entry 2-D codebook is
-    0.15 bit per weight of a 192×576 projection. ``L``: the trellis's state bits."""
+    0.15 bit per weight of a 192×576 projection. ``L``: the trellis's state bits; ``group_size``:
+    PTQTP's, for ("ptqtp", 4) options."""
     from weightkit.quant.palette import stored_bits
 
-    return [[Option(o.quantizer, o.bits, o.error, stored_bits(out_f, in_f, o.quantizer, o.bits, L)) for o in options]
-            for out_f, in_f in shapes]
+    return [[Option(o.quantizer, o.bits, o.error, stored_bits(out_f, in_f, o.quantizer, o.bits, L, group_size))
+             for o in options] for out_f, in_f in shapes]
 
 
 #: Relative MSE of each quantizer on Gaussian data (rotated, normalized weights are close to it):
@@ -340,7 +341,7 @@ def noise_sensitivity(model: nn.Module, tokens: torch.Tensor, layers: dict, rel_
 
 @torch.no_grad()
 def measured_options(model: nn.Module, options, hessians: dict | None = None, skip=None, seed: int = 0,
-                     progress: bool = False, **tcq) -> dict[str, list[Option]]:
+                     progress: bool = False, **layer_options) -> dict[str, list[Option]]:
     """Each layer's own error and stored bits under every option: name → [Option], for the layers
     quantize_model(model, method="palette", skip=skip, seed=seed) would quantize, in its order and
     with its Hadamard seeds (seed + index), so the errors are those the final model will have.
@@ -349,15 +350,20 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
     quantized once per option: e = ‖W − Ŵ‖²/‖W‖², or with ``hessians`` (name → (in, in), from
     weightkit.quant.collect_hessians) LDLQ rounding and e = hessian_weighted_error(W, Ŵ, H). The
     Option's cost_bits is what the quantized layer stores (palette.rate_of). Options a layer's width
-    refuses are left out of its list (none left: ValueError). The model is not changed. ``tcq``:
-    the trellis's options (L).
+    refuses are left out of its list (none left: ValueError). The model is not changed.
+    ``layer_options``: palette.LAYER_OPTIONS (the trellis's L; PTQTP's group_size, max_iters, tol).
+    A ("ptqtp", 4) option is PTQTP's trit planes, measured the same way (rounded without the
+    Hessian: PTQTP has no Hessian-aware rounding).
     """
-    from weightkit.nn.palette import PaletteLinear
     from weightkit.quant import palette
     from weightkit.quant.ldlq import check_hessians, hessian_weighted_error
     from weightkit.quant.quantize import skip_patterns, target_linears
 
     fn = "measured_options"
+    unknown = sorted(set(layer_options) - set(palette.LAYER_OPTIONS))
+    if unknown:
+        raise TypeError(f"weightkit.quant.allocation.{fn}: unknown layer options {unknown}; "
+                        f"known: {palette.LAYER_OPTIONS}")
     layers, _ = target_linears(fn, model, skip_patterns(fn, skip), replace=True)
     if hessians is not None:
         check_hessians(f"weightkit.quant.allocation.{fn}", layers, hessians)
@@ -372,10 +378,9 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
         H = None if hessians is None else hessians[name]
         out[name] = []
         for o in options:
-            if palette._width_problem(lin.in_features, o.quantizer, o.bits):
+            if palette._choice_problem(lin.in_features, o.quantizer, o.bits):
                 continue
-            layer = PaletteLinear.from_linear(lin, o.quantizer, o.bits, seed=seed + i, hessian=H,
-                                              **(tcq if o.quantizer == "tcq" else {}))
+            layer = palette.build_layer(lin, o.quantizer, o.bits, seed=seed + i, hessian=H, **layer_options)
             W_hat = layer.dequantize().cpu()
             err = ((W - W_hat).pow(2).sum() / W.pow(2).sum().clamp_min(1e-30)).item() if H is None \
                 else hessian_weighted_error(W, W_hat, H)
@@ -383,14 +388,14 @@ def measured_options(model: nn.Module, options, hessians: dict | None = None, sk
         if not out[name]:
             raise ValueError(f"weightkit.quant.allocation.{fn}: no option fits layer {name!r} "
                              f"({lin.out_features}x{lin.in_features}): "
-                             f"{palette._width_problem(lin.in_features, options[0].quantizer, options[0].bits)}")
+                             f"{palette._choice_problem(lin.in_features, options[0].quantizer, options[0].bits)}")
     return out
 
 
 def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quantizers=("vq",),
                bits=(2, 2.5, 3, 3.5, 4), ldlq: bool = True, hessians: dict | None = None, n_sensitivity: int = 512,
                skip=None, seed: int = 0, progress: bool = False, budget_seconds=None, batch: int = 1,
-               dtype: torch.dtype = torch.float32, **tcq) -> tuple[dict, dict | None]:
+               dtype: torch.dtype = torch.float32, **layer_options) -> tuple[dict, dict | None]:
     """(plan, hessians): one palette option per layer minimizing the predicted KL under a budget of
     ``budget_bits`` stored bits per weight (codes, codebooks, scales, signs: a uniform VQ 2.5-bit
     SmolLM2 stores 2.72), for ``quantize_model(model, method="palette", quantizer="mixed",
@@ -402,8 +407,10 @@ def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quant
     be quantized) with Hessian-aware rounding; ``hessians`` reuses ones already collected. Costs
     one forward pass of ``n_sensitivity`` tokens per layer plus each layer quantized once per
     option (SmolLM2-135M, 2 cores, 5 VQ rates: ~6 + ~3 minutes; the trellis, ``quantizers=("tcq",)``,
-    takes ~2.5 minutes per rate at ``L=12``). ``tcq``: the trellis's options (L), to be given to
-    quantize_model too.
+    takes ~2.5 minutes per rate at ``L=12``). ``quantizers`` may include "ptqtp" (PTQTP's trit planes,
+    its one rate ("ptqtp", 4) whatever ``bits`` says) for a PTQTP-versus-palette plan.
+    ``layer_options``: palette.LAYER_OPTIONS (the trellis's L; PTQTP's group_size, max_iters, tol),
+    to be given to quantize_model too.
 
     ``budget_seconds``: also bound the time of one forward through the quantized layers at
     ``batch`` tokens of ``dtype`` on the model's device (each option timed by
@@ -425,15 +432,18 @@ def plan_mixed(model: nn.Module, tokens: torch.Tensor, budget_bits: float, quant
                              progress=progress)
     if ldlq and hessians is None:
         hessians = collect_hessians(model, tokens, layers, ctx=min(512, tokens.numel()), progress=progress)
-    options = [Option(q, float(b), 0.0) for q in quantizers for b in bits]
+    from weightkit.quant.palette import PTQTP_BITS
+
+    options = [Option(q, float(b), 0.0) for q in quantizers for b in ((PTQTP_BITS,) if q == "ptqtp" else bits)]
     measured = measured_options(model, options, hessians=hessians if ldlq else None, skip=skip, seed=seed,
-                                progress=progress, **tcq)
+                                progress=progress, **layer_options)
     if budget_seconds is not None:
         from weightkit.quant.latency import timed_options
 
         measured = timed_options(measured, {n: (layers[n].out_features, layers[n].in_features) for n in measured},
                                  batch=batch, dtype=dtype, device=next(model.parameters()).device,
-                                 L=tcq.get("L"), progress=progress)
+                                 progress=progress, **{k: layer_options[k] for k in ("L", "group_size", "activations")
+                                                       if k in layer_options})
         if isinstance(budget_seconds, tuple):
             budget_seconds = plan_seconds(measured, {n: budget_seconds for n in measured})
     names = list(measured)

@@ -72,20 +72,21 @@ def _check(fn: str, batch: int, repeats: int) -> None:
 
 
 def layer_seconds(out_features: int, in_features: int, quantizer: str, bits: float, batch: int = 1,
-                  dtype: torch.dtype = torch.float32, device="cpu", L: int | None = None,
-                  min_bytes: int = 64 << 20, repeats: int = 7) -> float:
+                  dtype: torch.dtype = torch.float32, device="cpu", L: int | None = None, group_size: int = 128,
+                  activations: str = "fp32", min_bytes: int = 64 << 20, repeats: int = 7) -> float:
     """Seconds of one forward of a PaletteLinear (out_features, in_features) with ``quantizer`` at
     ``bits`` (the Hadamard rotation of the input included) on a (batch, in_features) input of
     ``dtype`` on ``device``: the median of ``repeats`` passes over copies of the codes that exceed
-    ``min_bytes``. ``L``: the trellis's state bits (tcq; default as weightkit.quant.tcq)."""
-    from weightkit.nn.palette import PaletteLinear
+    ``min_bytes``. ``L``: the trellis's state bits (tcq; default as weightkit.quant.tcq). ("ptqtp", 4)
+    times a TritPlaneLinear of ``group_size`` and ``activations``."""
+    from weightkit.quant.palette import build_layer
 
     _check("layer_seconds", batch, repeats)
     g = torch.Generator().manual_seed(0)
     linear = nn.Linear(in_features, out_features, bias=False)
     linear.weight.data = torch.randn(out_features, in_features, generator=g) / math.sqrt(in_features)
-    trellis = {"L": L} if quantizer == "tcq" and L is not None else {}
-    layer = PaletteLinear.from_linear(linear, quantizer, bits, **trellis).to(device)
+    options = {"L": L} if L is not None else {}
+    layer = build_layer(linear, quantizer, bits, group_size=group_size, activations=activations, **options).to(device)
     x = torch.randn(batch, in_features, generator=g).to(device=device, dtype=dtype)
     return _time_calls(_copies(layer, ("packed",), min_bytes), x, repeats)
 
@@ -101,12 +102,14 @@ def linear_seconds(out_features: int, in_features: int, batch: int = 1, dtype: t
 
 
 def timed_options(measured: dict, shapes: dict, batch: int = 1, dtype: torch.dtype = torch.float32, device="cpu",
-                  L: int | None = None, progress: bool = False, **timing) -> dict:
+                  L: int | None = None, group_size: int = 128, activations: str = "fp32", progress: bool = False,
+                  **timing) -> dict:
     """``measured`` (name → [Option], as weightkit.quant.allocation.measured_options returns) with
     each Option's ``seconds`` set to :func:`layer_seconds` of its layer's shape: name → [Option].
 
     ``shapes``: name → (out_features, in_features). Each distinct (shape, quantizer, bits) is timed
-    once. ``timing``: min_bytes, repeats (as layer_seconds)."""
+    once. ``L``, ``group_size``, ``activations`` and ``timing`` (min_bytes, repeats): as
+    :func:`layer_seconds`."""
     from dataclasses import replace
 
     missing = [n for n in measured if n not in shapes]
@@ -117,7 +120,8 @@ def timed_options(measured: dict, shapes: dict, batch: int = 1, dtype: torch.dty
         from tqdm.auto import tqdm
 
         keys = tqdm(keys, desc="timing options", unit="kernel")
-    seconds = {k: layer_seconds(*k[0], k[1], k[2], batch=batch, dtype=dtype, device=device, L=L, **timing)
+    seconds = {k: layer_seconds(*k[0], k[1], k[2], batch=batch, dtype=dtype, device=device, L=L,
+                                group_size=group_size, activations=activations, **timing)
                for k in keys}
     return {n: [replace(o, seconds=seconds[(tuple(shapes[n]), o.quantizer, o.bits)]) for o in opts]
             for n, opts in measured.items()}

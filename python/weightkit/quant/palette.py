@@ -8,11 +8,13 @@ it looks Gaussian, normalize it by its RMS, and code it with one quantizer of th
   b + ¼), which give the allocation 0.25-bit steps.
 
 ``quantize_model_palette`` swaps every nn.Linear of a model for a PaletteLinear, with one rate for
-all layers or a per-layer plan from weightkit.quant.allocation.
+all layers or a per-layer plan from weightkit.quant.allocation. A plan may also give a layer PTQTP's
+trit planes, ``("ptqtp", 4)`` (weightkit.nn.TritPlaneLinear), for PTQTP-versus-palette mixes.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -23,7 +25,8 @@ from weightkit.ops import palette as P
 from weightkit.quant import codebooks
 from weightkit.quant.quantize import _set_module, check_finite_weights, skip_patterns, target_linears
 
-__all__ = ["QUANTIZER_RATES", "quantize_weight", "quantize_model_palette", "rate_of", "stored_bits"]
+__all__ = ["PTQTP_BITS", "QUANTIZER_RATES", "build_layer", "quantize_weight", "quantize_model_palette", "rate_of",
+           "stored_bits"]
 
 #: Supported bits per weight of each quantizer.
 QUANTIZER_RATES = {
@@ -31,6 +34,10 @@ QUANTIZER_RATES = {
     "vq": (1.5, 2, 2.5, 3, 3.5, 4),
     "tcq": (1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.25, 3.5, 3.75, 4),
 }
+
+#: The one rate of ("ptqtp", bits) in a plan: two trit planes at 2 bits per trit. Its fp16 group
+#: scales come on top (4.25 stored bits at group_size 128; :func:`stored_bits`).
+PTQTP_BITS = 4
 
 DEFAULT_SKIP = ("*lm_head*", "*embed*")
 
@@ -43,7 +50,10 @@ def _check_rate(kind: str, bits: float) -> None:
 
 
 def rate_of(layer) -> float:
-    """Stored bits per weight of a PaletteLinear: codes + one fp32 scale per row + signs (1 bit)."""
+    """Stored bits per weight of a PaletteLinear: codes + one fp32 scale per row + signs (1 bit); of
+    a TritPlaneLinear (a plan's PTQTP layer): planes + group scales."""
+    if hasattr(layer, "bits_per_weight"):
+        return layer.bits_per_weight()
     return _bits_per_weight(layer.out_features, layer.in_features, layer.packed.numel(), layer.codebook.numel())
 
 
@@ -52,10 +62,21 @@ def _bits_per_weight(out_features: int, in_features: int, code_words: int, codeb
     return (32 * (code_words + codebook_values + out_features) + in_features) / (out_features * in_features)
 
 
-def stored_bits(out_features: int, in_features: int, kind: str, bits: float, L: int | None = None) -> float:
+def stored_bits(out_features: int, in_features: int, kind: str, bits: float, L: int | None = None,
+                group_size: int = 128) -> float:
     """Bits per weight a PaletteLinear of this shape stores (what :func:`rate_of` reads off a built
     layer): codes with their block padding, the codebook, one fp32 scale per row, one sign bit per
-    input. ``L``: the trellis's state bits (tcq only; default as in weightkit.quant.tcq)."""
+    input. ``L``: the trellis's state bits (tcq only; default as in weightkit.quant.tcq). For
+    ``kind="ptqtp"`` a TritPlaneLinear's packed planes and fp16 scales per ``group_size`` columns."""
+    if kind == "ptqtp":
+        from weightkit.ops import trit_plane as tp
+
+        problem = _choice_problem(in_features, kind, bits)
+        if problem:
+            raise ValueError(problem)
+        words = math.prod(tp.packed_shape(out_features, in_features, group_size))
+        scales = out_features * tp.n_groups(in_features, group_size) * 2
+        return (32 * words + 16 * scales) / (out_features * in_features)
     _check_rate(kind, bits)
     if kind == "tcq":
         from weightkit.quant import tcq as T
@@ -163,7 +184,39 @@ def _width_problem(in_f: int, kind: str, bits: float) -> str | None:
     return None
 
 
+def _choice_problem(in_f: int, kind: str, bits: float) -> str | None:
+    """Why :func:`build_layer` would refuse the plan choice (kind, bits) for a layer of ``in_f``
+    columns, or None."""
+    if kind == "ptqtp":
+        return None if float(bits) == PTQTP_BITS else \
+            f"bits={bits} is not a rate of 'ptqtp': it stores two trit planes, bits={PTQTP_BITS}"
+    if kind not in QUANTIZER_RATES:
+        return f"quantizer must be one of {sorted(QUANTIZER_RATES) + ['ptqtp']}, got {kind!r}"
+    return _width_problem(in_f, kind, bits)
+
+
 _TCQ_OPTIONS = ("L", "progress")
+_PTQTP_OPTIONS = ("group_size", "max_iters", "tol", "activations")
+#: What build_layer passes on: the trellis's options to tcq layers, PTQTP's to ptqtp layers.
+LAYER_OPTIONS = _TCQ_OPTIONS + _PTQTP_OPTIONS
+
+
+def build_layer(linear: nn.Linear, kind: str, bits: float, seed: int = 0, hessian: torch.Tensor | None = None,
+                damp: float = 0.01, **options) -> nn.Module:
+    """The quantized stand-in for ``linear`` under one plan choice (``kind``, ``bits``): a
+    PaletteLinear (sq, vq, tcq; see :func:`quantize_weight` for ``seed``, ``hessian``, ``damp``) or,
+    for ("ptqtp", 4), a TritPlaneLinear (PTQTP rounds without a rotation or a Hessian: ``seed``,
+    ``hessian`` and ``damp`` do not apply). ``options`` (:data:`LAYER_OPTIONS`): the trellis's ``L``
+    and ``progress`` go to tcq layers, ``group_size``, ``max_iters``, ``tol``, ``activations`` to
+    PTQTP ones; the others ignore them."""
+    if kind == "ptqtp":
+        from weightkit.nn.trit_plane import TritPlaneLinear
+
+        return TritPlaneLinear.from_linear(linear, **{k: v for k, v in options.items() if k in _PTQTP_OPTIONS})
+    from weightkit.nn.palette import PaletteLinear
+
+    trellis = {k: v for k, v in options.items() if k in _TCQ_OPTIONS and kind == "tcq"}
+    return PaletteLinear.from_linear(linear, kind, bits, seed=seed, hessian=hessian, damp=damp, **trellis)
 
 
 def _plan_choices(fn: str, plan) -> dict:
@@ -188,11 +241,12 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
                            skip=DEFAULT_SKIP, seed: int = 0, progress: bool = False, skipped: list | None = None,
                            calibration: torch.Tensor | None = None, calibration_ctx: int = 512,
                            sequential: bool = False, hessians: dict | None = None, damp: float = 0.01,
-                           **tcq) -> list[dict]:
+                           **options) -> list[dict]:
     """Replace the model's nn.Linear layers (names not matching ``skip`` globs) by PaletteLinear.
 
     ``plan`` maps a layer name to (quantizer, bits) and overrides ``quantizer``/``bits`` for it
-    (weightkit.quant.allocation builds one; ``quantizer="mixed"`` requires it). Every layer is
+    (weightkit.quant.allocation builds one; ``quantizer="mixed"`` requires it); ("ptqtp", 4) makes
+    the layer a TritPlaneLinear. ``options``: :data:`LAYER_OPTIONS`, as :func:`build_layer` takes them. Every layer is
     checked (rate, Hadamard width, finite weights) before the first is replaced. Names left out
     are appended to ``skipped`` when given. Returns one report dict per layer: name, shape,
     quantizer, bits, stored_bits (with scales and signs), rel_error (‖W − Ŵ‖/‖W‖), norm, seconds,
@@ -206,12 +260,11 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
     Hessians on the model whose lower blocks are already quantized, and quantizes block by block
     (weightkit.quant.sequential_hessians; every quantized layer must be inside a transformer block).
     """
-    from weightkit.nn.palette import PaletteLinear
-
     fn = "quantize_model"
-    unknown = sorted(set(tcq) - set(_TCQ_OPTIONS))
+    unknown = sorted(set(options) - set(LAYER_OPTIONS))
     if unknown:
-        raise TypeError(f"weightkit.quant.{fn}: unknown palette options {unknown}; the trellis takes {_TCQ_OPTIONS}")
+        raise TypeError(f"weightkit.quant.{fn}: unknown palette options {unknown}; the trellis takes {_TCQ_OPTIONS}, "
+                        f"a plan's PTQTP layers {_PTQTP_OPTIONS}")
     if quantizer == "mixed" and plan is None:
         raise ValueError(f"weightkit.quant.{fn}: quantizer='mixed' needs a plan (see weightkit.quant.allocation.allocate)")
     layers, left_out = target_linears(fn, model, skip_patterns(fn, skip), replace=True)
@@ -224,7 +277,7 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
     choices = []
     for name, lin in layers:
         kind, b = plan.get(name, (quantizer, bits))
-        problem = _width_problem(lin.in_features, kind, b)
+        problem = _choice_problem(lin.in_features, kind, b)
         if problem:
             raise ValueError(f"weightkit.quant.{fn}: layer {name!r} ({lin.out_features}x{lin.in_features}): {problem}; "
                              "nothing was quantized")
@@ -242,8 +295,7 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
         i = index[name]
         (_, lin), (kind, b) = layers[i], choices[i]
         t0 = time.perf_counter()
-        layer = PaletteLinear.from_linear(lin, kind, b, seed=seed + i, damp=damp, hessian=hessian,
-                                          **(tcq if kind == "tcq" else {}))
+        layer = build_layer(lin, kind, b, seed=seed + i, damp=damp, hessian=hessian, **options)
         layer = layer.to(dtype=torch.float32)
         W = lin.weight.detach().float()
         err = (layer.dequantize().to(W.device) - W).norm().item()
@@ -251,7 +303,7 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
         _set_module(model, name, layer)
         report.append({"name": name, "shape": tuple(W.shape), "quantizer": kind, "bits": float(b),
                        "stored_bits": rate_of(layer), "rel_error": err / max(norm, 1e-30), "norm": norm,
-                       "seconds": time.perf_counter() - t0, "ldlq": hessian is not None})
+                       "seconds": time.perf_counter() - t0, "ldlq": hessian is not None and kind != "ptqtp"})
         if progress and not sequential:  # sequential_hessians has its own bar, by block
             print(f"\r[palette] {i + 1}/{len(layers)} {name} {kind}-{b}", end="", file=sys.stderr, flush=True)
     if progress and not sequential:

@@ -162,7 +162,8 @@ def quantize_model(
     :class:`~weightkit.nn.TritPlaneLinear`), "rtn_ternary", "twn", "int4" or "int3"
     (RTN, asymmetric, ``group_size`` columns per group), or "palette": a Hadamard rotation and one
     palette quantizer per layer (``quantizer`` "tcq" | "vq" | "sq" at ``bits``, or "mixed" with a
-    per-layer ``plan`` from :mod:`weightkit.quant.allocation`; ``options`` go to
+    per-layer ``plan`` from :mod:`weightkit.quant.allocation`, whose ("ptqtp", 4) layers become
+    TritPlaneLinear with ``group_size`` / ``max_iters`` / ``tol`` / ``activations``; ``options`` go to
     :func:`weightkit.quant.palette.quantize_model_palette`, e.g. the trellis size ``L``, or
     ``calibration=tokens`` for Hessian-aware (LDLQ) rounding of sq / vq layers), or "gptq": GPTQ
     at integer ``bits`` with ``group_size`` (fake quantization; ``options`` from
@@ -194,7 +195,8 @@ def quantize_model(
         from weightkit.quant.palette import quantize_model_palette
 
         layers = quantize_model_palette(model, bits=bits, quantizer=quantizer, plan=plan, skip=patterns,
-                                        progress=progress, skipped=report.skipped, **options)
+                                        progress=progress, skipped=report.skipped, group_size=group_size,
+                                        max_iters=max_iters, tol=tol, activations=activations, **options)
         report.layers = [LayerReport(r["name"], tuple(r["shape"]), r["rel_error"], r["stored_bits"], r["seconds"],
                                      r["norm"]) for r in layers]
         return report
