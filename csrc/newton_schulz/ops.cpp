@@ -197,8 +197,11 @@ std::vector<at::Tensor> run_grouped(const char* op, at::TensorList Gs, const NsP
       if (G.dim() == 2) Y = Y.squeeze(0);
       if (G.size(-2) > G.size(-1)) Y = Y.mT();
       // One pass per matrix converts to the input dtype and makes it contiguous. Outputs of a
-      // custom op must not alias one another, so with several matrices it is always a copy.
-      out[i] = Y.to(in_dtype, /*non_blocking=*/false, /*copy=*/members.size() > 1, at::MemoryFormat::Contiguous);
+      // custom op must not alias one another, so with several matrices it is always a copy. A
+      // transposed (tall) result needs the copy too: where no dtype changes (fp32 working dtype,
+      // e.g. bf16 compute on a CPU without bf16 units) `to` would return the strided view as it is.
+      const bool copy = members.size() > 1 || !Y.is_contiguous();
+      out[i] = Y.to(in_dtype, /*non_blocking=*/false, copy, at::MemoryFormat::Contiguous);
     }
   }
   return out;

@@ -322,6 +322,18 @@ def test_opcheck(device):
     torch.library.opcheck(ops.auon.default, (G3.to(torch.bfloat16), 1e-7))
 
 
+@pytest.mark.parametrize("compute_dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(20, 12), (2, 20, 12)])
+def test_tall_input_gives_a_contiguous_result(device, shape, compute_dtype):
+    # Tall matrices are iterated transposed; the result must come back contiguous (as the fake
+    # kernel says) whether or not its dtype changes on the way back.
+    G = torch.randn(shape, device=device)
+    X = wk.newton_schulz(G, 3, "jordan", compute_dtype=compute_dtype)
+    assert X.shape == G.shape and X.is_contiguous()
+    Y = wk.newton_schulz(G.mT.contiguous(), 3, "jordan", compute_dtype=compute_dtype)
+    torch.testing.assert_close(X, Y.mT, rtol=0, atol=0)
+
+
 def test_torch_compile_fullgraph(device):
     def update(G, H):
         X = wk.newton_schulz(G, 5, "polar_express", compute_dtype=torch.bfloat16)
