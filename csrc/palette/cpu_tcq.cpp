@@ -125,16 +125,21 @@ WK_AVX2 WK_INLINE void store_low_bytes_avx2(uint8_t* dst, __m256i v) {
   _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(both));
 }
 
-// next at states s .. s + 7 (one row of the grid: J is a multiple of 8): mv + sum_v (w_v - code)^2.
-WK_AVX2 WK_INLINE void state_costs_avx2(const float* tab, Grid g, int V, int64_t s, __m256 w0, __m256 w1, __m256 mv,
-                                        float* next) {
+// The costs of states s .. s + 7: mv + sum_v (w_v - code(s, v))^2, with w0 / w1 broadcast.
+WK_AVX2 WK_INLINE __m256 add_dist_avx2(const float* tab, Grid g, int V, int64_t s, __m256 w0, __m256 w1, __m256 mv) {
   __m256 e = _mm256_sub_ps(w0, _mm256_loadu_ps(tab + s));
   __m256 d = _mm256_fmadd_ps(e, e, mv);
   if (V > 1) {
     e = _mm256_sub_ps(w1, _mm256_loadu_ps(tab + g.S + s));
     d = _mm256_fmadd_ps(e, e, d);
   }
-  _mm256_storeu_ps(next + g.at(s), d);
+  return d;
+}
+
+// next at states s .. s + 7 (one row of the grid: J is a multiple of 8), as add_dist_avx2.
+WK_AVX2 WK_INLINE void state_costs_avx2(const float* tab, Grid g, int V, int64_t s, __m256 w0, __m256 w1, __m256 mv,
+                                        float* next) {
+  _mm256_storeu_ps(next + g.at(s), add_dist_avx2(tab, g, V, s, w0, w1, mv));
 }
 
 // kb >= 4 (8 consecutive states share a prefix): the prefixes' minima to m and their argmins to
@@ -166,6 +171,51 @@ WK_AVX2 void step_fused_avx2(const float* cost, float*, int32_t*, uint8_t* bp, c
     for (int q = 0; q < (1 << g.kb); ++q) {
       const __m256i prefix = _mm256_srli_epi32(_mm256_add_epi32(lane, _mm256_set1_epi32(8 * q)), g.kb);
       state_costs_avx2(tab, g, V, (j << g.kb) + 8 * q, w0, w1, _mm256_permutevar8x32_ps(best, prefix), next);
+    }
+  }
+}
+
+// Two steps at once, as step_pair_avx512 (which explains the indexing) at 8 lanes: blocks of 8 << KB
+// prefixes, J >= 8 << KB.
+template <int KB>
+WK_AVX2 void step_pair_avx2(const float* cost, uint8_t* bp0, uint8_t* bp1, const float* tab, Grid g, int V,
+                            const float* w, float* next) {
+  constexpr int N = 1 << KB, ahead = 4;  // prefetch distance in blocks
+  const __m256 w0 = _mm256_set1_ps(w[0]), w1 = _mm256_set1_ps(V > 1 ? w[1] : 0.f);
+  const __m256 u0 = _mm256_set1_ps(w[V]), u1 = _mm256_set1_ps(V > 1 ? w[V + 1] : 0.f);
+  __m256i spread[N];
+  for (int q = 0; q < N; ++q)
+    spread[q] = _mm256_srli_epi32(_mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * q)),
+                                  KB);
+  for (int64_t j = 0; j < g.J; j += 8 * N) {
+    __m256 best[N], arg[N];  // arg: the argmins' int32 bits, for vblendvps
+    for (int h = 0; h < N; ++h) {
+      const int64_t run = h * g.J + j, j1 = run >> KB;
+      if (j + ahead * 8 * N < g.J)
+        for (int r = 0; r < N; ++r)
+          _mm_prefetch(reinterpret_cast<const char*>(cost + r * g.P + j1 + ahead * 8), _MM_HINT_T0);
+      __m256 m1;
+      __m256i a1;
+      predecessor_min_avx2(cost, j1, g, m1, a1);
+      store_low_bytes_avx2(bp0 + j1, a1);
+      const __m256 hv = _mm256_castsi256_ps(_mm256_set1_epi32(h));
+      for (int q = 0; q < N; ++q) {
+        const __m256 c = add_dist_avx2(tab, g, V, run + 8 * q, w0, w1, _mm256_permutevar8x32_ps(m1, spread[q]));
+        if (h == 0) {
+          best[q] = c;
+          arg[q] = _mm256_setzero_ps();
+        } else {
+          const __m256 lt = _mm256_cmp_ps(c, best[q], _CMP_LT_OQ);
+          best[q] = _mm256_min_ps(c, best[q]);
+          arg[q] = _mm256_blendv_ps(arg[q], hv, lt);
+        }
+      }
+    }
+    for (int q = 0; q < N; ++q) {
+      store_low_bytes_avx2(bp1 + j + 8 * q, _mm256_castps_si256(arg[q]));
+      for (int r = 0; r < N; ++r)
+        state_costs_avx2(tab, g, V, ((j + 8 * q) << KB) + 8 * r, u0, u1, _mm256_permutevar8x32_ps(best[q], spread[r]),
+                         next);
     }
   }
 }
@@ -300,8 +350,12 @@ using StepPair = void (*)(const float* cost, uint8_t* bp0, uint8_t* bp1, const f
 
 // The two-step kernel for (isa, L, kb), or null where single steps run.
 StepPair choose_step_pair(CpuIsa isa, Grid g) {
-  if (isa != CpuIsa::Avx512 || g.kb >= 4 || g.J < (int64_t(16) << g.kb)) return nullptr;
-  return g.kb == 1 ? &step_pair_avx512<1> : g.kb == 2 ? &step_pair_avx512<2> : &step_pair_avx512<3>;
+  if (g.kb >= 4) return nullptr;
+  if (isa == CpuIsa::Avx512 && g.J >= (int64_t(16) << g.kb))
+    return g.kb == 1 ? &step_pair_avx512<1> : g.kb == 2 ? &step_pair_avx512<2> : &step_pair_avx512<3>;
+  if (isa == CpuIsa::Avx2 && g.J >= (int64_t(8) << g.kb))
+    return g.kb == 1 ? &step_pair_avx2<1> : g.kb == 2 ? &step_pair_avx2<2> : &step_pair_avx2<3>;
+  return nullptr;
 }
 
 // The step for (isa, L, kb). AVX-512 with 16+ prefixes: kb < 4 in one pass, kb >= 4 in two (there

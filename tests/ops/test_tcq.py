@@ -33,11 +33,12 @@ def test_decode_matches_reference(L, kb, V):
     assert torch.allclose(got.double(), tcq_decode_ref(packed, scales, 40, L, kb, V), atol=1e-5)
 
 
-# On AVX-512, kb = 1..3 with 16 << kb or more prefixes take two steps at a time (the last step
-# alone when their count is odd), with 16+ prefixes the one-pass step; kb = 4, 5 the two-pass step.
-# From 1024 prefixes on, the padded rows of the cost grid keep the predecessor streams apart.
-@pytest.mark.parametrize("L,kb,V", [(10, 2, 1), (8, 2, 1), (10, 3, 1), (9, 3, 2), (12, 1, 1), (11, 4, 1),
-                                    (12, 5, 2), (15, 3, 1), (16, 5, 2)])
+# On AVX-512 (AVX2), kb = 1..3 with 16 << kb (8 << kb) or more prefixes take two steps at a time (the
+# last step alone when their count is odd), with 16+ (8+) prefixes the one-pass step; kb = 4, 5 the
+# two-pass step. From 1024 prefixes on, the padded rows of the cost grid keep the predecessor streams
+# apart.
+@pytest.mark.parametrize("L,kb,V", [(10, 2, 1), (8, 2, 1), (7, 2, 1), (5, 1, 1), (10, 3, 1), (9, 3, 2), (12, 1, 1),
+                                    (11, 4, 1), (12, 5, 2), (15, 3, 1), (16, 5, 2)])
 @pytest.mark.parametrize("steps", [64, 65])
 def test_every_isa_gives_the_same_stream(L, kb, V, steps, monkeypatch):
     w = torch.randn(4, steps * V, generator=torch.Generator().manual_seed(L + kb))
