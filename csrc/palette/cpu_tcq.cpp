@@ -4,8 +4,8 @@
 // bits, shared by the 2^kb states that can follow it), m[j] = min over the 2^kb predecessors
 // j | h << (L-kb) of their cost; then cost'[s] = m[s >> kb] + |w_t - code(s)|^2. Both loops are
 // contiguous over j or s, so they vectorize: the AVX-512 and AVX2 paths use intrinsics for the
-// m[s >> kb] expansion and, for kb < 4, do both loops in one pass (AVX-512 two steps at a time where
-// the trellis is wide enough); the scalar path is plain loops. The costs live in a padded grid
+// m[s >> kb] expansion and, for kb < 4, do both loops in one pass, two steps at a time where the
+// trellis is wide enough; the scalar path is plain loops. The costs live in a padded grid
 // (Grid below). Backpointers are one byte per prefix and step (T * 2^(L-kb) bytes per row in
 // flight, per thread).
 #include <ATen/Parallel.h>
