@@ -91,8 +91,7 @@ class TritPlaneLinear(FixedDtypeBuffers):
 
     def bits_per_weight(self) -> float:
         """Storage of planes and scales per weight (bias excluded)."""
-        n = self.in_features * self.out_features
-        return (self.packed.numel() * 32 + self.scales.numel() * 16) / n if n else 0.0
+        return tp.stored_bits(self.out_features, self.in_features, self.group_size)
 
     def get_extra_state(self) -> dict:
         return {"pack_version": self.pack_version, "group_size": self.group_size,

@@ -28,6 +28,8 @@ The quantizer's stopping rule is relative: iterate until max|α − α_prev| ≤
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "n_groups",
     "packed_shape",
     "ptqtp_quantize",
+    "stored_bits",
     "trit_plane_matmul",
     "trit_plane_matmul_a8",
     "trit_plane_pack",
@@ -63,6 +66,15 @@ def packed_shape(out_features: int, in_features: int, group_size: int) -> tuple[
     pairs = (g - 1) * (-(-group_size // 2)) + (-(-last // 2)) if g else 0
     words = -(-pairs // _PAIRS_PER_WORD)
     return (-(-out_features // _ROWS_PER_BLOCK), words, _PLANES, _ROWS_PER_BLOCK)
+
+
+def stored_bits(out_features: int, in_features: int, group_size: int) -> float:
+    """Bits per weight an (out_features, in_features) weight stores: its packed int32 planes and its
+    float16 scales, two per row and group (0 for an empty weight)."""
+    n = out_features * in_features
+    words = math.prod(packed_shape(out_features, in_features, group_size))
+    scales = out_features * n_groups(in_features, group_size) * _PLANES
+    return (32 * words + 16 * scales) / n if n else 0.0
 
 
 def ptqtp_quantize(

@@ -14,7 +14,6 @@ trit planes, ``("ptqtp", 4)`` (weightkit.nn.TritPlaneLinear), for PTQTP-versus-p
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
@@ -74,9 +73,7 @@ def stored_bits(out_features: int, in_features: int, kind: str, bits: float, L: 
         problem = _choice_problem(in_features, kind, bits)
         if problem:
             raise ValueError(problem)
-        words = math.prod(tp.packed_shape(out_features, in_features, group_size))
-        scales = out_features * tp.n_groups(in_features, group_size) * 2
-        return (32 * words + 16 * scales) / (out_features * in_features)
+        return tp.stored_bits(out_features, in_features, group_size)
     _check_rate(kind, bits)
     if kind == "tcq":
         from weightkit.quant import tcq as T
@@ -246,11 +243,11 @@ def quantize_model_palette(model: nn.Module, bits: float = 2.5, quantizer: str =
 
     ``plan`` maps a layer name to (quantizer, bits) and overrides ``quantizer``/``bits`` for it
     (weightkit.quant.allocation builds one; ``quantizer="mixed"`` requires it); ("ptqtp", 4) makes
-    the layer a TritPlaneLinear. ``options``: :data:`LAYER_OPTIONS`, as :func:`build_layer` takes them. Every layer is
-    checked (rate, Hadamard width, finite weights) before the first is replaced. Names left out
-    are appended to ``skipped`` when given. Returns one report dict per layer: name, shape,
-    quantizer, bits, stored_bits (with scales and signs), rel_error (‖W − Ŵ‖/‖W‖), norm, seconds,
-    ldlq (whether the rounding was Hessian-aware).
+    the layer a TritPlaneLinear. ``options``: :data:`LAYER_OPTIONS`, as :func:`build_layer` takes
+    them. Every layer is checked (rate, Hadamard width, finite weights) before the first is replaced.
+    Names left out are appended to ``skipped`` when given. Returns one report dict per layer: name,
+    shape, quantizer, bits, stored_bits (with scales and signs), rel_error (‖W − Ŵ‖/‖W‖), norm,
+    seconds, ldlq (whether the rounding was Hessian-aware).
 
     Hessian-aware rounding (LDLQ; the trellis by block LDLQ, see quantize_weight): ``calibration``
     (1-D int64 tokens, run through ``model(input_ids)`` in windows of ``calibration_ctx`` before any
